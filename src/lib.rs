@@ -1,0 +1,45 @@
+//! Shared-memory, zero-copy worker pools between processes.
+//!
+//! Workers are copies of the running binary that map one shared segment with
+//! their parent. Tasks and results travel through lock-free rings in that
+//! segment as [rkyv] archives, written once and read in place.
+//!
+//! ```no_run
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() -> Result<(), shmpool::Error> {
+//!     shmpool::init();
+//!     let pool = shmpool::Pool::builder().workers(2).build()?;
+//!     assert_eq!(pool.submit(square, 7u64)?.wait()?, 49);
+//!     let squares: Vec<u64> = pool.map(square, 0..100u64)?.collect::<Result<_, _>>()?;
+//!     assert_eq!(squares[9], 81);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! See the README for the layers and the guarantees.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub mod codec;
+mod error;
+mod primitive;
+pub mod ring;
+pub mod segment;
+mod spawn;
+pub mod sync;
+pub mod sys;
+mod task;
+
+mod pool;
+
+pub use codec::Message;
+pub use error::{Error, GetError, PutError, TaskError};
+pub use pool::{MapIter, Pool, PoolBuilder, Ticket, Worker, WorkerPool, WorkerPoolBuilder};
+pub use segment::{Segment, SegmentError};
+pub use spawn::init;
+
+/// The archived form of `T`: what a task that takes its argument in place sees.
+pub type Archived<T> = rkyv::Archived<T>;

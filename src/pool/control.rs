@@ -1,0 +1,135 @@
+//! The pool's control block in the segment: where the rings are, how to
+//! build a stateful worker, and one slot per worker process.
+
+use std::mem::size_of;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::segment::{Segment, SegmentError, ShmSafe};
+use crate::task::FrameHeader;
+
+const CONTROL_MAGIC: u32 = 0x504F_4F4C; // "POOL"
+/// Most tasks a worker takes from the ring at once.
+pub(crate) const MAX_BATCH: usize = 32;
+/// Most workers in one pool.
+pub(crate) const MAX_WORKERS: u32 = 1024;
+
+/// Worker slot states.
+pub(crate) const W_STARTING: u32 = 0;
+pub(crate) const W_READY: u32 = 1;
+pub(crate) const W_INIT_FAILED: u32 = 2;
+
+#[repr(C)]
+pub(crate) struct Control {
+    magic: u32,
+    workers: u32,
+    task_ring: u64,
+    result_ring: u64,
+    /// The stateful worker's init: `tramp` is an `InitTrampoline`, the body a
+    /// block holding the archived `Init` (never freed while the pool lives).
+    init: InitRecord,
+}
+
+/// [`FrameHeader`] as atomics-free plain data written once before workers start.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InitRecord([u64; 8]);
+
+// SAFETY: `#[repr(C)]`, integers only; valid for any bit pattern.
+unsafe impl ShmSafe for Control {}
+
+/// One worker's entry. Written by the worker, read by the parent.
+#[repr(C)]
+pub(crate) struct WorkerSlot {
+    /// The worker's pid once it has started.
+    pub pid: AtomicU32,
+    /// `W_*`.
+    pub state: AtomicU32,
+    /// Tasks finished by this worker.
+    pub done: AtomicU64,
+    /// On `W_INIT_FAILED`: a block holding the archived panic message.
+    pub error_block: AtomicU64,
+    pub error_len: AtomicU64,
+    /// Tasks taken from the ring and not yet answered: `held_n` pairs of
+    /// (stream, seq) in `held`. SYNC: pairs are written before `held_n`
+    /// (Release); the parent reads `held_n` (Acquire) after the worker died.
+    pub held_n: AtomicU32,
+    _pad: u32,
+    pub held: [AtomicU64; 2 * MAX_BATCH],
+}
+
+// SAFETY: `#[repr(C)]`, atomics only.
+unsafe impl ShmSafe for WorkerSlot {}
+
+/// What the parent and its workers both know about a pool in a segment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    pub control: u64,
+    pub workers: u32,
+    pub task_ring: u64,
+    pub result_ring: u64,
+}
+
+/// Bytes a control block for `workers` workers needs.
+pub(crate) fn footprint(workers: u32) -> u64 {
+    (size_of::<Control>() + workers as usize * size_of::<WorkerSlot>()) as u64
+}
+
+/// Writes a fresh control block at `offset` (a block this process owns).
+pub(crate) fn init(seg: &Segment, offset: u64, layout: &Layout, init: Option<&FrameHeader>) -> Result<(), SegmentError> {
+    let _ = seg.get::<Control>(offset)?;
+    seg.check_range(offset, footprint(layout.workers))?;
+    let p = seg.ptr(offset, size_of::<Control>() as u64)?.cast::<Control>();
+    let record = init.map_or(InitRecord([0; 8]), |h| {
+        // SAFETY: FrameHeader is 64 bytes of plain integers, as is InitRecord.
+        InitRecord(unsafe { std::mem::transmute::<FrameHeader, [u64; 8]>(*h) })
+    });
+    // SAFETY: `p` is in bounds and aligned (checked by get()); the block was
+    // just allocated by this process and no worker has been started on it.
+    unsafe {
+        p.write(Control {
+            magic: CONTROL_MAGIC,
+            workers: layout.workers,
+            task_ring: layout.task_ring,
+            result_ring: layout.result_ring,
+            init: record,
+        });
+    }
+    for i in 0..layout.workers {
+        let s = slot(seg, offset, layout.workers, i)?;
+        s.pid.store(0, Ordering::Relaxed);
+        s.state.store(W_STARTING, Ordering::Relaxed);
+        s.held_n.store(0, Ordering::Relaxed);
+    }
+    std::sync::atomic::fence(Ordering::Release);
+    Ok(())
+}
+
+/// Reads and validates the control block at `offset`.
+pub(crate) fn open(seg: &Segment, offset: u64) -> Result<(Layout, Option<FrameHeader>), SegmentError> {
+    let _ = seg.get::<Control>(offset)?;
+    let p = seg.ptr(offset, size_of::<Control>() as u64)?.cast::<Control>();
+    std::sync::atomic::fence(Ordering::Acquire);
+    // SAFETY: in bounds and aligned (checked); a volatile copy of plain
+    // integers, each validated below before use.
+    let c = unsafe { p.read_volatile() };
+    if c.magic != CONTROL_MAGIC {
+        return Err(SegmentError::Corrupt("no pool control block at this offset"));
+    }
+    if c.workers == 0 || c.workers > MAX_WORKERS {
+        return Err(SegmentError::Corrupt("pool worker count"));
+    }
+    seg.check_range(offset, footprint(c.workers))?;
+    // SAFETY: as in init.
+    let init: FrameHeader = unsafe { std::mem::transmute::<[u64; 8], FrameHeader>(c.init.0) };
+    let init = (init.tramp != 0).then_some(init);
+    Ok((Layout { control: offset, workers: c.workers, task_ring: c.task_ring, result_ring: c.result_ring }, init))
+}
+
+/// Worker `index`'s slot.
+pub(crate) fn slot(seg: &Segment, control: u64, workers: u32, index: u32) -> Result<&WorkerSlot, SegmentError> {
+    if index >= workers {
+        return Err(SegmentError::Corrupt("worker index out of range"));
+    }
+    let off = control + size_of::<Control>() as u64 + index as u64 * size_of::<WorkerSlot>() as u64;
+    seg.get::<WorkerSlot>(off)
+}

@@ -1,0 +1,490 @@
+//! `Pool`: run plain functions in worker processes.
+//!
+//! Any `fn(A) -> R` whose argument and result are [`Message`]s can be
+//! submitted; several different functions can share one pool (a function
+//! table). Results come back as [`Ticket`]s, or as an iterator over a whole
+//! input in submission order ([`Pool::map`]) or completion order
+//! ([`Pool::map_unordered`]).
+
+pub(crate) mod control;
+pub(crate) mod core;
+mod stateful;
+pub(crate) mod worker;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use self::core::{Config, Inner, RecvError};
+use crate::codec::{Message, Scratch};
+use crate::task::{self, FrameHeader, Trampoline, HEADER};
+use crate::{Error, TaskError};
+
+pub use stateful::{Worker, WorkerPool, WorkerPoolBuilder};
+
+/// A pool of worker processes running plain functions.
+///
+/// Dropping the pool discards queued tasks, lets running ones finish (up to
+/// the shutdown timeout, then kills), and reaps every worker; the segment is
+/// a memfd, so nothing is left behind.
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+/// Options for a [`Pool`] (and, through [`WorkerPoolBuilder`], a [`WorkerPool`]).
+#[derive(Debug, Clone, Default)]
+pub struct PoolBuilder {
+    config: Config,
+}
+
+macro_rules! builder_options {
+    () => {
+        /// Number of worker processes (default: one per core).
+        pub fn workers(mut self, n: usize) -> Self {
+            self.config.workers = n;
+            self
+        }
+
+        /// Tasks that may be queued or running at once before a submission
+        /// waits (default 256). Results that arrived but were not yet taken do
+        /// not count.
+        pub fn queue_capacity(mut self, n: usize) -> Self {
+            self.config.queue_capacity = n;
+            self
+        }
+
+        /// Size of the shared segment in bytes (default 256 MiB; memory is
+        /// only committed as it is used). Large arguments and results live here.
+        pub fn segment_size(mut self, bytes: u64) -> Self {
+            self.config.segment_size = bytes;
+            self
+        }
+
+        /// Bytes per ring slot (default 256, at most 1024): archives up to
+        /// this size minus a 64-byte header travel inline, larger ones in
+        /// arena blocks.
+        pub fn slot_size(mut self, bytes: usize) -> Self {
+            self.config.slot_size = bytes;
+            self
+        }
+
+        /// How long a waiting side spins before it sleeps (default 50 us).
+        /// `Duration::ZERO` never spins: lowest CPU use, higher latency.
+        pub fn spin(mut self, spin: Duration) -> Self {
+            self.config.spin = $crate::sync::SpinPolicy { spin };
+            self
+        }
+
+        /// How long dropping the pool waits for running tasks before it kills
+        /// their workers (default 2 s).
+        pub fn shutdown_timeout(mut self, t: Duration) -> Self {
+            self.config.shutdown_timeout = t;
+            self
+        }
+    };
+}
+pub(crate) use builder_options;
+
+impl PoolBuilder {
+    builder_options!();
+
+    /// Starts the workers; returns once every one is ready.
+    pub fn build(self) -> Result<Pool, Error> {
+        let inner = Inner::start::<()>(self.config, None)?;
+        Ok(Pool { inner })
+    }
+}
+
+impl Pool {
+    /// Options for a new pool.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// Runs `f(arg)` in a worker. Waits while the queue is full.
+    pub fn submit<A: Message, R: Message>(&self, f: fn(A) -> R, arg: A) -> Result<Ticket<R>, Error> {
+        self.submit_raw(f as usize, task::call_owned::<A, R>, &arg)
+    }
+
+    /// Runs `f` in a worker on the archived `arg`, read in place in shared
+    /// memory without being deserialised (large arguments travel in an arena
+    /// block and are never copied again).
+    pub fn submit_archived<A: Message, R: Message>(
+        &self,
+        f: fn(&crate::Archived<A>) -> R,
+        arg: &A,
+    ) -> Result<Ticket<R>, Error> {
+        self.submit_raw(f as usize, task::call_archived::<A, R>, arg)
+    }
+
+    fn submit_raw<A: Message, R: Message>(&self, func: usize, tramp: Trampoline, arg: &A) -> Result<Ticket<R>, Error> {
+        let inner = &self.inner;
+        inner.reserve(1, None)?;
+        let stream = inner.new_stream();
+        let pushed = task::with_scratch(|scratch| {
+            let (hdr, body) = inner.frame(stream, 0, func, tramp, arg, scratch)?;
+            let inline = match body {
+                task::Body::Inline(n) => &scratch.0[..n],
+                _ => &[][..],
+            };
+            inner.push_frames(&[hdr], |_| inline)
+        });
+        match pushed {
+            Ok(()) => Ok(Ticket { inner: Arc::clone(inner), stream, done: false, _result: PhantomData }),
+            Err(e) => {
+                if !matches!(e, Error::Closed) {
+                    inner.unreserve(1);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` over every item of `input`; yields the results in input order.
+    ///
+    /// Tasks are submitted in batches as the queue allows, interleaved with
+    /// receiving results, so the input may be longer than the queue.
+    pub fn map<A, R, I>(&self, f: fn(A) -> R, input: I) -> Result<MapIter<'_, I::IntoIter, R>, Error>
+    where
+        A: Message,
+        R: Message,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_raw(f as usize, task::call_owned::<A, R>, input.into_iter(), true)
+    }
+
+    /// Like [`Pool::map`], but yields results as they complete.
+    pub fn map_unordered<A, R, I>(&self, f: fn(A) -> R, input: I) -> Result<MapIter<'_, I::IntoIter, R>, Error>
+    where
+        A: Message,
+        R: Message,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_raw(f as usize, task::call_owned::<A, R>, input.into_iter(), false)
+    }
+
+    fn map_raw<I, R>(&self, func: usize, tramp: Trampoline, input: I, ordered: bool) -> Result<MapIter<'_, I, R>, Error>
+    where
+        I: Iterator,
+        I::Item: Message,
+        R: Message,
+    {
+        if self.inner.is_closed() {
+            return Err(Error::Closed);
+        }
+        let stride = self.inner.inline_max().div_ceil(16) * 16;
+        Ok(MapIter {
+            inner: &self.inner,
+            func,
+            tramp,
+            input,
+            input_done: false,
+            stream: self.inner.new_stream(),
+            submitted: 0,
+            yielded: 0,
+            outstanding: 0,
+            ordered,
+            slots: VecDeque::new(),
+            ready: VecDeque::new(),
+            buf: vec![0u128; MAP_BATCH * stride / 16],
+            stride,
+            scratch: Scratch::new(),
+            _result: PhantomData,
+        })
+    }
+
+    /// Removes every task still queued (not yet taken by a worker); their
+    /// tickets and map items end with [`TaskError::Cancelled`]. Returns how many.
+    pub fn clear_tasks(&self) -> usize {
+        self.inner.clear_tasks()
+    }
+
+    /// Stops accepting tasks; workers finish what is queued and exit.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// Waits until every worker has exited (call [`Pool::close`] first).
+    pub fn join(&self) {
+        self.inner.join(None);
+    }
+
+    /// Kills every worker now; unfinished tasks end with an error.
+    pub fn terminate(&self) {
+        self.inner.terminate();
+    }
+
+    /// Whether the pool accepts tasks and has a live worker.
+    pub fn is_alive(&self) -> bool {
+        !self.inner.is_closed() && self.inner.alive_workers() > 0
+    }
+
+    /// Pids of the worker processes.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.inner.worker_pids()
+    }
+
+    /// Workers started to replace dead ones so far.
+    pub fn respawns(&self) -> u64 {
+        self.inner.respawns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The result of one submitted task, to be waited for.
+///
+/// Dropping a ticket without waiting discards the result when it arrives.
+#[must_use = "a ticket does nothing unless waited for"]
+pub struct Ticket<R> {
+    inner: Arc<Inner>,
+    stream: u64,
+    done: bool,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for Ticket<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket").field("stream", &self.stream).field("done", &self.done).finish()
+    }
+}
+
+impl<R: Message> Ticket<R> {
+    /// Waits for the result.
+    pub fn wait(mut self) -> Result<R, TaskError> {
+        self.wait_until(None).unwrap_or(Err(TaskError::PoolGone))
+    }
+
+    /// Waits up to `timeout`; `Err(self)` gives the ticket back if no result came.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<R, TaskError>, Ticket<R>> {
+        match self.wait_until(Some(Instant::now() + timeout)) {
+            Some(r) => Ok(r),
+            None => Err(self),
+        }
+    }
+
+    fn wait_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, TaskError>> {
+        let mut out = None;
+        loop {
+            let got = self.inner.recv(Some(self.stream), deadline, &mut |hdr: &FrameHeader, bytes: &[u8]| {
+                out = Some(task::decode_result::<R>(hdr.status, bytes));
+            });
+            match got {
+                Ok(_) if out.is_some() => {
+                    self.done = true;
+                    return out;
+                }
+                Ok(_) => {}
+                Err(RecvError::Timeout) => return None,
+                Err(RecvError::Gone) => {
+                    self.done = true;
+                    return Some(Err(TaskError::PoolGone));
+                }
+            }
+        }
+    }
+}
+
+impl<R> Drop for Ticket<R> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.inner.abandon(self.stream, 1);
+        }
+    }
+}
+
+/// How many tasks a map pushes at once.
+const MAP_BATCH: usize = 32;
+
+/// Results of [`Pool::map`] / [`Pool::map_unordered`].
+///
+/// Dropping it early discards the results still to come.
+pub struct MapIter<'p, I: Iterator, R> {
+    inner: &'p Arc<Inner>,
+    func: usize,
+    tramp: Trampoline,
+    input: I,
+    input_done: bool,
+    stream: u64,
+    submitted: u64,
+    yielded: u64,
+    outstanding: u64,
+    ordered: bool,
+    /// Ordered mode: results by `seq - yielded`.
+    slots: VecDeque<Option<Result<R, TaskError>>>,
+    /// Unordered mode: results in arrival order.
+    ready: VecDeque<Result<R, TaskError>>,
+    /// Framed tasks waiting to be pushed (16-byte aligned).
+    buf: Vec<u128>,
+    stride: usize,
+    scratch: Box<Scratch>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<I: Iterator, R> fmt::Debug for MapIter<'_, I, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MapIter")
+            .field("submitted", &self.submitted)
+            .field("yielded", &self.yielded)
+            .field("outstanding", &self.outstanding)
+            .field("ordered", &self.ordered)
+            .finish()
+    }
+}
+
+impl<I, R> MapIter<'_, I, R>
+where
+    I: Iterator,
+    I::Item: Message,
+    R: Message,
+{
+    fn place(&mut self, seq: u64, result: Result<R, TaskError>) {
+        if self.ordered {
+            let Some(i) = seq.checked_sub(self.yielded) else { return };
+            let i = i as usize;
+            if self.slots.len() <= i {
+                self.slots.resize_with(i + 1, || None);
+            }
+            if self.slots[i].is_none() {
+                self.slots[i] = Some(result);
+            }
+        } else {
+            self.ready.push_back(result);
+        }
+    }
+
+    /// Submits as many inputs as the queue takes right now; waits for room
+    /// only when this map has nothing in flight (other users fill the queue).
+    fn feed(&mut self) -> Result<(), Error> {
+        while !self.input_done {
+            let deadline = if self.outstanding == 0 { None } else { Some(Instant::now()) };
+            let room = self.inner.reserve(MAP_BATCH, deadline)?;
+            if room == 0 {
+                return Ok(());
+            }
+            let mut hdrs: Vec<FrameHeader> = Vec::with_capacity(room);
+            let mut lens = [0usize; MAP_BATCH];
+            while hdrs.len() < room {
+                let Some(item) = self.input.next() else {
+                    self.input_done = true;
+                    break;
+                };
+                let seq = self.submitted;
+                self.submitted += 1;
+                match self.inner.frame(self.stream, seq, self.func, self.tramp, &item, &mut self.scratch) {
+                    Ok((hdr, body)) => {
+                        let k = hdrs.len();
+                        if let task::Body::Inline(n) = body {
+                            let dst = &mut self::core::as_bytes_mut(&mut self.buf)[k * self.stride..];
+                            dst[..n].copy_from_slice(&self.scratch.0[..n]);
+                            lens[k] = n;
+                        } else {
+                            lens[k] = 0;
+                        }
+                        hdrs.push(hdr);
+                    }
+                    Err(e) => self.place(seq, Err(e)),
+                }
+            }
+            self.inner.unreserve(room - hdrs.len());
+            let buf = self::core::as_bytes(&self.buf);
+            let stride = self.stride;
+            self.inner.push_frames(&hdrs, |k| &buf[k * stride..k * stride + lens[k]])?;
+            self.outstanding += hdrs.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn take_ready(&mut self) -> Option<Result<R, TaskError>> {
+        if self.ordered {
+            if matches!(self.slots.front(), Some(Some(_))) {
+                self.yielded += 1;
+                return self.slots.pop_front().flatten();
+            }
+            None
+        } else {
+            let r = self.ready.pop_front()?;
+            self.yielded += 1;
+            Some(r)
+        }
+    }
+}
+
+impl<I, R> Iterator for MapIter<'_, I, R>
+where
+    I: Iterator,
+    I::Item: Message,
+    R: Message,
+{
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(r) = self.take_ready() {
+                return Some(r);
+            }
+            if let Err(e) = self.feed() {
+                // Nothing more can be submitted: the rest of the input fails.
+                self.input_done = true;
+                let seq = self.submitted;
+                self.submitted += 1;
+                let err = match e {
+                    Error::Task(t) => t,
+                    _ => TaskError::PoolGone,
+                };
+                self.place(seq, Err(err));
+                continue;
+            }
+            if let Some(r) = self.take_ready() {
+                // An input that could not be archived is answered at once.
+                return Some(r);
+            }
+            if self.outstanding == 0 {
+                if self.input_done && self.yielded >= self.submitted {
+                    return None;
+                }
+                continue;
+            }
+            let mut got: Vec<(u64, Result<R, TaskError>)> = Vec::new();
+            let res = self.inner.recv(Some(self.stream), None, &mut |hdr: &FrameHeader, bytes: &[u8]| {
+                got.push((hdr.seq, task::decode_result::<R>(hdr.status, bytes)));
+            });
+            self.outstanding = self.outstanding.saturating_sub(got.len() as u64);
+            for (seq, r) in got {
+                self.place(seq, r);
+            }
+            if let Err(RecvError::Gone) | Err(RecvError::Timeout) = res {
+                // Every worker is gone: what is outstanding will never come.
+                let missing: Vec<u64> = (self.yielded..self.submitted).collect();
+                for seq in missing {
+                    self.place(seq, Err(TaskError::PoolGone));
+                }
+                self.outstanding = 0;
+                self.input_done = true;
+                if !self.ordered {
+                    while (self.ready.len() as u64) < self.submitted - self.yielded {
+                        self.ready.push_back(Err(TaskError::PoolGone));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<I: Iterator, R> Drop for MapIter<'_, I, R> {
+    fn drop(&mut self) {
+        if self.outstanding > 0 {
+            self.inner.abandon(self.stream, self.outstanding);
+        }
+    }
+}
+
+// Keep the inline-size arithmetic honest: a frame header plus the smallest
+// archive must fit the smallest slot the builder accepts.
+const _: () = assert!(HEADER + 16 <= 80);

@@ -1,0 +1,285 @@
+//! `WorkerPool`: stateful workers fed through a bounded put/get queue.
+//!
+//! Each worker process builds its state once from a static argument
+//! ([`Worker::init`]) and then runs every task it takes against that state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::core::{lock, Config, Inner, RecvError};
+use super::builder_options;
+use crate::codec::Message;
+use crate::task::{self, FrameHeader};
+use crate::{Error, GetError, PutError, TaskError};
+
+/// A stateful worker: built once per worker process, then run per task.
+///
+/// ```
+/// struct Scale { factor: u64 }
+///
+/// impl shmpool::Worker for Scale {
+///     type Init = u64;
+///     type Task = u64;
+///     type Output = u64;
+///     fn init(factor: u64) -> Self { Scale { factor } }
+///     fn run(&mut self, task: u64) -> u64 { task * self.factor }
+/// }
+/// ```
+pub trait Worker: 'static {
+    /// The static argument every worker is built from (sent once per worker).
+    type Init: Message;
+    /// One task.
+    type Task: Message;
+    /// One task's result.
+    type Output: Message;
+    /// Builds the worker's state; runs once in each worker process.
+    fn init(init: Self::Init) -> Self;
+    /// Runs one task.
+    fn run(&mut self, task: Self::Task) -> Self::Output;
+}
+
+/// A pool of stateful workers with a bounded task queue.
+pub struct WorkerPool<W: Worker> {
+    inner: Arc<Inner>,
+    stream: u64,
+    next_seq: AtomicU64,
+    state: Mutex<GetState<W::Output>>,
+    _worker: PhantomData<fn() -> W>,
+}
+
+struct GetState<R> {
+    /// Puts not yet answered by `get` (cancelled ones are removed when seen).
+    pending: u64,
+    /// Next sequence number `get` returns in ordered mode.
+    next: u64,
+    /// Results that arrived early (ordered) or are waiting (unordered).
+    early: BTreeMap<u64, Result<R, TaskError>>,
+    ordered: bool,
+}
+
+impl<W: Worker> fmt::Debug for WorkerPool<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerPool").field("pool", &self.inner).finish()
+    }
+}
+
+/// Options for a [`WorkerPool`].
+pub struct WorkerPoolBuilder<W: Worker> {
+    config: Config,
+    ordered: bool,
+    _worker: PhantomData<fn() -> W>,
+}
+
+impl<W: Worker> fmt::Debug for WorkerPoolBuilder<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerPoolBuilder").field("config", &self.config).field("ordered", &self.ordered).finish()
+    }
+}
+
+impl<W: Worker> WorkerPoolBuilder<W> {
+    builder_options!();
+
+    /// Whether `get` returns results in `put` order (default `true`) or in
+    /// completion order.
+    pub fn ordered(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
+    }
+
+    /// Starts the workers, each built with `W::init(init)`; returns once all
+    /// are ready. A panic in `init` is [`Error::WorkerInit`].
+    pub fn build(self, init: W::Init) -> Result<WorkerPool<W>, Error> {
+        let tramp = task::init_worker::<W> as task::InitTrampoline as usize;
+        let inner = Inner::start(self.config, Some((tramp, &init)))?;
+        let stream = inner.new_stream();
+        Ok(WorkerPool {
+            inner,
+            stream,
+            next_seq: AtomicU64::new(0),
+            state: Mutex::new(GetState { pending: 0, next: 0, early: BTreeMap::new(), ordered: self.ordered }),
+            _worker: PhantomData,
+        })
+    }
+}
+
+impl<W: Worker> WorkerPool<W> {
+    /// Options for a new pool.
+    pub fn builder() -> WorkerPoolBuilder<W> {
+        WorkerPoolBuilder { config: Config::default(), ordered: true, _worker: PhantomData }
+    }
+
+    /// Queues a task, waiting while the queue is full.
+    pub fn put(&self, task: W::Task) -> Result<(), PutError<W::Task>> {
+        self.put_until(task, None)
+    }
+
+    /// Queues a task, waiting at most `timeout` for room; `Full(task)` then.
+    pub fn put_timeout(&self, task: W::Task, timeout: Duration) -> Result<(), PutError<W::Task>> {
+        self.put_until(task, Some(Instant::now() + timeout))
+    }
+
+    /// Queues a task only if there is room now.
+    pub fn try_put(&self, task: W::Task) -> Result<(), PutError<W::Task>> {
+        self.put_until(task, Some(Instant::now()))
+    }
+
+    fn put_until(&self, task: W::Task, deadline: Option<Instant>) -> Result<(), PutError<W::Task>> {
+        let inner = &self.inner;
+        match inner.reserve(1, deadline) {
+            Ok(0) => return Err(PutError::Full(task)),
+            Ok(_) => {}
+            Err(_) => return Err(PutError::Closed(task)),
+        }
+        // The sequence number is taken under the state lock so that ordered
+        // gets see puts in the order their numbers were handed out.
+        let mut state = lock(&self.state);
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let pushed = task::with_scratch(|scratch| {
+            let (hdr, body) = inner
+                .frame(self.stream, seq, 0, task::call_worker::<W>, &task, scratch)
+                .map_err(|e| e.to_string())?;
+            let inline = match body {
+                task::Body::Inline(n) => &scratch.0[..n],
+                _ => &[][..],
+            };
+            inner.push_frames(&[hdr], |_| inline).map_err(|e| e.to_string())
+        });
+        match pushed {
+            Ok(()) => {
+                state.pending += 1;
+                Ok(())
+            }
+            Err(e) => {
+                // The number is burnt: let ordered gets skip it.
+                state.early.insert(seq, Err(TaskError::Cancelled));
+                drop(state);
+                inner.unreserve(1);
+                if inner.is_closed() {
+                    Err(PutError::Closed(task))
+                } else {
+                    Err(PutError::Encode(task, e))
+                }
+            }
+        }
+    }
+
+    /// Takes the next result, waiting for it.
+    pub fn get(&self) -> Result<W::Output, GetError> {
+        self.get_until(None)
+    }
+
+    /// Takes the next result, waiting at most `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<W::Output, GetError> {
+        self.get_until(Some(Instant::now() + timeout))
+    }
+
+    /// Takes every outstanding result, in the pool's order.
+    pub fn get_all(&self) -> Vec<Result<W::Output, GetError>> {
+        let mut out = Vec::new();
+        loop {
+            match self.get() {
+                Err(GetError::NothingPending) => return out,
+                r => out.push(r),
+            }
+        }
+    }
+
+    fn get_until(&self, deadline: Option<Instant>) -> Result<W::Output, GetError> {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(r) = take_next(&mut state) {
+                return r.map_err(GetError::Task);
+            }
+            if state.pending == 0 {
+                return Err(GetError::NothingPending);
+            }
+            let mut got = Vec::new();
+            let res = self.inner.recv(Some(self.stream), deadline, &mut |hdr: &FrameHeader, bytes: &[u8]| {
+                got.push((hdr.seq, task::decode_result::<W::Output>(hdr.status, bytes)));
+            });
+            for (seq, r) in got {
+                if seq >= state.next || !state.ordered {
+                    state.early.entry(seq).or_insert(r);
+                }
+            }
+            match res {
+                Ok(_) => {}
+                Err(RecvError::Timeout) => {
+                    return take_next(&mut state).map_or(Err(GetError::Timeout), |r| r.map_err(GetError::Task))
+                }
+                Err(RecvError::Gone) => {
+                    state.pending = state.pending.saturating_sub(1);
+                    return Err(GetError::Task(TaskError::PoolGone));
+                }
+            }
+        }
+    }
+
+    /// Removes every queued task that no worker has taken; returns how many.
+    /// Their results never come, and `get` does not wait for them.
+    pub fn clear_tasks(&self) -> usize {
+        self.inner.clear_tasks()
+    }
+
+    /// Stops accepting tasks; workers finish what is queued and exit.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// Waits until every worker has exited (call [`WorkerPool::close`] first).
+    pub fn join(&self) {
+        self.inner.join(None);
+    }
+
+    /// Kills every worker now.
+    pub fn terminate(&self) {
+        self.inner.terminate();
+    }
+
+    /// Whether the pool accepts tasks and has a live worker.
+    pub fn is_alive(&self) -> bool {
+        !self.inner.is_closed() && self.inner.alive_workers() > 0
+    }
+
+    /// Tasks put and not yet returned by `get`.
+    pub fn pending(&self) -> u64 {
+        lock(&self.state).pending
+    }
+
+    /// Pids of the worker processes.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.inner.worker_pids()
+    }
+}
+
+/// The next result `get` may return; cancelled tasks are skipped.
+fn take_next<R>(state: &mut GetState<R>) -> Option<Result<R, TaskError>> {
+    loop {
+        let key = if state.ordered {
+            let next = state.next;
+            state.early.contains_key(&next).then_some(next)?
+        } else {
+            *state.early.keys().next()?
+        };
+        let r = state.early.remove(&key)?;
+        if state.ordered {
+            state.next += 1;
+        }
+        if matches!(r, Err(TaskError::Cancelled)) {
+            if key < u64::MAX && state.pending > 0 && !is_burnt(&r) {
+                state.pending -= 1;
+            }
+            continue;
+        }
+        state.pending = state.pending.saturating_sub(1);
+        return Some(r);
+    }
+}
+
+fn is_burnt<R>(_r: &Result<R, TaskError>) -> bool {
+    false
+}

@@ -1,0 +1,202 @@
+//! The loop a worker process runs: take a batch of tasks, run each through
+//! its trampoline under `catch_unwind`, answer the batch.
+
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::control::{self, MAX_BATCH, W_INIT_FAILED, W_READY};
+use crate::codec::Scratch;
+use crate::ring::{Ring, RingError};
+use crate::segment::Segment;
+use crate::spawn::{self, WorkerConfig};
+use crate::sync::SpinPolicy;
+use crate::sys::process;
+use super::core::{as_bytes, as_bytes_mut};
+use crate::task::{self, Body, FrameHeader, InitTrampoline, Reply, Trampoline, WorkerState, HEADER};
+use crate::Error;
+
+/// How long an idle worker sleeps before checking that its parent lives.
+const PARENT_CHECK: Duration = Duration::from_millis(250);
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs the worker described by `cfg` until its task ring closes or its
+/// parent dies.
+pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
+    let seg = Arc::new(Segment::from_inherited_fd(cfg.fd)?);
+    let (layout, init) = control::open(&seg, cfg.control)?;
+    let slot = control::slot(&seg, cfg.control, layout.workers, cfg.index)?;
+    let tasks = Ring::open(&seg, layout.task_ring)?;
+    let results = Ring::open(&seg, layout.result_ring)?;
+    slot.pid.store(process::current_pid(), Ordering::Relaxed);
+    install_panic_hook();
+
+    let mut state: WorkerState = None;
+    if let Some(init) = init {
+        match build_state(&seg, &init, cfg.key) {
+            Ok(s) => state = Some(s),
+            Err(message) => {
+                if let Ok(Body::Block { offset, len }) = task::encode_block(&seg, &message) {
+                    slot.error_block.store(offset, Ordering::Relaxed);
+                    slot.error_len.store(len, Ordering::Relaxed);
+                }
+                slot.state.store(W_INIT_FAILED, Ordering::Release);
+                return Ok(());
+            }
+        }
+    }
+    slot.state.store(W_READY, Ordering::Release);
+
+    let stride = tasks.payload_capacity().div_ceil(16) * 16;
+    let reply_stride = results.payload_capacity().div_ceil(16) * 16;
+    // u128 gives 16-byte alignment: every frame (and the archive 64 bytes in) is aligned.
+    let mut in_buf = vec![0u128; MAX_BATCH * stride / 16];
+    let mut out_buf = vec![0u128; MAX_BATCH * reply_stride / 16];
+    let mut lens = [0usize; MAX_BATCH];
+    let mut out_lens = [0usize; MAX_BATCH];
+    let mut scratch = Scratch::new();
+    let inline_max = (results.payload_capacity() - HEADER).min(scratch.0.len());
+
+    loop {
+        let mut n = 0;
+        let deadline = Some(Instant::now() + PARENT_CHECK);
+        // Take a fair share of what is queued, so one worker does not hoard
+        // slow tasks while others idle; a lone worker takes whole batches.
+        let share = (tasks.len() / layout.workers as usize).clamp(1, MAX_BATCH);
+        let got = tasks.pop_many_with(share, deadline, SpinPolicy::DEFAULT, |bytes| {
+            let frames = as_bytes_mut(&mut in_buf);
+            frames[n * stride..n * stride + bytes.len()].copy_from_slice(bytes);
+            lens[n] = bytes.len();
+            if let Some(h) = FrameHeader::read(bytes) {
+                slot.held[2 * n].store(h.stream, Ordering::Relaxed);
+                slot.held[2 * n + 1].store(h.seq, Ordering::Relaxed);
+                slot.held_n.store(n as u32 + 1, Ordering::Release);
+            }
+            n += 1;
+        });
+        match got {
+            Ok(_) => {}
+            Err(RingError::Timeout) => {
+                if process::parent_pid() != cfg.parent {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(RingError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        for i in 0..n {
+            let frame = &as_bytes(&in_buf)[i * stride..i * stride + lens[i]];
+            let mut reply = Reply { seg: &seg, scratch: &mut scratch, inline_max, status: 0, body: Body::None };
+            let hdr = run_one(&seg, frame, cfg.key, &mut state, &mut reply);
+            let mut out = FrameHeader { stream: hdr.stream, seq: hdr.seq, status: reply.status, ..Default::default() };
+            reply.body.describe(&mut out);
+            let inline = match reply.body {
+                Body::Inline(len) => &scratch.0[..len],
+                _ => &[][..],
+            };
+            let dst = &mut as_bytes_mut(&mut out_buf)[i * reply_stride..(i + 1) * reply_stride];
+            out_lens[i] = out.write(dst, inline);
+        }
+        let mut sent = 0;
+        while sent < n {
+            let deadline = Some(Instant::now() + PARENT_CHECK);
+            let pushed = results.push_many_with(n - sent, deadline, SpinPolicy::DEFAULT, |j, dst| {
+                let k = sent + j;
+                let src = &as_bytes(&out_buf)[k * reply_stride..k * reply_stride + out_lens[k]];
+                dst[..src.len()].copy_from_slice(src);
+                src.len()
+            });
+            match pushed {
+                Ok(k) => sent += k,
+                Err(RingError::Timeout) if process::parent_pid() == cfg.parent => {}
+                Err(RingError::Timeout) | Err(RingError::Closed) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        slot.held_n.store(0, Ordering::Release);
+        slot.done.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Runs one task frame, leaving its answer in `reply`; returns its header.
+fn run_one(seg: &Segment, frame: &[u8], key: u64, state: &mut WorkerState, reply: &mut Reply<'_>) -> FrameHeader {
+    let Some(hdr) = FrameHeader::read(frame) else {
+        reply.fail(task::ST_BAD_INPUT, "task frame shorter than its header");
+        return FrameHeader::default();
+    };
+    if spawn::seal(hdr.func, hdr.tramp, key) != hdr.check {
+        reply.fail(task::ST_BAD_INPUT, "task seal mismatch: not a task of this pool");
+        return hdr;
+    }
+    // SAFETY: the seal proves this pair was produced by our parent from a real
+    // trampoline of this binary (same image, so the offset names the same code).
+    let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(spawn::code_address(hdr.tramp)) };
+    let func = spawn::code_address(hdr.func);
+    let ran = task::with_body(seg, &hdr, frame, true, |arg| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: sealed pair (above): `func` has the type `tramp` expects.
+            unsafe { tramp(func, state, arg, reply) }
+        }))
+    });
+    match ran {
+        Ok(Ok(())) => {}
+        Ok(Err(payload)) => {
+            let message = take_panic_message(&*payload);
+            reply.body.discard(seg);
+            reply.fail(task::ST_PANICKED, &message);
+        }
+        Err(e) => reply.fail(task::ST_BAD_INPUT, &e.to_string()),
+    }
+    hdr
+}
+
+fn build_state(seg: &Segment, init: &FrameHeader, key: u64) -> Result<Box<dyn std::any::Any>, String> {
+    if spawn::seal(init.func, init.tramp, key) != init.check {
+        return Err("worker init seal mismatch".into());
+    }
+    // SAFETY: sealed by our parent: the offset names an InitTrampoline of this binary.
+    let tramp = unsafe { std::mem::transmute::<usize, InitTrampoline>(spawn::code_address(init.tramp)) };
+    let built = task::with_body(seg, init, &[], false, |arg| {
+        std::panic::catch_unwind(|| {
+            // SAFETY: an InitTrampoline has no precondition beyond its type.
+            unsafe { tramp(arg) }
+        })
+    });
+    match built {
+        Ok(Ok(r)) => r,
+        Ok(Err(payload)) => Err(take_panic_message(&*payload)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Panics in a worker are answers, not noise: record the message and where
+/// it was raised for the caller instead of printing it.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = payload_text(info.payload());
+        let text = match info.location() {
+            Some(l) => format!("{msg} (at {}:{}:{})", l.file(), l.line(), l.column()),
+            None => msg,
+        };
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
+    }));
+}
+
+fn take_panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| payload_text(payload))
+}
+
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}

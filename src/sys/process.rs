@@ -1,0 +1,77 @@
+//! Processes: re-executing the current binary as a worker, signals, liveness.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+/// The id of the calling process.
+pub fn current_pid() -> u32 {
+    std::process::id()
+}
+
+/// The id of the calling process's parent (1, or a subreaper, once it died).
+pub fn parent_pid() -> u32 {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// Starts a new copy of the running executable (`/proc/self/exe`) with the
+/// extra environment `env`, keeping descriptor `keep_fd` open across `exec`.
+///
+/// The child is the same binary, so function addresses taken relative to an
+/// anchor in this image mean the same functions there.
+pub fn spawn_self(env: &[(&str, String)], keep_fd: RawFd) -> io::Result<Child> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0(worker_arg0());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // SAFETY: the closure runs between fork and exec and calls only fcntl,
+    // which is async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || crate::sys::shm::set_cloexec(keep_fd, false));
+    }
+    cmd.spawn()
+}
+
+fn worker_arg0() -> String {
+    let exe = std::env::args_os().next().unwrap_or_default();
+    let name = std::path::Path::new(&exe)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "shmpool".into());
+    format!("{name} [shmpool worker]")
+}
+
+/// Whether a process with id `pid` exists (it may be a zombie not yet reaped).
+pub fn is_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    // SAFETY: signal 0 performs only the existence and permission check.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Sends `SIGKILL` to `pid`.
+pub fn kill(pid: u32) -> io::Result<()> {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a process id"));
+    }
+    // SAFETY: kill takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Ends the calling process at once with `code`, running no destructors and
+/// no `atexit` handlers (used by workers, whose state belongs to the parent).
+pub fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit has no preconditions; it never returns.
+    unsafe { libc::_exit(code) }
+}
