@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn corrupt_bytes_are_rejected() {
         let mut s = Scratch::new();
-        let n = encode_into(&"hello".to_string(), &mut s.0).unwrap();
+        let n = encode_into(&"a string longer than the inline form".to_string(), &mut s.0).unwrap();
         // Point the string's relative pointer somewhere absurd.
         for b in &mut s.0[n - 4..n] {
             *b = 0x7f;
