@@ -5,3 +5,9 @@
 //! against loom's model-checked atomics by providing its own `primitive`.
 
 pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A hint that this thread is waiting for another (loom: a yield point).
+#[inline]
+pub(crate) fn spin_hint() {
+    std::hint::spin_loop();
+}

@@ -10,7 +10,7 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::primitive::{AtomicU64, Ordering};
+use crate::primitive::{spin_hint, AtomicU64, Ordering};
 
 /// Set in `head` once the queue is closed: no producer can claim after it.
 pub const CLOSED: u64 = 1 << 63;
@@ -99,7 +99,7 @@ pub fn claim_push(c: &Cursors, slots: &impl Slots, max: u64) -> Result<(u64, u64
                 if stale > 1_000 {
                     return Err(Refused::Corrupt);
                 }
-                std::hint::spin_loop();
+                spin_hint();
             }
             head = now;
             continue;
@@ -154,7 +154,7 @@ pub fn claim_pop(c: &Cursors, slots: &impl Slots, max: u64) -> Result<(u64, u64)
                 if stale > 1_000 {
                     return Err(Refused::Corrupt);
                 }
-                std::hint::spin_loop();
+                spin_hint();
             }
             tail = now;
             continue;
