@@ -327,16 +327,7 @@ impl Segment {
         let len = usize::try_from(actual).map_err(|_| SegmentError::Corrupt("size"))?;
         let map = shm::map(&file, len)?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or(SegmentError::Corrupt("null mapping"))?;
-        let mut seg = Segment {
-            map,
-            file,
-            base,
-            size: actual,
-            arena_start: 0,
-            arena_end: 0,
-            name: None,
-            owner: false,
-        };
+        let mut seg = Segment { map, file, base, size: actual, arena_start: 0, arena_end: 0, name: None, owner: false };
         let (start, end) = seg.validate()?;
         seg.arena_start = start;
         seg.arena_end = end;
@@ -371,16 +362,7 @@ impl Segment {
             // SYNC: Release publishes the fields above to openers (Acquire in validate).
             (*hdr).state.store(STATE_READY, Ordering::Release);
         }
-        Ok(Segment {
-            map,
-            file,
-            base,
-            size,
-            arena_start,
-            arena_end: size,
-            owner: name.is_some(),
-            name,
-        })
+        Ok(Segment { map, file, base, size, arena_start, arena_end: size, owner: name.is_some(), name })
     }
 
     /// Checks the header and returns the arena bounds.
@@ -489,10 +471,7 @@ impl Segment {
     /// Lock-free and usable by every process at once. The block's payload is
     /// 16-byte aligned; its content is unspecified.
     pub fn alloc(&self, len: u64) -> Result<Block, SegmentError> {
-        let class = size_class(len).ok_or(SegmentError::OutOfMemory {
-            requested: len,
-            available: self.available(),
-        })?;
+        let class = size_class(len).ok_or(SegmentError::OutOfMemory { requested: len, available: self.available() })?;
         let block_size = class_size(class);
         let start = match self.pop_free(class)? {
             Some(off) => off,
@@ -509,10 +488,7 @@ impl Segment {
     pub fn free(&self, offset: u64) -> Result<(), SegmentError> {
         let (start, class) = self.live_block(offset)?;
         let bh = self.get::<BlockHeader>(start)?;
-        if bh
-            .tag
-            .compare_exchange(BLOCK_LIVE | class, BLOCK_FREE | class, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
+        if bh.tag.compare_exchange(BLOCK_LIVE | class, BLOCK_FREE | class, Ordering::AcqRel, Ordering::Relaxed).is_err()
         {
             return Err(SegmentError::Corrupt("double free of an arena block"));
         }
@@ -594,10 +570,7 @@ impl Segment {
         loop {
             let end = cur.checked_add(block_size).filter(|&e| e <= self.arena_end);
             let Some(end) = end else {
-                return Err(SegmentError::OutOfMemory {
-                    requested,
-                    available: self.arena_end.saturating_sub(cur),
-                });
+                return Err(SegmentError::OutOfMemory { requested, available: self.arena_end.saturating_sub(cur) });
             };
             if cur < self.arena_start {
                 return Err(SegmentError::Corrupt("arena bump pointer"));
@@ -843,7 +816,7 @@ mod tests {
         assert_eq!(a, b);
         assert!(matches!(seg.named("x", 1, 43, 64, |_| Ok(())), Err(SegmentError::TypeMismatch { .. })));
         assert!(matches!(seg.named("bad/name", 1, 1, 8, |_| Ok(())), Err(SegmentError::InvalidName(_))));
-        assert_eq!(seg.lookup("x").unwrap().map(|(b, k, f)| (b, k, f)), Some((a, 1, 42)));
+        assert_eq!(seg.lookup("x").unwrap(), Some((a, 1, 42)));
         assert!(seg.lookup("y").unwrap().is_none());
     }
 }

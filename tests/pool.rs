@@ -226,7 +226,7 @@ fn put_full_and_get_timeout() {
     assert_eq!(pool.get_timeout(Duration::from_millis(10)), Err(GetError::NothingPending));
     pool.put(400).unwrap();
     std::thread::sleep(Duration::from_millis(100)); // the worker is now running it
-    // queue_capacity counts queued and running tasks: room for two more at most.
+                                                    // queue_capacity counts queued and running tasks: room for two more at most.
     let mut accepted = 1;
     let mut full = None;
     for _ in 0..10 {

@@ -57,7 +57,9 @@ fn other_layout_version_is_refused() {
     let _owner = Segment::create(&name, 1 << 20).unwrap();
     scribble(&name, 8, &99u32.to_ne_bytes());
     match Segment::open(&name) {
-        Err(SegmentError::VersionMismatch { found: 99, expected }) => assert_eq!(expected, shmpool::segment::LAYOUT_VERSION),
+        Err(SegmentError::VersionMismatch { found: 99, expected }) => {
+            assert_eq!(expected, shmpool::segment::LAYOUT_VERSION)
+        }
         other => panic!("expected VersionMismatch, got {other:?}"),
     }
 }
@@ -68,7 +70,9 @@ fn truncated_segment_is_refused() {
     let _owner = Segment::create(&name, 1 << 20).unwrap();
     let f = OpenOptions::new().write(true).open(shm_path(&name)).unwrap();
     f.set_len(100 << 10).unwrap();
-    assert!(matches!(Segment::open(&name), Err(SegmentError::Truncated { expected, actual }) if expected == 1 << 20 && actual == 100 << 10));
+    assert!(
+        matches!(Segment::open(&name), Err(SegmentError::Truncated { expected, actual }) if expected == 1 << 20 && actual == 100 << 10)
+    );
     f.set_len(16).unwrap();
     assert!(matches!(Segment::open(&name), Err(SegmentError::Truncated { .. })));
 }

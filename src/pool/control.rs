@@ -75,7 +75,12 @@ pub(crate) fn footprint(workers: u32) -> u64 {
 }
 
 /// Writes a fresh control block at `offset` (a block this process owns).
-pub(crate) fn init(seg: &Segment, offset: u64, layout: &Layout, init: Option<&FrameHeader>) -> Result<(), SegmentError> {
+pub(crate) fn init(
+    seg: &Segment,
+    offset: u64,
+    layout: &Layout,
+    init: Option<&FrameHeader>,
+) -> Result<(), SegmentError> {
     let _ = seg.get::<Control>(offset)?;
     seg.check_range(offset, footprint(layout.workers))?;
     let p = seg.ptr(offset, size_of::<Control>() as u64)?.cast::<Control>();

@@ -121,7 +121,8 @@ impl Inner {
         let results = Ring::create(&seg, limit as u32, payload)?;
         let workers = config.workers as u32;
         let block = seg.alloc(control::footprint(workers))?;
-        let layout = Layout { control: block.offset, workers, task_ring: tasks.offset(), result_ring: results.offset() };
+        let layout =
+            Layout { control: block.offset, workers, task_ring: tasks.offset(), result_ring: results.offset() };
         let mut key_bytes = [0u8; 8];
         shm::random_bytes(&mut key_bytes).map_err(Error::Spawn)?;
         let key = u64::from_ne_bytes(key_bytes);
@@ -242,11 +243,7 @@ impl Inner {
             let cur = self.in_flight.load(Ordering::Relaxed);
             if cur < self.limit {
                 let k = want.min(self.limit - cur);
-                if self
-                    .in_flight
-                    .compare_exchange_weak(cur, cur + k, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-                {
+                if self.in_flight.compare_exchange_weak(cur, cur + k, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
                     return Ok(k);
                 }
                 continue;

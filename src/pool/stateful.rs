@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::core::{lock, Config, Inner, RecvError};
 use super::builder_options;
+use super::core::{lock, Config, Inner, RecvError};
 use crate::codec::Message;
 use crate::task::{self, FrameHeader};
 use crate::{Error, GetError, PutError, TaskError};
@@ -139,9 +139,8 @@ impl<W: Worker> WorkerPool<W> {
         let mut state = lock(&self.state);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let pushed = task::with_scratch(|scratch| {
-            let (hdr, body) = inner
-                .frame(self.stream, seq, 0, task::call_worker::<W>, &task, scratch)
-                .map_err(|e| e.to_string())?;
+            let (hdr, body) =
+                inner.frame(self.stream, seq, 0, task::call_worker::<W>, &task, scratch).map_err(|e| e.to_string())?;
             let inline = match body {
                 task::Body::Inline(n) => &scratch.0[..n],
                 _ => &[][..],

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::control::{self, MAX_BATCH, W_INIT_FAILED, W_READY};
+use super::core::{as_bytes, as_bytes_mut};
 use crate::codec::Scratch;
 use crate::ring::{Ring, RingError};
 use crate::segment::Segment;
 use crate::spawn::{self, WorkerConfig};
 use crate::sync::SpinPolicy;
 use crate::sys::process;
-use super::core::{as_bytes, as_bytes_mut};
 use crate::task::{self, Body, FrameHeader, InitTrampoline, Reply, Trampoline, WorkerState, HEADER};
 use crate::Error;
 

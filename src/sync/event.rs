@@ -69,12 +69,7 @@ impl Event {
     ///
     /// Spins for at most `policy.spin`, then sleeps. `ready` is called
     /// repeatedly and must be cheap and free of side effects on failure.
-    pub fn wait_until(
-        &self,
-        mut ready: impl FnMut() -> bool,
-        deadline: Option<Instant>,
-        policy: SpinPolicy,
-    ) -> bool {
+    pub fn wait_until(&self, mut ready: impl FnMut() -> bool, deadline: Option<Instant>, policy: SpinPolicy) -> bool {
         if ready() {
             return true;
         }

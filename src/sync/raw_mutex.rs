@@ -53,9 +53,7 @@ pub struct LockTimeout {
 
 impl fmt::Debug for RawMutex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawMutex")
-            .field("holder", &(self.word.load(Ordering::Relaxed) & PID_MASK))
-            .finish()
+        f.debug_struct("RawMutex").field("holder", &(self.word.load(Ordering::Relaxed) & PID_MASK)).finish()
     }
 }
 
@@ -82,31 +80,20 @@ impl RawMutex {
             let cur = self.word.load(Ordering::Relaxed);
             if cur == 0 {
                 // We may have had company: keep WAITERS so the next unlock wakes them.
-                if self
-                    .word
-                    .compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
+                if self.word.compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     return Ok(Acquired::Clean);
                 }
                 continue;
             }
             let holder = cur & PID_MASK;
             if !process::is_alive(holder) {
-                if self
-                    .word
-                    .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
+                if self.word.compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     return Ok(Acquired::OwnerDied(holder));
                 }
                 continue;
             }
             if cur & WAITERS == 0
-                && self
-                    .word
-                    .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err()
+                && self.word.compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed).is_err()
             {
                 continue;
             }

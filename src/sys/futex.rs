@@ -59,10 +59,8 @@ fn monotonic_after(d: Duration) -> libc::timespec {
     // SAFETY: `now` is a valid timespec to write; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     let secs = d.as_secs().min(i64::MAX as u64 / 2) as i64;
-    let mut ts = libc::timespec {
-        tv_sec: now.tv_sec.saturating_add(secs),
-        tv_nsec: now.tv_nsec + d.subsec_nanos() as i64,
-    };
+    let mut ts =
+        libc::timespec { tv_sec: now.tv_sec.saturating_add(secs), tv_nsec: now.tv_nsec + d.subsec_nanos() as i64 };
     if ts.tv_nsec >= 1_000_000_000 {
         ts.tv_nsec -= 1_000_000_000;
         ts.tv_sec = ts.tv_sec.saturating_add(1);
