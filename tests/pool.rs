@@ -281,3 +281,21 @@ fn close_then_submit_is_refused_and_join_returns() {
     pool.join();
     assert!(!pool.is_alive());
 }
+
+fn die(code: i32) -> u64 {
+    std::process::exit(code)
+}
+
+#[test]
+fn a_dead_worker_reports_worker_died_and_is_replaced() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let before = pool.worker_pids();
+    match pool.submit(die, 7).unwrap().wait() {
+        Err(TaskError::WorkerDied { pid }) => assert_eq!(vec![pid], before),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    // A replacement took over and the pool works on.
+    assert_eq!(pool.submit(square, 6u64).unwrap().wait(), Ok(36));
+    assert_eq!(pool.respawns(), 1);
+    assert_ne!(pool.worker_pids(), before);
+}

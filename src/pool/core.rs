@@ -376,19 +376,33 @@ impl Inner {
     }
 
     /// Pops result batches until one for `stream` (or, with `None`, any) came.
+    ///
+    /// Every `HEALTH_CHECK` it also reaps dead workers, whose held tasks are
+    /// answered with `WorkerDied` (they may be this stream's).
     fn drain(
         &self,
         stream: Option<u64>,
         deadline: Option<Instant>,
         on: &mut dyn FnMut(&FrameHeader, &[u8]),
     ) -> Result<usize, RecvError> {
+        let mut next_check = Instant::now() + HEALTH_CHECK;
         loop {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Err(RecvError::Timeout);
             }
-            let chunk = now + HEALTH_CHECK;
-            let until = deadline.map_or(chunk, |d| d.min(chunk));
+            if now >= next_check {
+                next_check = now + HEALTH_CHECK;
+                if !self.supervise() {
+                    return Err(RecvError::Gone);
+                }
+                if let Some(s) = stream {
+                    if lock(&self.routing).stash.contains_key(&s) {
+                        return Ok(0);
+                    }
+                }
+            }
+            let until = deadline.map_or(next_check, |d| d.min(next_check));
             let mut mine = 0;
             let mut popped = 0;
             let mut foreign: Vec<Stashed> = Vec::new();
@@ -415,15 +429,7 @@ impl Inner {
             }
             match got {
                 Ok(_) if mine > 0 || stream.is_none() => return Ok(mine),
-                Ok(_) => {}
-                Err(RingError::Timeout) => {
-                    if !self.supervise() {
-                        return Err(RecvError::Gone);
-                    }
-                    if stream.is_some() && lock(&self.routing).stash.contains_key(&stream.unwrap_or(0)) {
-                        return Ok(0);
-                    }
-                }
+                Ok(_) | Err(RingError::Timeout) => {}
                 Err(_) => return Err(RecvError::Gone),
             }
         }
