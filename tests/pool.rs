@@ -299,3 +299,27 @@ fn a_dead_worker_reports_worker_died_and_is_replaced() {
     assert_eq!(pool.respawns(), 1);
     assert_ne!(pool.worker_pids(), before);
 }
+
+#[test]
+fn an_argument_larger_than_the_segment_is_an_error_not_a_crash() {
+    let pool = Pool::builder().workers(1).segment_size(4 << 20).build().unwrap();
+    let huge = vec![1u8; 8 << 20];
+    match pool.submit(sum_bytes, huge.clone()) {
+        Err(shmpool::Error::Task(TaskError::Encode(msg))) => assert!(msg.contains("out of memory"), "{msg}"),
+        other => panic!("expected an Encode error, got {other:?}"),
+    }
+    // In a map, only that item fails; the others arrive, in order.
+    let inputs = vec![vec![1u8; 10], huge, vec![2u8; 10]];
+    let out: Vec<_> = pool.map(sum_bytes, inputs).unwrap().collect();
+    assert_eq!(out[0], Ok(10));
+    assert!(matches!(out[1], Err(TaskError::Encode(_))));
+    assert_eq!(out[2], Ok(20));
+    assert_eq!(pool.submit(square, 2u64).unwrap().wait(), Ok(4));
+}
+
+#[test]
+fn pool_refuses_bad_configuration() {
+    assert!(matches!(Pool::builder().workers(0).build(), Err(shmpool::Error::Config(_))));
+    assert!(matches!(Pool::builder().queue_capacity(0).build(), Err(shmpool::Error::Config(_))));
+    assert!(matches!(Pool::builder().slot_size(8).build(), Err(shmpool::Error::Config(_))));
+}

@@ -295,8 +295,13 @@ impl Inner {
     }
 
     /// Pushes framed tasks (reservations already taken). `inline(i)` gives
-    /// task `i`'s inline archive bytes.
-    pub fn push_frames<'b>(&self, hdrs: &[FrameHeader], inline: impl Fn(usize) -> &'b [u8]) -> Result<(), Error> {
+    /// task `i`'s inline archive bytes. On failure, says how many were pushed;
+    /// the rest are unreserved and their blocks freed.
+    pub fn push_frames<'b>(
+        &self,
+        hdrs: &[FrameHeader],
+        inline: impl Fn(usize) -> &'b [u8],
+    ) -> Result<(), (usize, Error)> {
         let mut sent = 0;
         while sent < hdrs.len() {
             let pushed = self.tasks.push_many_with(hdrs.len() - sent, None, self.config.spin, |j, dst| {
@@ -304,16 +309,16 @@ impl Inner {
             });
             match pushed {
                 Ok(k) => sent += k,
-                Err(RingError::Closed) => {
+                Err(e) => {
                     for h in &hdrs[sent..] {
                         if h.body == task::BODY_BLOCK {
                             let _ = self.seg.free(h.block);
                         }
                     }
                     self.unreserve(hdrs.len() - sent);
-                    return Err(Error::Closed);
+                    let e = if e == RingError::Closed { Error::Closed } else { e.into() };
+                    return Err((sent, e));
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         Ok(())

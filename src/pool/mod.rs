@@ -130,21 +130,22 @@ impl Pool {
         inner.reserve(1, None)?;
         let stream = inner.new_stream();
         let pushed = task::with_scratch(|scratch| {
-            let (hdr, body) = inner.frame(stream, 0, func, tramp, arg, scratch)?;
+            let (hdr, body) = inner.frame(stream, 0, func, tramp, arg, scratch).map_err(Error::Task)?;
             let inline = match body {
                 task::Body::Inline(n) => &scratch.0[..n],
                 _ => &[][..],
             };
-            inner.push_frames(&[hdr], |_| inline)
+            // On failure push_frames has already given the reservation back.
+            inner.push_frames(&[hdr], |_| inline).map_err(|(_, e)| e)
         });
         match pushed {
             Ok(()) => Ok(Ticket { inner: Arc::clone(inner), stream, done: false, _result: PhantomData }),
-            Err(e) => {
-                if !matches!(e, Error::Closed) {
-                    inner.unreserve(1);
-                }
-                Err(e)
+            Err(Error::Task(e)) => {
+                // Encoding failed before anything was pushed.
+                inner.unreserve(1);
+                Err(Error::Task(e))
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -238,6 +239,14 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // No new work. Tickets and maps still alive keep the workers until
+        // they are done; the last handle shuts them down (see `Inner::drop`).
+        self.inner.close();
+    }
+}
+
 /// The result of one submitted task, to be waited for.
 ///
 /// Dropping a ticket without waiting discards the result when it arrives.
@@ -296,6 +305,14 @@ impl<R> Drop for Ticket<R> {
         if !self.done {
             self.inner.abandon(self.stream, 1);
         }
+    }
+}
+
+/// A submission failure, as the error of the task that could not be submitted.
+fn to_task_error(e: Error) -> TaskError {
+    match e {
+        Error::Task(t) => t,
+        _ => TaskError::PoolGone,
     }
 }
 
@@ -395,7 +412,15 @@ where
             self.inner.unreserve(room - hdrs.len());
             let buf = self::core::as_bytes(&self.buf);
             let stride = self.stride;
-            self.inner.push_frames(&hdrs, |k| &buf[k * stride..k * stride + lens[k]])?;
+            if let Err((sent, e)) = self.inner.push_frames(&hdrs, |k| &buf[k * stride..k * stride + lens[k]]) {
+                self.outstanding += sent as u64;
+                let err = to_task_error(e);
+                for h in &hdrs[sent..] {
+                    self.place(h.seq, Err(err.clone()));
+                }
+                self.input_done = true;
+                return Ok(());
+            }
             self.outstanding += hdrs.len() as u64;
         }
         Ok(())
@@ -434,11 +459,7 @@ where
                 self.input_done = true;
                 let seq = self.submitted;
                 self.submitted += 1;
-                let err = match e {
-                    Error::Task(t) => t,
-                    _ => TaskError::PoolGone,
-                };
-                self.place(seq, Err(err));
+                self.place(seq, Err(to_task_error(e)));
                 continue;
             }
             if let Some(r) = self.take_ready() {

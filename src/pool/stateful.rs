@@ -3,7 +3,7 @@
 //! Each worker process builds its state once from a static argument
 //! ([`Worker::init`]) and then runs every task it takes against that state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +58,8 @@ struct GetState<R> {
     next: u64,
     /// Results that arrived early (ordered) or are waiting (unordered).
     early: BTreeMap<u64, Result<R, TaskError>>,
+    /// Sequence numbers handed out to puts that failed.
+    burnt: BTreeSet<u64>,
     ordered: bool,
 }
 
@@ -100,7 +102,13 @@ impl<W: Worker> WorkerPoolBuilder<W> {
             inner,
             stream,
             next_seq: AtomicU64::new(0),
-            state: Mutex::new(GetState { pending: 0, next: 0, early: BTreeMap::new(), ordered: self.ordered }),
+            state: Mutex::new(GetState {
+                pending: 0,
+                next: 0,
+                early: BTreeMap::new(),
+                burnt: BTreeSet::new(),
+                ordered: self.ordered,
+            }),
             _worker: PhantomData,
         })
     }
@@ -145,7 +153,7 @@ impl<W: Worker> WorkerPool<W> {
                 task::Body::Inline(n) => &scratch.0[..n],
                 _ => &[][..],
             };
-            inner.push_frames(&[hdr], |_| inline).map_err(|e| e.to_string())
+            inner.push_frames(&[hdr], |_| inline).map_err(|(_, e)| e.to_string())
         });
         match pushed {
             Ok(()) => {
@@ -154,9 +162,13 @@ impl<W: Worker> WorkerPool<W> {
             }
             Err(e) => {
                 // The number is burnt: let ordered gets skip it.
-                state.early.insert(seq, Err(TaskError::Cancelled));
+                state.burnt.insert(seq);
                 drop(state);
-                inner.unreserve(1);
+                if !inner.is_closed() {
+                    // Archiving failed before the push; push_frames gives back
+                    // its reservation itself when the push fails.
+                    inner.unreserve(1);
+                }
                 if inner.is_closed() {
                     Err(PutError::Closed(task))
                 } else {
@@ -255,9 +267,20 @@ impl<W: Worker> WorkerPool<W> {
     }
 }
 
-/// The next result `get` may return; cancelled tasks are skipped.
+impl<W: Worker> Drop for WorkerPool<W> {
+    fn drop(&mut self) {
+        self.inner.close();
+    }
+}
+
+/// The next result `get` may return; cancelled tasks and burnt sequence
+/// numbers are skipped.
 fn take_next<R>(state: &mut GetState<R>) -> Option<Result<R, TaskError>> {
     loop {
+        if state.ordered && state.burnt.remove(&state.next) {
+            state.next += 1;
+            continue;
+        }
         let key = if state.ordered {
             let next = state.next;
             state.early.contains_key(&next).then_some(next)?
@@ -268,17 +291,10 @@ fn take_next<R>(state: &mut GetState<R>) -> Option<Result<R, TaskError>> {
         if state.ordered {
             state.next += 1;
         }
+        state.pending = state.pending.saturating_sub(1);
         if matches!(r, Err(TaskError::Cancelled)) {
-            if key < u64::MAX && state.pending > 0 && !is_burnt(&r) {
-                state.pending -= 1;
-            }
             continue;
         }
-        state.pending = state.pending.saturating_sub(1);
         return Some(r);
     }
-}
-
-fn is_burnt<R>(_r: &Result<R, TaskError>) -> bool {
-    false
 }
