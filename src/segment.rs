@@ -557,6 +557,11 @@ impl Segment {
                     if start < self.arena_start || start + class_size(class) > self.arena_end {
                         return Err(SegmentError::Corrupt("free list points outside the arena"));
                     }
+                    // Only a block freed into this class may come off its list:
+                    // a corrupt list must not hand out a live block.
+                    if bh.tag.load(Ordering::Acquire) != BLOCK_FREE | class as u32 {
+                        return Err(SegmentError::Corrupt("free list holds a block that is not free"));
+                    }
                     return Ok(Some(start));
                 }
                 Err(c) => cur = c,
@@ -572,7 +577,7 @@ impl Segment {
             let Some(end) = end else {
                 return Err(SegmentError::OutOfMemory { requested, available: self.arena_end.saturating_sub(cur) });
             };
-            if cur < self.arena_start {
+            if cur < self.arena_start || cur % 16 != 0 {
                 return Err(SegmentError::Corrupt("arena bump pointer"));
             }
             match bump.compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
@@ -804,6 +809,24 @@ mod tests {
             }
             other => panic!("expected OutOfMemory, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn corrupt_allocator_state_is_an_error() {
+        let seg = Segment::anonymous(1 << 20).unwrap();
+        let a = seg.alloc(100).unwrap();
+        let b = seg.alloc(100).unwrap();
+        seg.free(a.offset).unwrap();
+        // Mark the freed block live again behind the allocator's back: the
+        // free list now names a live block and must not hand it out.
+        let bh = seg.get::<BlockHeader>(a.offset - BLOCK_HEADER).unwrap();
+        bh.tag.store(BLOCK_LIVE | bh.tag.load(Ordering::Relaxed) & 0xFFFF, Ordering::Relaxed);
+        assert!(matches!(seg.alloc(100), Err(SegmentError::Corrupt(_))));
+        // A misaligned bump pointer is refused rather than handing out
+        // misaligned blocks.
+        seg.bump_word().fetch_add(8, Ordering::Relaxed);
+        assert!(matches!(seg.alloc(1000), Err(SegmentError::Corrupt(_))));
+        seg.free(b.offset).unwrap();
     }
 
     #[test]

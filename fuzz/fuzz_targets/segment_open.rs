@@ -57,6 +57,7 @@ fuzz_target!(|data: &[u8]| {
     // SAFETY: memfd_create returns a fresh descriptor that we own.
     let fd = unsafe { libc_memfd() };
     assert!(fd >= 0, "memfd_create failed");
+    // SAFETY: `fd` is open (checked) and owned by nobody else.
     let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
     file.write_all(&bytes).unwrap();
     if let Ok(seg) = Segment::from_file(file) {
@@ -72,9 +73,13 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
+/// # Safety
+///
+/// None: a plain system call; `unsafe` because it is foreign.
 unsafe fn libc_memfd() -> i32 {
     extern "C" {
         fn memfd_create(name: *const std::ffi::c_char, flags: u32) -> i32;
     }
+    // SAFETY: the name is a valid C string; flags 1 is MFD_CLOEXEC.
     unsafe { memfd_create(c"fuzz".as_ptr(), 1) }
 }
