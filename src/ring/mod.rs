@@ -18,7 +18,7 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 
 use crate::segment::{Segment, SegmentError, ShmSafe};
-use crate::sync::{Event, SpinPolicy};
+use crate::sync::{AdaptiveSpin, Event, SpinPolicy};
 use queue::{Cursors, Refused, Slots};
 
 const RING_MAGIC: u32 = 0x5249_4E47; // "RING"
@@ -108,6 +108,9 @@ pub struct Ring {
     capacity: u64,
     stride: usize,
     offset: u64,
+    /// This handle's memory of whether spinning pays off, per direction.
+    push_spin: AdaptiveSpin,
+    pop_spin: AdaptiveSpin,
 }
 
 // SAFETY: the pointers point into the segment kept alive by `seg`; all shared
@@ -226,7 +229,16 @@ impl Ring {
         let slots_off = offset + size_of::<RingHeader>() as u64;
         let slots = seg.ptr(slots_off, capacity * stride as u64)?;
         let hdr = seg.ptr(offset, size_of::<RingHeader>() as u64)?.cast::<RingHeader>();
-        Ok(Ring { seg: Arc::clone(seg), hdr, slots, capacity, stride, offset })
+        Ok(Ring {
+            seg: Arc::clone(seg),
+            hdr,
+            slots,
+            capacity,
+            stride,
+            offset,
+            push_spin: AdaptiveSpin::new(),
+            pop_spin: AdaptiveSpin::new(),
+        })
     }
 
     /// The ring header's offset in its segment (to hand to other processes).
@@ -358,7 +370,7 @@ impl Ring {
                 other => return other,
             }
             let ready = || queue::push_ready(self.cursors(), &SlotSeqs(self));
-            if !self.header().not_full.wait_until(ready, deadline, spin) {
+            if !self.header().not_full.wait_until(ready, deadline, spin, &self.push_spin) {
                 return Err(RingError::Timeout);
             }
         }
@@ -422,7 +434,7 @@ impl Ring {
                 other => return other,
             }
             let ready = || queue::pop_ready(self.cursors(), &SlotSeqs(self));
-            if !self.header().not_empty.wait_until(ready, deadline, spin) {
+            if !self.header().not_empty.wait_until(ready, deadline, spin, &self.pop_spin) {
                 return Err(RingError::Timeout);
             }
         }

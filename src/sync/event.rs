@@ -67,21 +67,30 @@ impl Event {
     /// Waits until `ready()` is true or `deadline` passes; returns the last
     /// value of `ready()`.
     ///
-    /// Spins for at most `policy.spin`, then sleeps. `ready` is called
-    /// repeatedly and must be cheap and free of side effects on failure.
-    pub fn wait_until(&self, mut ready: impl FnMut() -> bool, deadline: Option<Instant>, policy: SpinPolicy) -> bool {
+    /// Spins for at most the budget `adapt` allows under `policy`, then
+    /// sleeps; `adapt` learns from the outcome. `ready` is called repeatedly
+    /// and must be cheap and free of side effects on failure.
+    pub fn wait_until(
+        &self,
+        mut ready: impl FnMut() -> bool,
+        deadline: Option<Instant>,
+        policy: SpinPolicy,
+        adapt: &AdaptiveSpin,
+    ) -> bool {
         if ready() {
             return true;
         }
-        if !policy.spin.is_zero() {
+        let budget = adapt.budget(policy);
+        if !budget.is_zero() {
             let start = Instant::now();
-            let spin_end = start + policy.spin;
+            let spin_end = start + budget;
             let mut i = 0u32;
             loop {
                 for _ in 0..16 {
                     std::hint::spin_loop();
                 }
                 if ready() {
+                    adapt.record(true, policy);
                     return true;
                 }
                 i += 1;
@@ -97,6 +106,7 @@ impl Event {
                     }
                 }
             }
+            adapt.record(false, policy);
         }
         loop {
             self.sleepers.fetch_add(1, Ordering::SeqCst);
@@ -114,5 +124,122 @@ impl Event {
                 return false;
             }
         }
+    }
+}
+
+/// A waiter's own, process-local memory of whether spinning pays off.
+///
+/// Spinning only helps while the other side is running on another core. When
+/// the cores are oversubscribed (more busy processes than cores), a spinning
+/// waiter takes the very core the other side needs, and every wait ends up
+/// sleeping after a wasted spin. So the budget halves each time a spin ends in
+/// sleep and doubles each time a spin succeeds, up to the policy's maximum.
+/// Below [`MIN_SPIN`] the waiter does not spin at all (sleeping at once frees
+/// the core for the side it waits on), except for one probe spin of
+/// `MIN_SPIN` every [`PROBE_EVERY`] waits, which notices when spinning pays
+/// again. Hand-offs between busy processes stay sub-microsecond, and a loaded
+/// machine quickly falls back to sleeping.
+#[derive(Debug)]
+pub struct AdaptiveSpin {
+    budget_ns: AtomicU32,
+    waits: AtomicU32,
+}
+
+/// How often a waiter that has stopped spinning probes with a short spin.
+pub const PROBE_EVERY: u32 = 32;
+
+/// The smallest spin budget: enough to catch a reply that is already on its
+/// way, small enough to cost nothing noticeable when it is not.
+pub const MIN_SPIN: Duration = Duration::from_micros(2);
+
+impl AdaptiveSpin {
+    /// A fresh memory, starting at the policy's maximum.
+    pub fn new() -> AdaptiveSpin {
+        AdaptiveSpin { budget_ns: AtomicU32::new(u32::MAX), waits: AtomicU32::new(0) }
+    }
+
+    /// The spin budget for the next wait under `policy`.
+    pub fn budget(&self, policy: SpinPolicy) -> Duration {
+        if policy.spin.is_zero() {
+            return Duration::ZERO;
+        }
+        let max = policy.spin.as_nanos().min(u32::MAX as u128) as u32;
+        let budget = self.budget_ns.load(Ordering::Relaxed).min(max);
+        if budget < MIN_SPIN.as_nanos() as u32 && budget < max {
+            let n = self.waits.fetch_add(1, Ordering::Relaxed);
+            return if n % PROBE_EVERY == 0 { MIN_SPIN.min(policy.spin) } else { Duration::ZERO };
+        }
+        Duration::from_nanos(budget as u64)
+    }
+
+    /// Learns from a spin that succeeded (`true`) or ended in sleep.
+    pub fn record(&self, spun_ok: bool, policy: SpinPolicy) {
+        let max = policy.spin.as_nanos().min(u32::MAX as u128) as u32;
+        let min = (MIN_SPIN.as_nanos() as u32).min(max);
+        let cur = self.budget_ns.load(Ordering::Relaxed).min(max);
+        let next = if spun_ok { cur.max(min / 2).saturating_mul(2).min(max) } else { cur / 2 };
+        if next != cur {
+            self.budget_ns.store(next, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Default for AdaptiveSpin {
+    fn default() -> Self {
+        AdaptiveSpin::new()
+    }
+}
+
+impl Clone for AdaptiveSpin {
+    fn clone(&self) -> Self {
+        AdaptiveSpin { budget_ns: AtomicU32::new(self.budget_ns.load(Ordering::Relaxed)), waits: AtomicU32::new(0) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_halves_on_failure_and_doubles_on_success_within_bounds() {
+        let policy = SpinPolicy { spin: Duration::from_micros(64) };
+        let a = AdaptiveSpin::new();
+        assert_eq!(a.budget(policy), Duration::from_micros(64));
+        a.record(false, policy);
+        assert_eq!(a.budget(policy), Duration::from_micros(32));
+        for _ in 0..20 {
+            a.record(false, policy);
+        }
+        // Below the minimum: no spin, but one probe spin every PROBE_EVERY waits.
+        let budgets: Vec<Duration> = (0..PROBE_EVERY * 2).map(|_| a.budget(policy)).collect();
+        assert_eq!(budgets.iter().filter(|b| **b == MIN_SPIN).count(), 2);
+        assert_eq!(budgets.iter().filter(|b| b.is_zero()).count(), PROBE_EVERY as usize * 2 - 2);
+        // A probe that succeeds brings spinning back.
+        a.record(true, policy);
+        assert_eq!(a.budget(policy), MIN_SPIN);
+        a.record(true, policy);
+        assert_eq!(a.budget(policy), MIN_SPIN * 2);
+        for _ in 0..20 {
+            a.record(true, policy);
+        }
+        assert_eq!(a.budget(policy), Duration::from_micros(64));
+        assert_eq!(a.budget(SpinPolicy::SLEEP), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_wait_times_out_and_a_notify_wakes_a_sleeper() {
+        let e = std::sync::Arc::new(Event::default());
+        let flag = std::sync::Arc::new(AtomicU32::new(0));
+        let a = AdaptiveSpin::new();
+        let d = Some(Instant::now() + Duration::from_millis(20));
+        assert!(!e.wait_until(|| flag.load(Ordering::Acquire) == 1, d, SpinPolicy::SLEEP, &a));
+        let (e2, f2) = (e.clone(), flag.clone());
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            f2.store(1, Ordering::Release);
+            e2.notify();
+        });
+        assert!(e.wait_until(|| flag.load(Ordering::Acquire) == 1, None, SpinPolicy::SLEEP, &a));
+        t.join().unwrap();
     }
 }

@@ -8,5 +8,5 @@
 mod event;
 mod raw_mutex;
 
-pub use event::{Event, SpinPolicy};
+pub use event::{AdaptiveSpin, Event, SpinPolicy, MIN_SPIN, PROBE_EVERY};
 pub use raw_mutex::{Acquired, LockTimeout, RawMutex};
