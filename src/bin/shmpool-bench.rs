@@ -1083,7 +1083,7 @@ fn sleep_ms(ms: u64) -> u64 {
 }
 
 /// CPU time of the main thread of process `pid` (or "self"), in nanoseconds
-/// from /proc/<pid>/schedstat (its first field). Parent and worker do all
+/// from `/proc/<pid>/schedstat` (its first field). Parent and worker do all
 /// their waiting on their main thread.
 fn cpu_time(pid: &str) -> BoxResult<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))?;
