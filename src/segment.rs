@@ -18,6 +18,7 @@ use std::mem::{align_of, size_of};
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
@@ -234,18 +235,27 @@ pub struct Block {
     pub capacity: u64,
 }
 
-/// A mapped shared-memory segment.
+/// A mapped shared-memory segment: a cheap handle, cloned freely; the mapping
+/// goes away with the last clone.
 ///
 /// Private segments ([`Segment::anonymous`]) are memfd-backed and vanish with
 /// the last process that maps them. Named ones ([`Segment::create`]) live in
-/// `/dev/shm/shmpool.<name>` and are unlinked when their creator drops them.
+/// `/dev/shm/shmpool.<name>` and are unlinked when their creator's last handle
+/// is dropped.
+#[derive(Clone)]
 pub struct Segment {
-    map: MmapRaw,
-    file: File,
+    mapped: Arc<Mapped>,
+    /// Copied from `mapped` (and from the validated header) for fast access.
     base: NonNull<u8>,
     size: u64,
     arena_start: u64,
     arena_end: u64,
+}
+
+/// The mapping itself, shared by every clone of a [`Segment`].
+struct Mapped {
+    map: MmapRaw,
+    file: File,
     name: Option<String>,
     owner: bool,
 }
@@ -260,9 +270,9 @@ unsafe impl Sync for Segment {}
 impl fmt::Debug for Segment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Segment")
-            .field("name", &self.name)
+            .field("name", &self.mapped.name)
             .field("size", &self.size)
-            .field("owner", &self.owner)
+            .field("owner", &self.mapped.owner)
             .finish()
     }
 }
@@ -312,14 +322,16 @@ impl Segment {
                 SegmentError::Io(e)
             }
         })?;
-        let mut seg = Segment::from_file(file)?;
-        seg.name = Some(name.to_owned());
-        Ok(seg)
+        Segment::from_file_named(file, Some(name.to_owned()))
     }
 
     /// Maps and validates a segment from an open descriptor (a memfd handed
     /// down by a parent, or a named segment's file).
     pub fn from_file(file: File) -> Result<Segment, SegmentError> {
+        Segment::from_file_named(file, None)
+    }
+
+    fn from_file_named(file: File, name: Option<String>) -> Result<Segment, SegmentError> {
         let actual = file.metadata()?.len();
         if actual < size_of::<Header>() as u64 {
             return Err(SegmentError::Truncated { expected: size_of::<Header>() as u64, actual });
@@ -327,7 +339,13 @@ impl Segment {
         let len = usize::try_from(actual).map_err(|_| SegmentError::Corrupt("size"))?;
         let map = shm::map(&file, len)?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or(SegmentError::Corrupt("null mapping"))?;
-        let mut seg = Segment { map, file, base, size: actual, arena_start: 0, arena_end: 0, name: None, owner: false };
+        let mut seg = Segment {
+            mapped: Arc::new(Mapped { map, file, name, owner: false }),
+            base,
+            size: actual,
+            arena_start: 0,
+            arena_end: 0,
+        };
         let (start, end) = seg.validate()?;
         seg.arena_start = start;
         seg.arena_end = end;
@@ -362,7 +380,13 @@ impl Segment {
             // SYNC: Release publishes the fields above to openers (Acquire in validate).
             (*hdr).state.store(STATE_READY, Ordering::Release);
         }
-        Ok(Segment { map, file, base, size, arena_start, arena_end: size, owner: name.is_some(), name })
+        Ok(Segment {
+            mapped: Arc::new(Mapped { map, file, owner: name.is_some(), name }),
+            base,
+            size,
+            arena_start,
+            arena_end: size,
+        })
     }
 
     /// Checks the header and returns the arena bounds.
@@ -417,7 +441,7 @@ impl Segment {
 
     /// The segment's name, for named segments.
     pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.mapped.name.as_deref()
     }
 
     /// The pid of the process that created the segment.
@@ -428,7 +452,7 @@ impl Segment {
 
     /// The descriptor behind the mapping (for handing down to workers).
     pub(crate) fn raw_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+        self.mapped.file.as_raw_fd()
     }
 
     fn header(&self) -> *const Header {
@@ -686,7 +710,7 @@ impl Segment {
     }
 }
 
-impl Drop for Segment {
+impl Drop for Mapped {
     fn drop(&mut self) {
         if self.owner {
             if let Some(name) = &self.name {

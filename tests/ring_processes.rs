@@ -2,7 +2,6 @@
 //! separate worker process mapping one named segment; every message must be
 //! delivered exactly once.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmpool::ring::{Ring, RingError};
@@ -21,7 +20,7 @@ fn checksum(x: u64) -> u64 {
 }
 
 fn open_ring(name: &str) -> Ring {
-    let seg = Arc::new(Segment::open(name).expect("open segment"));
+    let seg = Segment::open(name).expect("open segment");
     Ring::named(&seg, "stress", 64, 48).expect("open ring")
 }
 
@@ -76,7 +75,7 @@ fn consume(name: String) -> (u64, u64, u64) {
 #[test]
 fn every_message_is_delivered_exactly_once_across_processes() {
     let name = format!("ringtest-{}", std::process::id());
-    let seg = Arc::new(Segment::create(&name, 8 << 20).unwrap());
+    let seg = Segment::create(&name, 8 << 20).unwrap();
     let ring = Ring::named(&seg, "stress", 64, 48).unwrap();
     let pool = Pool::builder().workers((PRODUCERS + CONSUMERS) as usize).build().unwrap();
 

@@ -2,14 +2,13 @@
 //! opening and popping give errors or bounded results, never a crash or hang.
 #![no_main]
 
-use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use shmpool::ring::Ring;
 use shmpool::Segment;
 
 fuzz_target!(|data: &[u8]| {
-    let seg = Arc::new(Segment::anonymous(1 << 20).unwrap());
+    let seg = Segment::anonymous(1 << 20).unwrap();
     let block = seg.alloc(64 << 10).unwrap();
     let off = block.offset.div_ceil(128) * 128;
     let n = data.len().min((block.offset + block.capacity - off) as usize);

@@ -72,7 +72,7 @@ pub(crate) enum RecvError {
 }
 
 pub(crate) struct Inner {
-    pub seg: Arc<Segment>,
+    pub seg: Segment,
     pub tasks: Ring,
     pub results: Ring,
     layout: Layout,
@@ -115,7 +115,7 @@ impl Inner {
             return Err(Error::Config("slot_size must be between 80 and 1024 bytes"));
         }
         let limit = config.queue_capacity + config.workers;
-        let seg = Arc::new(Segment::anonymous(config.segment_size)?);
+        let seg = Segment::anonymous(config.segment_size)?;
         let payload = config.slot_size as u32;
         let tasks = Ring::create(&seg, limit as u32, payload)?;
         let results = Ring::create(&seg, limit as u32, payload)?;

@@ -3,7 +3,6 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::control::{self, MAX_BATCH, W_INIT_FAILED, W_READY};
@@ -27,7 +26,7 @@ thread_local! {
 /// Runs the worker described by `cfg` until its task ring closes or its
 /// parent dies.
 pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
-    let seg = Arc::new(Segment::from_inherited_fd(cfg.fd)?);
+    let seg = Segment::from_inherited_fd(cfg.fd)?;
     let (layout, init) = control::open(&seg, cfg.control)?;
     let slot = control::slot(&seg, cfg.control, layout.workers, cfg.index)?;
     let tasks = Ring::open(&seg, layout.task_ring)?;

@@ -12,7 +12,6 @@ pub mod queue;
 use std::fmt;
 use std::mem::size_of;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
@@ -100,7 +99,7 @@ impl From<Refused> for RingError {
 /// A handle to a ring in a segment. Cheap to clone; every process opens its own.
 #[derive(Clone)]
 pub struct Ring {
-    seg: Arc<Segment>,
+    seg: Segment,
     hdr: *const RingHeader,
     slots: *mut u8,
     /// Copied from the header once, at open, after validation: the shared
@@ -157,14 +156,14 @@ fn stride_for(payload: u32) -> usize {
 impl Ring {
     /// Creates a ring in `seg`'s arena with at least `capacity` slots (rounded
     /// up to a power of two) of at least `payload` bytes each.
-    pub fn create(seg: &Arc<Segment>, capacity: u32, payload: u32) -> Result<Ring, SegmentError> {
+    pub fn create(seg: &Segment, capacity: u32, payload: u32) -> Result<Ring, SegmentError> {
         let block = seg.alloc(footprint(capacity, payload))?;
         let offset = block.offset.div_ceil(128) * 128;
         Ring::init_at(seg, offset, capacity, payload)
     }
 
     /// Creates the ring named `name` in `seg`, or opens it if it exists.
-    pub fn named(seg: &Arc<Segment>, name: &str, capacity: u32, payload: u32) -> Result<Ring, SegmentError> {
+    pub fn named(seg: &Segment, name: &str, capacity: u32, payload: u32) -> Result<Ring, SegmentError> {
         const KIND_RING: u32 = 1;
         let (block, _) = seg.named(name, KIND_RING, 0, footprint(capacity, payload), |b| {
             Ring::init_at(seg, b.offset.div_ceil(128) * 128, capacity, payload).map(|_| ())
@@ -172,7 +171,7 @@ impl Ring {
         Ring::open(seg, block.offset.div_ceil(128) * 128)
     }
 
-    fn init_at(seg: &Arc<Segment>, offset: u64, capacity: u32, payload: u32) -> Result<Ring, SegmentError> {
+    fn init_at(seg: &Segment, offset: u64, capacity: u32, payload: u32) -> Result<Ring, SegmentError> {
         if capacity == 0 || capacity > MAX_CAPACITY || payload == 0 || payload > (1 << 20) {
             return Err(SegmentError::Corrupt("ring capacity or slot size out of range"));
         }
@@ -203,7 +202,7 @@ impl Ring {
     }
 
     /// Opens the ring whose header is at `offset` in `seg`, validating it.
-    pub fn open(seg: &Arc<Segment>, offset: u64) -> Result<Ring, SegmentError> {
+    pub fn open(seg: &Segment, offset: u64) -> Result<Ring, SegmentError> {
         let _ = seg.get::<RingHeader>(offset)?;
         let p = seg.ptr(offset, size_of::<RingHeader>() as u64)?.cast::<RingHeader>();
         std::sync::atomic::fence(Ordering::Acquire);
@@ -225,12 +224,12 @@ impl Ring {
         Ring::from_parts(seg, offset, cap as u64, stride as usize)
     }
 
-    fn from_parts(seg: &Arc<Segment>, offset: u64, capacity: u64, stride: usize) -> Result<Ring, SegmentError> {
+    fn from_parts(seg: &Segment, offset: u64, capacity: u64, stride: usize) -> Result<Ring, SegmentError> {
         let slots_off = offset + size_of::<RingHeader>() as u64;
         let slots = seg.ptr(slots_off, capacity * stride as u64)?;
         let hdr = seg.ptr(offset, size_of::<RingHeader>() as u64)?.cast::<RingHeader>();
         Ok(Ring {
-            seg: Arc::clone(seg),
+            seg: seg.clone(),
             hdr,
             slots,
             capacity,
@@ -247,7 +246,7 @@ impl Ring {
     }
 
     /// The segment the ring lives in.
-    pub fn segment(&self) -> &Arc<Segment> {
+    pub fn segment(&self) -> &Segment {
         &self.seg
     }
 
@@ -501,7 +500,7 @@ mod tests {
     use std::time::Duration;
 
     fn ring(cap: u32, payload: u32) -> Ring {
-        let seg = Arc::new(Segment::anonymous(1 << 20).unwrap());
+        let seg = Segment::anonymous(1 << 20).unwrap();
         Ring::create(&seg, cap, payload).unwrap()
     }
 
@@ -593,7 +592,7 @@ mod tests {
 
     #[test]
     fn open_rejects_garbage() {
-        let seg = Arc::new(Segment::anonymous(1 << 20).unwrap());
+        let seg = Segment::anonymous(1 << 20).unwrap();
         let r = Ring::create(&seg, 4, 48).unwrap();
         assert!(Ring::open(&seg, r.offset()).is_ok());
         let b = seg.alloc(4096).unwrap();
