@@ -1,12 +1,27 @@
 //! Synchronisation that lives in shared memory and works across processes.
 //!
-//! - [`RawMutex`]: a futex mutex whose word records the holder's pid, so a
-//!   holder that died is noticed and its lock recovered (`OwnerDied`).
+//! - [`Mutex`], [`RwLock`], [`SpinLock`], [`AuthLock`]: the locks users take,
+//!   named in a segment, with `lock`, `try_lock` and `lock_for`; a timeout is
+//!   a suspected deadlock (a handler can be set), and a holder that died is
+//!   noticed: the next taker gets [`LockError::OwnerDied`].
+//! - Their algorithms, apart: [`RawMutex`] (futex word with the holder's pid),
+//!   [`RawRwLock`] (writer pid and a table of reader pids), [`RawSpin`].
 //! - [`Event`]: the doorbell rings sleep on: waiters spin briefly, then sleep
 //!   on a futex; a notifier makes a system call only when someone sleeps.
 
 mod event;
+mod lock;
 mod raw_mutex;
+mod raw_rwlock;
+mod raw_spin;
 
 pub use event::{AdaptiveSpin, Event, SpinPolicy, MIN_SPIN, PROBE_EVERY};
+pub use lock::{
+    AuthLock, DeadlockInfo, LockCell, LockError, LockGuard, LockKind, LockOptions, Mutex, RwLock, SpinLock,
+    MAX_OPERATORS,
+};
+#[allow(unused_imports)] // used by the shared containers
+pub(crate) use lock::{Hold, LockRef, Wait};
 pub use raw_mutex::{Acquired, LockTimeout, RawMutex};
+pub use raw_rwlock::{RawRwLock, RwFailure, READER_SLOTS};
+pub use raw_spin::RawSpin;

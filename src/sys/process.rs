@@ -44,14 +44,26 @@ fn worker_arg0() -> String {
     format!("{name} [shmpool worker]")
 }
 
-/// Whether a process with id `pid` exists (it may be a zombie not yet reaped).
+/// Whether process `pid` is alive: it exists and is not a zombie (a process
+/// that died but was not yet reaped by its parent holds nothing any more).
 pub fn is_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
     }
     // SAFETY: signal 0 performs only the existence and permission check.
     let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    if r != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    // The state is the first field after the parenthesised command name.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()),
+            Some("Z") | Some("X") | Some("x")
+        ),
+        // Gone between the two checks, or no procfs: trust kill().
+        Err(e) => e.kind() != io::ErrorKind::NotFound,
+    }
 }
 
 /// Sends `SIGKILL` to `pid`.

@@ -1,0 +1,538 @@
+//! The four interprocess locks users take: [`Mutex`], [`RwLock`],
+//! [`SpinLock`] and [`AuthLock`], named in a segment or embedded in a shared
+//! container, with timeouts that count as deadlock suspicions.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::event::AdaptiveSpin;
+use super::raw_mutex::{Acquired, RawMutex};
+use super::raw_rwlock::{RawRwLock, RwFailure};
+use super::raw_spin::RawSpin;
+use crate::segment::{Segment, SegmentError, ShmSafe};
+use crate::sys::process;
+
+/// How many processes an [`AuthLock`] can authorise.
+pub const MAX_OPERATORS: usize = 32;
+
+/// Which lock guards a shared object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockKind {
+    /// A futex mutex: waiters sleep.
+    Mutex,
+    /// Many readers or one writer; waiters sleep.
+    RwLock,
+    /// A spin lock: waiters spin and yield, never sleep (short sections only).
+    Spin,
+    /// A mutex only registered operator processes may take.
+    Auth,
+}
+
+impl LockKind {
+    fn code(self) -> u32 {
+        match self {
+            LockKind::Mutex => 1,
+            LockKind::RwLock => 2,
+            LockKind::Spin => 3,
+            LockKind::Auth => 4,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<LockKind> {
+        match code {
+            1 => Some(LockKind::Mutex),
+            2 => Some(LockKind::RwLock),
+            3 => Some(LockKind::Spin),
+            4 => Some(LockKind::Auth),
+            _ => None,
+        }
+    }
+}
+
+/// What a deadlock handler is told when a wait for a lock gave up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadlockInfo {
+    /// The lock's name.
+    pub name: String,
+    /// The pid holding it when the wait gave up (a writer or some reader).
+    pub holder: Option<u32>,
+    /// How long the wait lasted.
+    pub waited: Duration,
+}
+
+/// Options for a lock handle, set by each process that opens the lock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LockOptions {
+    /// `lock()` gives up after this long and reports a suspected deadlock
+    /// (`None`: it waits for ever, though a dead holder is still noticed).
+    pub deadlock_timeout: Option<Duration>,
+    /// Called when any wait on this handle times out, before the error returns.
+    pub on_deadlock: Option<fn(&DeadlockInfo)>,
+}
+
+/// The shared part of any lock: `#[repr(C)]`, valid when zeroed, one field per
+/// kind (only the one named by `kind` is used).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct LockCell {
+    kind: AtomicU32,
+    _pad: u32,
+    mutex: RawMutex,
+    spin: RawSpin,
+    rw: RawRwLock,
+    operators: [AtomicU32; MAX_OPERATORS],
+}
+
+// SAFETY: `#[repr(C)]`, atomics and ShmSafe raw locks only.
+unsafe impl ShmSafe for LockCell {}
+
+impl LockCell {
+    /// Prepares a zeroed cell as a lock of `kind`; an `Auth` lock starts with
+    /// the calling process as its only operator.
+    pub fn init(&self, kind: LockKind) {
+        if kind == LockKind::Auth {
+            self.operators[0].store(process::current_pid(), Ordering::Relaxed);
+        }
+        self.kind.store(kind.code(), Ordering::Release);
+    }
+
+    /// The kind written in the cell, validated.
+    pub fn kind(&self) -> Result<LockKind, SegmentError> {
+        LockKind::from_code(self.kind.load(Ordering::Acquire)).ok_or(SegmentError::Corrupt("unknown lock kind"))
+    }
+
+    fn is_operator(&self, pid: u32) -> bool {
+        self.operators.iter().any(|o| o.load(Ordering::Acquire) == pid)
+    }
+
+    fn holder(&self, kind: LockKind) -> Option<u32> {
+        match kind {
+            LockKind::Mutex | LockKind::Auth => self.mutex.holder(),
+            LockKind::Spin => self.spin.holder(),
+            LockKind::RwLock => self.rw.writer().or_else(|| self.rw.readers().first().copied()),
+        }
+    }
+}
+
+/// How a guard holds its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    Exclusive,
+    Shared(usize),
+}
+
+/// Why a lock was not acquired. `G` is the guard type, handed over when the
+/// lock was taken from a dead holder.
+pub enum LockError<G> {
+    /// `try_*` found the lock held.
+    WouldBlock,
+    /// The wait gave up: a suspected deadlock (the handler, if any, was called).
+    Timeout(DeadlockInfo),
+    /// This process is not an operator of the [`AuthLock`].
+    NotAuthorised {
+        /// The refused process.
+        pid: u32,
+    },
+    /// The lock was taken over from a holder that died while holding it: what
+    /// it guards may be half-written. The lock is held: use or drop `guard`.
+    OwnerDied {
+        /// The held lock.
+        guard: G,
+        /// The dead holder.
+        pid: u32,
+    },
+    /// The lock's shared state is corrupt.
+    Corrupt(&'static str),
+}
+
+impl<G> LockError<G> {
+    /// The guard of an `OwnerDied` error: the lock is held all the same.
+    pub fn into_guard(self) -> Option<G> {
+        match self {
+            LockError::OwnerDied { guard, .. } => Some(guard),
+            _ => None,
+        }
+    }
+
+    /// The same error without the guard (dropping it releases the lock).
+    pub fn without_guard(self) -> LockError<()> {
+        match self {
+            LockError::WouldBlock => LockError::WouldBlock,
+            LockError::Timeout(i) => LockError::Timeout(i),
+            LockError::NotAuthorised { pid } => LockError::NotAuthorised { pid },
+            LockError::OwnerDied { pid, .. } => LockError::OwnerDied { guard: (), pid },
+            LockError::Corrupt(w) => LockError::Corrupt(w),
+        }
+    }
+}
+
+impl<G> fmt::Debug for LockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::WouldBlock => f.write_str("WouldBlock"),
+            LockError::Timeout(i) => f.debug_tuple("Timeout").field(i).finish(),
+            LockError::NotAuthorised { pid } => f.debug_struct("NotAuthorised").field("pid", pid).finish(),
+            LockError::OwnerDied { pid, .. } => f.debug_struct("OwnerDied").field("pid", pid).finish_non_exhaustive(),
+            LockError::Corrupt(w) => f.debug_tuple("Corrupt").field(w).finish(),
+        }
+    }
+}
+
+impl<G> fmt::Display for LockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::WouldBlock => f.write_str("lock is held"),
+            LockError::Timeout(i) => write!(
+                f,
+                "suspected deadlock: lock {:?} still held by {} after {:?}",
+                i.name,
+                i.holder.map_or("nobody known".to_owned(), |p| format!("pid {p}")),
+                i.waited
+            ),
+            LockError::NotAuthorised { pid } => write!(f, "process {pid} is not an operator of this lock"),
+            LockError::OwnerDied { pid, .. } => {
+                write!(f, "lock holder {pid} died holding the lock; the guarded data may be half-written")
+            }
+            LockError::Corrupt(w) => write!(f, "corrupt lock: {w}"),
+        }
+    }
+}
+
+impl<G> std::error::Error for LockError<G> {}
+
+/// A lock cell in a segment, as seen by one process.
+#[derive(Clone)]
+pub(crate) struct LockRef {
+    seg: Segment,
+    offset: u64,
+    kind: LockKind,
+    name: String,
+    options: LockOptions,
+    spin: std::sync::Arc<AdaptiveSpin>,
+}
+
+impl fmt::Debug for LockRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lock").field("name", &self.name).field("kind", &self.kind).finish()
+    }
+}
+
+impl LockRef {
+    /// Opens the cell at `offset`, which must hold a lock of `kind`.
+    pub(crate) fn open(
+        seg: &Segment,
+        offset: u64,
+        kind: LockKind,
+        name: &str,
+        options: LockOptions,
+    ) -> Result<LockRef, SegmentError> {
+        let found = seg.get::<LockCell>(offset)?.kind()?;
+        if found != kind {
+            return Err(SegmentError::TypeMismatch { name: name.to_owned() });
+        }
+        Ok(LockRef {
+            seg: seg.clone(),
+            offset,
+            kind,
+            name: name.to_owned(),
+            options,
+            spin: std::sync::Arc::new(AdaptiveSpin::new()),
+        })
+    }
+
+    fn cell(&self) -> &LockCell {
+        self.seg.get::<LockCell>(self.offset).expect("lock cell was validated at open")
+    }
+
+    /// Acquires in `hold` mode (shared falls back to exclusive for kinds
+    /// without readers), waiting until `deadline`; `None` tries once.
+    pub(crate) fn acquire(&self, shared: bool, wait: Wait) -> Result<(Hold, Option<u32>), LockError<()>> {
+        let cell = self.cell();
+        let start = Instant::now();
+        let deadline = match wait {
+            Wait::Try => None,
+            Wait::Until(d) => d,
+            Wait::Default => self.options.deadlock_timeout.map(|t| start + t),
+        };
+        let me = process::current_pid();
+        let timeout = |holder: Option<u32>| {
+            let info = DeadlockInfo { name: self.name.clone(), holder, waited: start.elapsed() };
+            if let Some(handler) = self.options.on_deadlock {
+                handler(&info);
+            }
+            LockError::Timeout(info)
+        };
+        match self.kind {
+            LockKind::Mutex | LockKind::Auth => {
+                if self.kind == LockKind::Auth && !cell.is_operator(me) {
+                    return Err(LockError::NotAuthorised { pid: me });
+                }
+                if wait == Wait::Try {
+                    return if cell.mutex.try_lock() {
+                        Ok((Hold::Exclusive, None))
+                    } else {
+                        Err(LockError::WouldBlock)
+                    };
+                }
+                match cell.mutex.lock(deadline) {
+                    Ok(Acquired::Clean) => Ok((Hold::Exclusive, None)),
+                    Ok(Acquired::OwnerDied(pid)) => Ok((Hold::Exclusive, Some(pid))),
+                    Err(t) => Err(timeout(Some(t.holder))),
+                }
+            }
+            LockKind::Spin => {
+                if wait == Wait::Try {
+                    return if cell.spin.try_lock() { Ok((Hold::Exclusive, None)) } else { Err(LockError::WouldBlock) };
+                }
+                cell.spin.lock(deadline).map(|died| (Hold::Exclusive, died)).map_err(|h| timeout(Some(h)))
+            }
+            LockKind::RwLock if shared => {
+                if wait == Wait::Try {
+                    return cell.rw.try_read().map(|s| (Hold::Shared(s), None)).ok_or(LockError::WouldBlock);
+                }
+                match cell.rw.read(deadline, &self.spin) {
+                    Ok((slot, died)) => Ok((Hold::Shared(slot), died)),
+                    Err(RwFailure::Timeout { holder }) => Err(timeout(holder)),
+                }
+            }
+            LockKind::RwLock => {
+                if wait == Wait::Try {
+                    return if cell.rw.try_write() { Ok((Hold::Exclusive, None)) } else { Err(LockError::WouldBlock) };
+                }
+                match cell.rw.write(deadline, &self.spin) {
+                    Ok(died) => Ok((Hold::Exclusive, died)),
+                    Err(RwFailure::Timeout { holder }) => Err(timeout(holder)),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn release(&self, hold: Hold) {
+        let cell = self.cell();
+        match (self.kind, hold) {
+            (LockKind::Mutex | LockKind::Auth, _) => cell.mutex.unlock(),
+            (LockKind::Spin, _) => cell.spin.unlock(),
+            (LockKind::RwLock, Hold::Shared(slot)) => cell.rw.unlock_read(slot),
+            (LockKind::RwLock, Hold::Exclusive) => cell.rw.unlock_write(),
+        }
+    }
+
+    /// Acquires and wraps the hold in a guard.
+    fn guard(&self, shared: bool, wait: Wait) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+        match self.acquire(shared, wait) {
+            Ok((hold, None)) => Ok(LockGuard { lock: self, hold }),
+            Ok((hold, Some(pid))) => Err(LockError::OwnerDied { guard: LockGuard { lock: self, hold }, pid }),
+            Err(e) => Err(match e {
+                LockError::WouldBlock => LockError::WouldBlock,
+                LockError::Timeout(i) => LockError::Timeout(i),
+                LockError::NotAuthorised { pid } => LockError::NotAuthorised { pid },
+                LockError::Corrupt(w) => LockError::Corrupt(w),
+                LockError::OwnerDied { .. } => unreachable!("acquire reports owner death as Ok"),
+            }),
+        }
+    }
+}
+
+/// How long an acquisition may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Do not wait.
+    Try,
+    /// Until the handle's deadlock timeout, if any.
+    Default,
+    /// Until this deadline (`None`: for ever).
+    Until(Option<Instant>),
+}
+
+/// A held lock; released when dropped.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard<'a> {
+    lock: &'a LockRef,
+    hold: Hold,
+}
+
+impl fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("lock", &self.lock.name)
+            .field("shared", &(self.hold != Hold::Exclusive))
+            .finish()
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.release(self.hold);
+    }
+}
+
+macro_rules! exclusive_methods {
+    () => {
+        /// Takes the lock, waiting (up to the handle's deadlock timeout, if set).
+        pub fn lock(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+            self.inner.guard(false, Wait::Default)
+        }
+
+        /// Takes the lock only if it is free now.
+        pub fn try_lock(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+            self.inner.guard(false, Wait::Try)
+        }
+
+        /// Takes the lock, waiting at most `timeout`; a timeout is a suspected
+        /// deadlock: the handler is called and `LockError::Timeout` returned.
+        pub fn lock_for(&self, timeout: Duration) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+            self.inner.guard(false, Wait::Until(Some(Instant::now() + timeout)))
+        }
+
+        /// The pid holding the lock (for a read-write lock, the writer or a reader).
+        pub fn holder(&self) -> Option<u32> {
+            self.inner.cell().holder(self.inner.kind)
+        }
+
+        /// The lock's name in its segment.
+        pub fn name(&self) -> &str {
+            &self.inner.name
+        }
+    };
+}
+
+macro_rules! lock_type {
+    ($(#[$doc:meta])* $name:ident, $kind:expr, $ctor:ident, $ctor_with:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            inner: LockRef,
+        }
+
+        impl $name {
+            exclusive_methods!();
+        }
+
+        impl Segment {
+            #[doc = concat!("Creates the [`", stringify!($name), "`] named `name` in this segment, or opens it.")]
+            pub fn $ctor(&self, name: &str) -> Result<$name, SegmentError> {
+                self.$ctor_with(name, LockOptions::default())
+            }
+
+            #[doc = concat!("[`Segment::", stringify!($ctor), "`] with a deadlock timeout and handler for this handle.")]
+            pub fn $ctor_with(&self, name: &str, options: LockOptions) -> Result<$name, SegmentError> {
+                Ok($name { inner: named_lock(self, name, $kind, options)? })
+            }
+        }
+    };
+}
+
+lock_type!(
+    /// A process-shared mutex: waiters sleep on a futex; a dead holder is
+    /// noticed and the next taker gets `LockError::OwnerDied`.
+    Mutex,
+    LockKind::Mutex,
+    mutex,
+    mutex_with
+);
+lock_type!(
+    /// A process-shared spin lock for very short critical sections: waiters
+    /// spin and yield, never sleep.
+    SpinLock,
+    LockKind::Spin,
+    spin_lock,
+    spin_lock_with
+);
+lock_type!(
+    /// A reader-writer lock: [`RwLock::read`] for many readers, `lock` (or
+    /// [`RwLock::write`]) for one writer. Up to 32 readers at once.
+    RwLock,
+    LockKind::RwLock,
+    rwlock,
+    rwlock_with
+);
+lock_type!(
+    /// XME's authorisation lock: a mutex only operator processes may take;
+    /// others get `LockError::NotAuthorised`. Its creator is the first operator.
+    AuthLock,
+    LockKind::Auth,
+    auth_lock,
+    auth_lock_with
+);
+
+impl RwLock {
+    /// Takes a read hold, waiting (up to the handle's deadlock timeout, if set).
+    pub fn read(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+        self.inner.guard(true, Wait::Default)
+    }
+
+    /// Takes a read hold only if no writer holds or waits for the lock.
+    pub fn try_read(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+        self.inner.guard(true, Wait::Try)
+    }
+
+    /// Takes a read hold, waiting at most `timeout`.
+    pub fn read_for(&self, timeout: Duration) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+        self.inner.guard(true, Wait::Until(Some(Instant::now() + timeout)))
+    }
+
+    /// Takes the write hold (same as [`RwLock::lock`]).
+    pub fn write(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+        self.lock()
+    }
+
+    /// Takes the write hold, waiting at most `timeout`.
+    pub fn write_for(&self, timeout: Duration) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+        self.lock_for(timeout)
+    }
+}
+
+impl AuthLock {
+    /// Lets process `pid` take the lock. Only an operator may add others.
+    pub fn add_operator(&self, pid: u32) -> Result<(), LockError<()>> {
+        let cell = self.inner.cell();
+        let me = process::current_pid();
+        if !cell.is_operator(me) {
+            return Err(LockError::NotAuthorised { pid: me });
+        }
+        if cell.is_operator(pid) {
+            return Ok(());
+        }
+        for slot in &cell.operators {
+            if slot.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                return Ok(());
+            }
+        }
+        Err(LockError::Corrupt("operator table full"))
+    }
+
+    /// Stops process `pid` from taking the lock. Only an operator may remove.
+    pub fn remove_operator(&self, pid: u32) -> Result<(), LockError<()>> {
+        let cell = self.inner.cell();
+        let me = process::current_pid();
+        if !cell.is_operator(me) {
+            return Err(LockError::NotAuthorised { pid: me });
+        }
+        for slot in &cell.operators {
+            let _ = slot.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Whether process `pid` is an operator.
+    pub fn is_operator(&self, pid: u32) -> bool {
+        self.inner.cell().is_operator(pid)
+    }
+}
+
+/// Directory kind of a named lock (the fingerprint is the lock kind).
+const KIND_LOCK: u32 = 2;
+
+fn named_lock(seg: &Segment, name: &str, kind: LockKind, options: LockOptions) -> Result<LockRef, SegmentError> {
+    let size = std::mem::size_of::<LockCell>() as u64;
+    let (block, _) = seg.named(name, KIND_LOCK, kind.code() as u64, size, |b| {
+        let p = seg.ptr(b.offset, size)?;
+        // SAFETY: a block this process just allocated and has not published;
+        // zero bytes are a valid LockCell.
+        unsafe { std::ptr::write_bytes(p, 0, size as usize) };
+        seg.get::<LockCell>(b.offset)?.init(kind);
+        Ok(())
+    })?;
+    LockRef::open(seg, block.offset, kind, name, options)
+}
