@@ -28,6 +28,7 @@ mod error;
 mod primitive;
 pub mod ring;
 pub mod segment;
+pub mod shared;
 mod spawn;
 pub mod sync;
 pub mod sys;
@@ -37,9 +38,11 @@ mod pool;
 
 pub use codec::Message;
 pub use error::{Error, GetError, PutError, TaskError};
-pub use pool::{MapIter, Pool, PoolBuilder, Ticket, Worker, WorkerPool, WorkerPoolBuilder};
+pub use pool::{pool_segment, MapIter, Pool, PoolBuilder, Ticket, Worker, WorkerPool, WorkerPoolBuilder};
 pub use segment::{Segment, SegmentError};
+pub use shared::{SharedError, SharedList, SharedMap, SharedObject};
 pub use spawn::init;
+pub use sync::LockKind;
 
 /// The archived form of `T`: what a task that takes its argument in place sees.
 pub type Archived<T> = rkyv::Archived<T>;

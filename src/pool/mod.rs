@@ -23,6 +23,7 @@ use crate::task::{self, FrameHeader, Trampoline, HEADER};
 use crate::{Error, TaskError};
 
 pub use stateful::{Worker, WorkerPool, WorkerPoolBuilder};
+pub use worker::pool_segment;
 
 /// A pool of worker processes running plain functions.
 ///
@@ -231,6 +232,12 @@ impl Pool {
     /// Pids of the worker processes.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.inner.worker_pids()
+    }
+
+    /// The pool's shared segment: create shared containers and buffers here,
+    /// and open them by name in tasks through [`crate::pool_segment`].
+    pub fn segment(&self) -> &crate::Segment {
+        &self.inner.seg
     }
 
     /// Workers started to replace dead ones so far.

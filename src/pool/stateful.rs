@@ -261,6 +261,11 @@ impl<W: Worker> WorkerPool<W> {
         lock(&self.state).pending
     }
 
+    /// The pool's shared segment (see [`crate::Pool::segment`]).
+    pub fn segment(&self) -> &crate::Segment {
+        &self.inner.seg
+    }
+
     /// Pids of the worker processes.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.inner.worker_pids()

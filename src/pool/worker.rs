@@ -19,6 +19,16 @@ use crate::Error;
 /// How long an idle worker sleeps before checking that its parent lives.
 const PARENT_CHECK: Duration = Duration::from_millis(250);
 
+/// The segment of the pool this process works for (set once, at start).
+static POOL_SEGMENT: std::sync::OnceLock<Segment> = std::sync::OnceLock::new();
+
+/// In a worker process, the segment of the pool it works for: shared
+/// containers created in [`crate::Pool::segment`] by the parent can be
+/// opened from it by name. `None` outside workers.
+pub fn pool_segment() -> Option<Segment> {
+    POOL_SEGMENT.get().cloned()
+}
+
 thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
@@ -32,6 +42,7 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
     let tasks = Ring::open(&seg, layout.task_ring)?;
     let results = Ring::open(&seg, layout.result_ring)?;
     slot.pid.store(process::current_pid(), Ordering::Relaxed);
+    let _ = POOL_SEGMENT.set(seg.clone());
     install_panic_hook();
 
     let mut state: WorkerState = None;

@@ -144,6 +144,8 @@ pub enum LockError<G> {
     },
     /// The lock's shared state is corrupt.
     Corrupt(&'static str),
+    /// The operation does not apply to this kind of lock.
+    Unsupported(&'static str),
 }
 
 impl<G> LockError<G> {
@@ -163,6 +165,7 @@ impl<G> LockError<G> {
             LockError::NotAuthorised { pid } => LockError::NotAuthorised { pid },
             LockError::OwnerDied { pid, .. } => LockError::OwnerDied { guard: (), pid },
             LockError::Corrupt(w) => LockError::Corrupt(w),
+            LockError::Unsupported(w) => LockError::Unsupported(w),
         }
     }
 }
@@ -175,6 +178,7 @@ impl<G> fmt::Debug for LockError<G> {
             LockError::NotAuthorised { pid } => f.debug_struct("NotAuthorised").field("pid", pid).finish(),
             LockError::OwnerDied { pid, .. } => f.debug_struct("OwnerDied").field("pid", pid).finish_non_exhaustive(),
             LockError::Corrupt(w) => f.debug_tuple("Corrupt").field(w).finish(),
+            LockError::Unsupported(w) => f.debug_tuple("Unsupported").field(w).finish(),
         }
     }
 }
@@ -195,6 +199,7 @@ impl<G> fmt::Display for LockError<G> {
                 write!(f, "lock holder {pid} died holding the lock; the guarded data may be half-written")
             }
             LockError::Corrupt(w) => write!(f, "corrupt lock: {w}"),
+            LockError::Unsupported(w) => write!(f, "unsupported: {w}"),
         }
     }
 }
@@ -328,6 +333,7 @@ impl LockRef {
                 LockError::Timeout(i) => LockError::Timeout(i),
                 LockError::NotAuthorised { pid } => LockError::NotAuthorised { pid },
                 LockError::Corrupt(w) => LockError::Corrupt(w),
+                LockError::Unsupported(w) => LockError::Unsupported(w),
                 LockError::OwnerDied { .. } => unreachable!("acquire reports owner death as Ok"),
             }),
         }
@@ -486,7 +492,27 @@ impl RwLock {
 impl AuthLock {
     /// Lets process `pid` take the lock. Only an operator may add others.
     pub fn add_operator(&self, pid: u32) -> Result<(), LockError<()>> {
-        let cell = self.inner.cell();
+        self.inner.add_operator(pid)
+    }
+
+    /// Stops process `pid` from taking the lock. Only an operator may remove.
+    pub fn remove_operator(&self, pid: u32) -> Result<(), LockError<()>> {
+        self.inner.remove_operator(pid)
+    }
+
+    /// Whether process `pid` is an operator.
+    pub fn is_operator(&self, pid: u32) -> bool {
+        self.inner.cell().is_operator(pid)
+    }
+}
+
+impl LockRef {
+    /// See [`AuthLock::add_operator`]; other kinds refuse.
+    pub(crate) fn add_operator(&self, pid: u32) -> Result<(), LockError<()>> {
+        if self.kind != LockKind::Auth {
+            return Err(LockError::Unsupported("operators exist only on authorisation locks"));
+        }
+        let cell = self.cell();
         let me = process::current_pid();
         if !cell.is_operator(me) {
             return Err(LockError::NotAuthorised { pid: me });
@@ -502,9 +528,12 @@ impl AuthLock {
         Err(LockError::Corrupt("operator table full"))
     }
 
-    /// Stops process `pid` from taking the lock. Only an operator may remove.
-    pub fn remove_operator(&self, pid: u32) -> Result<(), LockError<()>> {
-        let cell = self.inner.cell();
+    /// See [`AuthLock::remove_operator`]; other kinds refuse.
+    pub(crate) fn remove_operator(&self, pid: u32) -> Result<(), LockError<()>> {
+        if self.kind != LockKind::Auth {
+            return Err(LockError::Unsupported("operators exist only on authorisation locks"));
+        }
+        let cell = self.cell();
         let me = process::current_pid();
         if !cell.is_operator(me) {
             return Err(LockError::NotAuthorised { pid: me });
@@ -513,11 +542,6 @@ impl AuthLock {
             let _ = slot.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
         Ok(())
-    }
-
-    /// Whether process `pid` is an operator.
-    pub fn is_operator(&self, pid: u32) -> bool {
-        self.inner.cell().is_operator(pid)
     }
 }
 

@@ -1,0 +1,127 @@
+//! `SharedObject<T>`: one archived value in a segment (XME's shared object).
+
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+
+use super::{access, decode, fingerprint, Core, Ref, SharedError, KIND_OBJECT};
+use crate::codec::Message;
+use crate::segment::{Segment, SegmentError};
+use crate::sync::{LockKind, LockOptions};
+
+/// One value of type `T` in a segment, read in place and replaced whole.
+pub struct SharedObject<T: Message> {
+    core: Core,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Message> Clone for SharedObject<T> {
+    fn clone(&self) -> Self {
+        SharedObject { core: self.core.clone(), _t: PhantomData }
+    }
+}
+
+impl<T: Message> std::fmt::Debug for SharedObject<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
+impl Segment {
+    /// Creates the object `name` holding `initial`, guarded by a `lock` lock;
+    /// or opens it as it is (then `initial` is not used).
+    pub fn object<T: Message>(&self, name: &str, lock: LockKind, initial: &T) -> Result<SharedObject<T>, SharedError> {
+        self.object_with(name, lock, initial, LockOptions::default())
+    }
+
+    /// [`Segment::object`] with a deadlock timeout and handler for its lock.
+    pub fn object_with<T: Message>(
+        &self,
+        name: &str,
+        lock: LockKind,
+        initial: &T,
+        options: LockOptions,
+    ) -> Result<SharedObject<T>, SharedError> {
+        let mut stored = None;
+        let core = Core::open(self, name, KIND_OBJECT, fingerprint::<T>(), lock, options, |h| {
+            let block = crate::task::encode_block(self, initial)
+                .map_err(|_| SegmentError::OutOfMemory { requested: 0, available: self.available() })?;
+            if let crate::task::Body::Block { offset, len } = block {
+                h.table.store(offset, Ordering::Relaxed);
+                h.len.store(len, Ordering::Relaxed);
+                stored = Some(offset);
+            }
+            Ok(())
+        })?;
+        Ok(SharedObject { core, _t: PhantomData })
+    }
+}
+
+impl<T: Message> SharedObject<T> {
+    /// Reads the value in place (no copy) under the object's lock.
+    pub fn get(&self) -> Result<Ref<'_, T>, SharedError> {
+        let held = self.core.lock(true)?;
+        let (off, len) = self.current();
+        let value = access::<T>(self.core.bytes(off, len)?)?;
+        Ok(Ref { _held: held, value })
+    }
+
+    /// Copies the value out.
+    pub fn load(&self) -> Result<T, SharedError> {
+        let _held = self.core.lock(true)?;
+        let (off, len) = self.current();
+        decode::<T>(self.core.bytes(off, len)?)
+    }
+
+    /// Replaces the value.
+    pub fn set(&self, value: &T) -> Result<(), SharedError> {
+        let (off, len) = self.core.store(value)?;
+        let old = {
+            let _held = match self.core.lock(false) {
+                Ok(h) => h,
+                Err(e) => {
+                    self.core.free(off);
+                    return Err(e);
+                }
+            };
+            self.publish(off, len)
+        };
+        self.core.free(old);
+        Ok(())
+    }
+
+    /// Atomically replaces the value with `f(value)`; returns the new value.
+    pub fn update(&self, f: impl FnOnce(T) -> T) -> Result<T, SharedError>
+    where
+        T: Clone,
+    {
+        let held = self.core.lock(false)?;
+        let (off, len) = self.current();
+        let new = f(decode::<T>(self.core.bytes(off, len)?)?);
+        let (new_off, new_len) = self.core.store(&new)?;
+        let old = self.publish(new_off, new_len);
+        drop(held);
+        self.core.free(old);
+        Ok(new)
+    }
+
+    super::container_common!();
+
+    /// The object's name in its segment.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    fn current(&self) -> (u64, u64) {
+        let h = self.core.header();
+        (h.table.load(Ordering::Acquire), h.len.load(Ordering::Acquire))
+    }
+
+    /// Stores the new value's place (lock held); returns the old block.
+    fn publish(&self, off: u64, len: u64) -> u64 {
+        let h = self.core.header();
+        h.len.store(len, Ordering::Release);
+        let old = h.table.swap(off, Ordering::AcqRel);
+        h.version.fetch_add(1, Ordering::Release);
+        old
+    }
+}
