@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::codec::{self, CodecError, Message};
 use crate::segment::{Segment, SegmentError, ShmSafe};
 use crate::sync::{Hold, LockCell, LockError, LockKind, LockOptions, LockRef, Wait};
-use crate::task::{self, Body};
 
 pub use list::SharedList;
 pub use map::{AsKey, SharedMap};
@@ -184,17 +183,7 @@ impl Core {
 
     /// Archives `value` into a new block of its own.
     fn store<T: Message>(&self, value: &T) -> Result<(u64, u64), SharedError> {
-        match task::encode_block(&self.seg, value) {
-            Ok(Body::Block { offset, len }) => Ok((offset, len)),
-            Ok(_) => unreachable!("encode_block always gives a block"),
-            Err(crate::TaskError::Encode(msg)) if msg.contains("out of memory") => {
-                Err(SharedError::Segment(SegmentError::OutOfMemory {
-                    requested: codec::encoded_len(value).unwrap_or(0) as u64,
-                    available: self.seg.available(),
-                }))
-            }
-            Err(e) => Err(SharedError::Codec(CodecError::Serialize(e.to_string()))),
-        }
+        store(&self.seg, value)
     }
 
     /// The archive bytes of the value at (`offset`, `len`), validated against
@@ -264,6 +253,22 @@ macro_rules! container_common {
     };
 }
 pub(crate) use container_common;
+
+/// Archives `value` into a new block of its own in `seg`: (offset, length).
+fn store<T: Message>(seg: &Segment, value: &T) -> Result<(u64, u64), SharedError> {
+    let len = codec::encoded_len(value)? as u64;
+    let block = seg.alloc(len.max(1))?;
+    let p = seg.ptr(block.offset, len)?;
+    // SAFETY: a block this process just allocated and has not published; in bounds.
+    let dst = unsafe { std::slice::from_raw_parts_mut(p, len as usize) };
+    match codec::encode_into(value, dst) {
+        Ok(n) => Ok((block.offset, n as u64)),
+        Err(e) => {
+            let _ = seg.free(block.offset);
+            Err(e.into())
+        }
+    }
+}
 
 /// The container's lock, held.
 struct Held<'a> {

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::{access, decode, fingerprint, Core, Ref, SharedError, KIND_OBJECT};
 use crate::codec::Message;
-use crate::segment::{Segment, SegmentError};
+use crate::segment::Segment;
 use crate::sync::{LockKind, LockOptions};
 
 /// One value of type `T` in a segment, read in place and replaced whole.
@@ -41,17 +41,19 @@ impl Segment {
         initial: &T,
         options: LockOptions,
     ) -> Result<SharedObject<T>, SharedError> {
-        let mut stored = None;
+        // Archived before the directory lock is taken; freed if unused.
+        let (offset, len) = super::store(self, initial)?;
+        let mut used = false;
         let core = Core::open(self, name, KIND_OBJECT, fingerprint::<T>(), lock, options, |h| {
-            let block = crate::task::encode_block(self, initial)
-                .map_err(|_| SegmentError::OutOfMemory { requested: 0, available: self.available() })?;
-            if let crate::task::Body::Block { offset, len } = block {
-                h.table.store(offset, Ordering::Relaxed);
-                h.len.store(len, Ordering::Relaxed);
-                stored = Some(offset);
-            }
+            h.table.store(offset, Ordering::Relaxed);
+            h.len.store(len, Ordering::Relaxed);
+            used = true;
             Ok(())
-        })?;
+        });
+        if !used {
+            let _ = self.free(offset);
+        }
+        let core = core?;
         Ok(SharedObject { core, _t: PhantomData })
     }
 }
