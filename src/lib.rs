@@ -40,7 +40,7 @@ pub use codec::Message;
 pub use error::{Error, GetError, PutError, TaskError};
 pub use pool::{pool_segment, MapIter, Pool, PoolBuilder, Ticket, Worker, WorkerPool, WorkerPoolBuilder};
 pub use segment::{Segment, SegmentError};
-pub use shared::{SharedError, SharedList, SharedMap, SharedObject};
+pub use shared::{BufferHandle, SharedBuffer, SharedError, SharedList, SharedMap, SharedObject};
 pub use spawn::init;
 pub use sync::LockKind;
 

@@ -541,6 +541,8 @@ impl Inner {
                     let pid = c.id();
                     *child = None;
                     self.answer_held(i as u32, pid);
+                    // Buffers it held references to may now be free.
+                    let _ = self.seg.reclaim_buffers();
                 }
             }
         }

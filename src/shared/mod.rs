@@ -8,6 +8,7 @@
 //! the container consistent (at worst a block leaks), a full segment leaves
 //! it unchanged, and readers only ever see whole values.
 
+mod buffer;
 mod list;
 mod map;
 mod object;
@@ -20,6 +21,7 @@ use crate::codec::{self, CodecError, Message};
 use crate::segment::{Segment, SegmentError, ShmSafe};
 use crate::sync::{Hold, LockCell, LockError, LockKind, LockOptions, LockRef, Wait};
 
+pub use buffer::{BufferHandle, SharedBuffer};
 pub use list::SharedList;
 pub use map::{AsKey, SharedMap};
 pub use object::SharedObject;
