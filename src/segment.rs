@@ -41,8 +41,6 @@ pub unsafe trait ShmSafe: Sized {}
 unsafe impl ShmSafe for AtomicU32 {}
 // SAFETY: as above.
 unsafe impl ShmSafe for AtomicU64 {}
-// SAFETY: as above.
-unsafe impl ShmSafe for u64 {}
 // SAFETY: CachePadded<T> is T plus alignment padding.
 unsafe impl<T: ShmSafe> ShmSafe for CachePadded<T> {}
 // SAFETY: an array of ShmSafe elements is ShmSafe.
@@ -509,7 +507,20 @@ impl Segment {
     /// Returns the block whose payload starts at `offset` to the arena.
     ///
     /// An offset that is not a live block gives an error and changes nothing.
-    pub fn free(&self, offset: u64) -> Result<(), SegmentError> {
+    ///
+    /// # Safety
+    ///
+    /// No process may still read or write the block, nor hold a reference
+    /// into it: the arena hands it out again, and the next owner's writes
+    /// would race with them.
+    pub unsafe fn free(&self, offset: u64) -> Result<(), SegmentError> {
+        self.release(offset)
+    }
+
+    /// [`Segment::free`] for shmpool's own structures, whose protocols (a
+    /// consumed message, a replaced value under its lock, a last reference)
+    /// guarantee the block is no longer used.
+    pub(crate) fn release(&self, offset: u64) -> Result<(), SegmentError> {
         let (start, class) = self.live_block(offset)?;
         let bh = self.get::<BlockHeader>(start)?;
         if bh.tag.compare_exchange(BLOCK_LIVE | class, BLOCK_FREE | class, Ordering::AcqRel, Ordering::Relaxed).is_err()
@@ -672,7 +683,7 @@ impl Segment {
         let entry = free_slot.ok_or(SegmentError::DirectoryFull)?;
         let block = self.alloc(len)?;
         if let Err(e) = init(block) {
-            let _ = self.free(block.offset);
+            let _ = self.release(block.offset);
             return Err(e);
         }
         let mut words = [0u64; MAX_NAME / 8];
@@ -820,12 +831,12 @@ mod tests {
         let a = seg.alloc(100).unwrap();
         assert!(a.capacity >= 100);
         assert_eq!(a.offset % 16, 0);
-        seg.free(a.offset).unwrap();
+        seg.release(a.offset).unwrap();
         let b = seg.alloc(100).unwrap();
         assert_eq!(a, b, "freed block is reused");
-        assert!(matches!(seg.free(b.offset + 16), Err(SegmentError::Corrupt(_))));
-        seg.free(b.offset).unwrap();
-        assert!(matches!(seg.free(b.offset), Err(SegmentError::Corrupt(_))), "double free");
+        assert!(matches!(seg.release(b.offset + 16), Err(SegmentError::Corrupt(_))));
+        seg.release(b.offset).unwrap();
+        assert!(matches!(seg.release(b.offset), Err(SegmentError::Corrupt(_))), "double free");
         match seg.alloc(2 << 20) {
             Err(SegmentError::OutOfMemory { requested, available }) => {
                 assert_eq!(requested, 2 << 20);
@@ -840,7 +851,7 @@ mod tests {
         let seg = Segment::anonymous(1 << 20).unwrap();
         let a = seg.alloc(100).unwrap();
         let b = seg.alloc(100).unwrap();
-        seg.free(a.offset).unwrap();
+        seg.release(a.offset).unwrap();
         // Mark the freed block live again behind the allocator's back: the
         // free list now names a live block and must not hand it out.
         let bh = seg.get::<BlockHeader>(a.offset - BLOCK_HEADER).unwrap();
@@ -850,7 +861,7 @@ mod tests {
         // misaligned blocks.
         seg.bump_word().fetch_add(8, Ordering::Relaxed);
         assert!(matches!(seg.alloc(1000), Err(SegmentError::Corrupt(_))));
-        seg.free(b.offset).unwrap();
+        seg.release(b.offset).unwrap();
     }
 
     #[test]

@@ -114,9 +114,17 @@ pub(crate) fn code_address(offset: i64) -> usize {
     (anchor as *const () as usize as i64).wrapping_add(offset) as usize
 }
 
-/// Seals a (function, trampoline) pair with `key`.
-pub(crate) fn seal(func: i64, tramp: i64, key: u64) -> u64 {
-    let mut x = (func as u64) ^ (tramp as u64).rotate_left(29) ^ key;
+/// What a seal covers: a task's (function, trampoline) pair, or a stateful
+/// pool's init record. A seal of one kind never validates the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SealKind {
+    Task = 0x7a5c,
+    Init = 0x1417,
+}
+
+/// Seals a (function, trampoline) pair of `kind` with `key`.
+pub(crate) fn seal(kind: SealKind, func: i64, tramp: i64, key: u64) -> u64 {
+    let mut x = (func as u64) ^ (tramp as u64).rotate_left(29) ^ key ^ ((kind as u64) << 48);
     // splitmix64 finaliser: every input bit affects every output bit.
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -140,9 +148,10 @@ mod tests {
     fn offsets_round_trip_and_seal_depends_on_everything() {
         let f = seal as *const () as usize;
         assert_eq!(code_address(code_offset(f)), f);
-        let s = seal(10, 20, 30);
-        assert_ne!(s, seal(11, 20, 30));
-        assert_ne!(s, seal(10, 21, 30));
-        assert_ne!(s, seal(10, 20, 31));
+        let s = seal(SealKind::Task, 10, 20, 30);
+        assert_ne!(s, seal(SealKind::Task, 11, 20, 30));
+        assert_ne!(s, seal(SealKind::Task, 10, 21, 30));
+        assert_ne!(s, seal(SealKind::Task, 10, 20, 31));
+        assert_ne!(s, seal(SealKind::Init, 10, 20, 30));
     }
 }

@@ -112,7 +112,7 @@ impl Body {
     /// Returns a block body's memory to the arena (a message never sent).
     pub fn discard(&self, seg: &Segment) {
         if let Body::Block { offset, .. } = *self {
-            let _ = seg.free(offset);
+            let _ = seg.release(offset);
         }
     }
 }
@@ -138,14 +138,14 @@ pub(crate) fn encode_body<T: Message>(
         // reads or writes it; the range was bounds-checked by ptr().
         Ok(p) => unsafe { std::slice::from_raw_parts_mut(p, len) },
         Err(e) => {
-            let _ = seg.free(block.offset);
+            let _ = seg.release(block.offset);
             return Err(TaskError::Encode(e.to_string()));
         }
     };
     match codec::encode_into(value, dst) {
         Ok(n) => Ok(Body::Block { offset: block.offset, len: n as u64 }),
         Err(e) => {
-            let _ = seg.free(block.offset);
+            let _ = seg.release(block.offset);
             Err(TaskError::Encode(e.to_string()))
         }
     }
@@ -198,7 +198,7 @@ pub(crate) fn with_body<R>(
             let bytes = unsafe { std::slice::from_raw_parts(p, hdr.len as usize) };
             let r = f(bytes);
             if consume {
-                let _ = seg.free(hdr.block);
+                let _ = seg.release(hdr.block);
             }
             Ok(r)
         }

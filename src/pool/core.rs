@@ -19,6 +19,8 @@ use crate::{Error, TaskError};
 
 /// How long a waiter blocks before it looks at the workers' health.
 const HEALTH_CHECK: Duration = Duration::from_millis(100);
+/// Workers in a row that may fail to start before the pool stops respawning.
+const MAX_FAILED_STARTS: u32 = 3;
 /// How long a worker may take to start and initialise.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -89,6 +91,8 @@ pub(crate) struct Inner {
     routing: Mutex<Routing>,
     routed: Condvar,
     pub respawns: AtomicU64,
+    /// Workers in a row that exited before becoming ready.
+    failed_starts: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Inner {
@@ -131,7 +135,7 @@ impl Inner {
             Some((tramp, arg)) => {
                 let body = task::encode_block(&seg, arg)?;
                 let mut hdr = FrameHeader { tramp: spawn::code_offset(tramp), ..Default::default() };
-                hdr.check = spawn::seal(0, hdr.tramp, key);
+                hdr.check = spawn::seal(spawn::SealKind::Init, 0, hdr.tramp, key);
                 body.describe(&mut hdr);
                 Some(hdr)
             }
@@ -152,6 +156,7 @@ impl Inner {
             routing: Mutex::new(Routing::default()),
             routed: Condvar::new(),
             respawns: AtomicU64::new(0),
+            failed_starts: std::sync::atomic::AtomicU32::new(0),
         });
         for i in 0..workers {
             inner.spawn_worker(i)?;
@@ -289,14 +294,15 @@ impl Inner {
         let mut hdr = FrameHeader { stream, seq, ..Default::default() };
         hdr.func = spawn::code_offset(func);
         hdr.tramp = spawn::code_offset(tramp as usize);
-        hdr.check = spawn::seal(hdr.func, hdr.tramp, self.key);
+        hdr.check = spawn::seal(spawn::SealKind::Task, hdr.func, hdr.tramp, self.key);
         body.describe(&mut hdr);
         Ok((hdr, body))
     }
 
     /// Pushes framed tasks (reservations already taken). `inline(i)` gives
     /// task `i`'s inline archive bytes. On failure, says how many were pushed;
-    /// the rest are unreserved and their blocks freed.
+    /// the rest have their blocks freed (their reservations are the caller's
+    /// to give back, see [`Reservation`]).
     pub fn push_frames<'b>(
         &self,
         hdrs: &[FrameHeader],
@@ -312,10 +318,9 @@ impl Inner {
                 Err(e) => {
                     for h in &hdrs[sent..] {
                         if h.body == task::BODY_BLOCK {
-                            let _ = self.seg.free(h.block);
+                            let _ = self.seg.release(h.block);
                         }
                     }
-                    self.unreserve(hdrs.len() - sent);
                     let e = if e == RingError::Closed { Error::Closed } else { e.into() };
                     return Err((sent, e));
                 }
@@ -363,10 +368,12 @@ impl Inner {
             }
             routing.draining = true;
             drop(routing);
-            let drained = self.drain(stream, deadline, on);
+            let drained = {
+                // Clears `draining` and wakes the others even if `on` panics.
+                let _draining = Draining(self);
+                self.drain(stream, deadline, on)
+            };
             routing = lock(&self.routing);
-            routing.draining = false;
-            self.routed.notify_all();
             match drained {
                 Ok(n) => {
                     // Leave the stash check to the next round for `Some`; with
@@ -398,7 +405,8 @@ impl Inner {
             }
             if now >= next_check {
                 next_check = now + HEALTH_CHECK;
-                if !self.supervise() {
+                // No worker left: results already in the ring still count.
+                if !self.supervise() && self.results.is_empty() {
                     return Err(RecvError::Gone);
                 }
                 if let Some(s) = stream {
@@ -431,6 +439,9 @@ impl Inner {
                 for item in foreign {
                     self.route(&mut routing, item);
                 }
+                drop(routing);
+                // Their owners may be waiting on the condvar: tell them now.
+                self.routed.notify_all();
             }
             match got {
                 Ok(_) if mine > 0 || stream.is_none() => return Ok(mine),
@@ -448,7 +459,7 @@ impl Inner {
                 routing.abandoned.remove(&s);
             }
             if item.hdr.body == task::BODY_BLOCK {
-                let _ = self.seg.free(item.hdr.block);
+                let _ = self.seg.release(item.hdr.block);
             }
             return;
         }
@@ -484,7 +495,7 @@ impl Inner {
             left = left.saturating_sub(items.len() as u64);
             for item in items {
                 if item.hdr.body == task::BODY_BLOCK {
-                    let _ = self.seg.free(item.hdr.block);
+                    let _ = self.seg.release(item.hdr.block);
                 }
             }
         }
@@ -514,7 +525,7 @@ impl Inner {
         while let Ok(n) = self.tasks.try_pop_many(MAX_BATCH, |bytes| {
             if let Some(hdr) = FrameHeader::read(bytes) {
                 if hdr.body == task::BODY_BLOCK {
-                    let _ = self.seg.free(hdr.block);
+                    let _ = self.seg.release(hdr.block);
                 }
                 cleared.push((hdr.stream, hdr.seq));
             }
@@ -540,23 +551,35 @@ impl Inner {
                 Ok(Some(_)) | Err(_) => {
                     let pid = c.id();
                     *child = None;
+                    // A worker that never became ready failed to start (its
+                    // init panicked, say): respawning it forever helps nobody.
+                    let started = control::slot(&self.seg, self.layout.control, self.layout.workers, i as u32)
+                        .is_ok_and(|s| s.state.load(Ordering::Acquire) == W_READY);
+                    if started {
+                        self.failed_starts.store(0, Ordering::Relaxed);
+                    } else {
+                        self.failed_starts.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.answer_held(i as u32, pid);
                     // Buffers it held references to may now be free.
                     let _ = self.seg.reclaim_buffers();
                 }
             }
         }
-        if !self.is_closed() {
-            for i in 0..children.len() {
-                if children[i].is_none() {
-                    drop(children);
-                    let respawned = self.spawn_worker(i as u32).is_ok();
-                    children = lock(&self.children);
-                    if respawned {
-                        self.respawns.fetch_add(1, Ordering::Relaxed);
-                        alive += 1;
-                    }
-                }
+        for i in 0..children.len() {
+            // Checked under the lock each time: terminate() may have run meanwhile.
+            if children[i].is_some() || self.is_closed() {
+                continue;
+            }
+            if self.failed_starts.load(Ordering::Relaxed) >= MAX_FAILED_STARTS {
+                break;
+            }
+            drop(children);
+            let respawned = self.spawn_worker(i as u32).is_ok();
+            children = lock(&self.children);
+            if respawned {
+                self.respawns.fetch_add(1, Ordering::Relaxed);
+                alive += 1;
             }
         }
         alive > 0 || self.in_flight.load(Ordering::Relaxed) == 0
@@ -588,22 +611,30 @@ impl Inner {
     /// Waits until every worker has exited, up to `timeout` (then kills them).
     pub fn join(&self, timeout: Option<Duration>) {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut children = lock(&self.children);
-        for child in children.iter_mut() {
-            let Some(c) = child.as_mut() else { continue };
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) => {}
+        loop {
+            // Poll under the lock, wait without it: terminate(), is_alive()
+            // and waiters' supervision must not block behind a long join.
+            let mut children = lock(&self.children);
+            for child in children.iter_mut() {
+                if child.as_mut().is_some_and(|c| !matches!(c.try_wait(), Ok(None))) {
+                    *child = None;
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
             }
-            *child = None;
+            if children.iter().all(Option::is_none) {
+                return;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                for child in children.iter_mut() {
+                    if let Some(c) = child.as_mut() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    *child = None;
+                }
+                return;
+            }
+            drop(children);
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -632,6 +663,36 @@ impl Drop for Inner {
         self.clear_tasks();
         self.tasks.close();
         self.join(Some(self.config.shutdown_timeout));
+    }
+}
+
+/// Ends a drain: clears the flag and wakes the other waiters, also on unwind.
+struct Draining<'a>(&'a Inner);
+
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.routing).draining = false;
+        self.0.routed.notify_all();
+    }
+}
+
+/// Gives back reservations that were not turned into pushed tasks, also when
+/// user code (an input iterator, a `Serialize` impl) panics in between.
+pub(crate) struct Reservation<'a> {
+    inner: &'a Inner,
+    /// Reservations still held.
+    pub left: usize,
+}
+
+impl<'a> Reservation<'a> {
+    pub fn new(inner: &'a Inner, n: usize) -> Self {
+        Reservation { inner, left: n }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.inner.unreserve(self.left);
     }
 }
 

@@ -17,7 +17,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use self::core::{Config, Inner, RecvError};
+use self::core::{Config, Inner, RecvError, Reservation};
 use crate::codec::{Message, Scratch};
 use crate::task::{self, FrameHeader, Trampoline, HEADER};
 use crate::{Error, TaskError};
@@ -128,26 +128,20 @@ impl Pool {
 
     fn submit_raw<A: Message, R: Message>(&self, func: usize, tramp: Trampoline, arg: &A) -> Result<Ticket<R>, Error> {
         let inner = &self.inner;
-        inner.reserve(1, None)?;
+        let reserved = inner.reserve(1, None)?;
+        // Given back on every way out but a pushed task, panics included.
+        let mut reservation = Reservation::new(inner, reserved);
         let stream = inner.new_stream();
-        let pushed = task::with_scratch(|scratch| {
+        task::with_scratch(|scratch| {
             let (hdr, body) = inner.frame(stream, 0, func, tramp, arg, scratch).map_err(Error::Task)?;
             let inline = match body {
                 task::Body::Inline(n) => &scratch.0[..n],
                 _ => &[][..],
             };
-            // On failure push_frames has already given the reservation back.
             inner.push_frames(&[hdr], |_| inline).map_err(|(_, e)| e)
-        });
-        match pushed {
-            Ok(()) => Ok(Ticket { inner: Arc::clone(inner), stream, done: false, _result: PhantomData }),
-            Err(Error::Task(e)) => {
-                // Encoding failed before anything was pushed.
-                inner.unreserve(1);
-                Err(Error::Task(e))
-            }
-            Err(e) => Err(e),
-        }
+        })?;
+        reservation.left = 0;
+        Ok(Ticket { inner: Arc::clone(inner), stream, done: false, _result: PhantomData })
     }
 
     /// Runs `f` over every item of `input`; yields the results in input order.
@@ -196,6 +190,8 @@ impl Pool {
             ordered,
             slots: VecDeque::new(),
             ready: VecDeque::new(),
+            done: VecDeque::new(),
+            done_base: 0,
             buf: vec![0u128; MAP_BATCH * stride / 16],
             stride,
             scratch: Scratch::new(),
@@ -344,6 +340,11 @@ pub struct MapIter<'p, I: Iterator, R> {
     slots: VecDeque<Option<Result<R, TaskError>>>,
     /// Unordered mode: results in arrival order.
     ready: VecDeque<Result<R, TaskError>>,
+    /// Which sequence numbers from `done_base` on have been answered: a
+    /// result that arrives twice (a worker killed right after answering) is
+    /// counted and yielded once.
+    done: VecDeque<bool>,
+    done_base: u64,
     /// Framed tasks waiting to be pushed (16-byte aligned).
     buf: Vec<u128>,
     stride: usize,
@@ -383,6 +384,29 @@ where
         }
     }
 
+    /// Starts tracking `seq` (and every number below it) as unanswered.
+    fn pending_mark(&mut self, seq: u64) {
+        while self.done_base + (self.done.len() as u64) <= seq {
+            self.done.push_back(false);
+        }
+    }
+
+    /// Records `seq` as answered; false if it already was (a duplicate).
+    fn mark_done(&mut self, seq: u64) -> bool {
+        let Some(i) = seq.checked_sub(self.done_base) else { return false };
+        self.pending_mark(seq);
+        let slot = &mut self.done[i as usize];
+        if *slot {
+            return false;
+        }
+        *slot = true;
+        while self.done.front() == Some(&true) {
+            self.done.pop_front();
+            self.done_base += 1;
+        }
+        true
+    }
+
     /// Submits as many inputs as the queue takes right now; waits for room
     /// only when this map has nothing in flight (other users fill the queue).
     fn feed(&mut self) -> Result<(), Error> {
@@ -392,6 +416,9 @@ where
             if room == 0 {
                 return Ok(());
             }
+            let inner: &Inner = self.inner;
+            // Unused reservations go back on every way out, panics included.
+            let mut reservation = Reservation::new(inner, room);
             let mut hdrs: Vec<FrameHeader> = Vec::with_capacity(room);
             let mut lens = [0usize; MAP_BATCH];
             while hdrs.len() < room {
@@ -413,20 +440,34 @@ where
                         }
                         hdrs.push(hdr);
                     }
-                    Err(e) => self.place(seq, Err(e)),
+                    Err(e) => {
+                        self.mark_done(seq);
+                        self.place(seq, Err(e));
+                    }
                 }
             }
-            self.inner.unreserve(room - hdrs.len());
             let buf = self::core::as_bytes(&self.buf);
             let stride = self.stride;
-            if let Err((sent, e)) = self.inner.push_frames(&hdrs, |k| &buf[k * stride..k * stride + lens[k]]) {
+            let pushed = inner.push_frames(&hdrs, |k| &buf[k * stride..k * stride + lens[k]]);
+            if let Err((sent, e)) = pushed {
+                reservation.left -= sent;
+                drop(reservation);
+                for h in &hdrs[..sent] {
+                    self.pending_mark(h.seq);
+                }
                 self.outstanding += sent as u64;
                 let err = to_task_error(e);
                 for h in &hdrs[sent..] {
+                    self.mark_done(h.seq);
                     self.place(h.seq, Err(err.clone()));
                 }
                 self.input_done = true;
                 return Ok(());
+            }
+            reservation.left -= hdrs.len();
+            drop(reservation);
+            for h in &hdrs {
+                self.pending_mark(h.seq);
             }
             self.outstanding += hdrs.len() as u64;
         }
@@ -466,6 +507,7 @@ where
                 self.input_done = true;
                 let seq = self.submitted;
                 self.submitted += 1;
+                self.mark_done(seq);
                 self.place(seq, Err(to_task_error(e)));
                 continue;
             }
@@ -483,23 +525,22 @@ where
             let res = self.inner.recv(Some(self.stream), None, &mut |hdr: &FrameHeader, bytes: &[u8]| {
                 got.push((hdr.seq, task::decode_result::<R>(hdr.status, bytes)));
             });
-            self.outstanding = self.outstanding.saturating_sub(got.len() as u64);
             for (seq, r) in got {
-                self.place(seq, r);
+                if self.mark_done(seq) {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    self.place(seq, r);
+                }
             }
             if let Err(RecvError::Gone) | Err(RecvError::Timeout) = res {
                 // Every worker is gone: what is outstanding will never come.
-                let missing: Vec<u64> = (self.yielded..self.submitted).collect();
+                let missing: Vec<u64> = (self.done_base..self.submitted).collect();
                 for seq in missing {
-                    self.place(seq, Err(TaskError::PoolGone));
+                    if self.mark_done(seq) {
+                        self.place(seq, Err(TaskError::PoolGone));
+                    }
                 }
                 self.outstanding = 0;
                 self.input_done = true;
-                if !self.ordered {
-                    while (self.ready.len() as u64) < self.submitted - self.yielded {
-                        self.ready.push_back(Err(TaskError::PoolGone));
-                    }
-                }
             }
         }
     }

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::builder_options;
-use super::core::{lock, Config, Inner, RecvError};
+use super::core::{lock, Config, Inner, RecvError, Reservation};
 use crate::codec::Message;
 use crate::task::{self, FrameHeader};
 use crate::{Error, GetError, PutError, TaskError};
@@ -48,6 +48,8 @@ pub struct WorkerPool<W: Worker> {
     stream: u64,
     next_seq: AtomicU64,
     state: Mutex<GetState<W::Output>>,
+    /// Signalled when a receiving thread has merged what it got.
+    changed: Condvar,
     _worker: PhantomData<fn() -> W>,
 }
 
@@ -60,6 +62,13 @@ struct GetState<R> {
     early: BTreeMap<u64, Result<R, TaskError>>,
     /// Sequence numbers handed out to puts that failed.
     burnt: BTreeSet<u64>,
+    /// Unordered mode: every sequence number below this was returned...
+    taken_below: u64,
+    /// ...and so were these. A result that arrives twice (a worker killed
+    /// right after answering) is dropped.
+    taken: BTreeSet<u64>,
+    /// A thread is receiving results for this pool.
+    receiving: bool,
     ordered: bool,
 }
 
@@ -102,11 +111,15 @@ impl<W: Worker> WorkerPoolBuilder<W> {
             inner,
             stream,
             next_seq: AtomicU64::new(0),
+            changed: Condvar::new(),
             state: Mutex::new(GetState {
                 pending: 0,
                 next: 0,
                 early: BTreeMap::new(),
                 burnt: BTreeSet::new(),
+                taken_below: 0,
+                taken: BTreeSet::new(),
+                receiving: false,
                 ordered: self.ordered,
             }),
             _worker: PhantomData,
@@ -137,11 +150,13 @@ impl<W: Worker> WorkerPool<W> {
 
     fn put_until(&self, task: W::Task, deadline: Option<Instant>) -> Result<(), PutError<W::Task>> {
         let inner = &self.inner;
-        match inner.reserve(1, deadline) {
+        let reserved = match inner.reserve(1, deadline) {
             Ok(0) => return Err(PutError::Full(task)),
-            Ok(_) => {}
+            Ok(n) => n,
             Err(_) => return Err(PutError::Closed(task)),
-        }
+        };
+        // Given back on every way out but a pushed task, panics included.
+        let mut reservation = Reservation::new(inner, reserved);
         // The sequence number is taken under the state lock so that ordered
         // gets see puts in the order their numbers were handed out.
         let mut state = lock(&self.state);
@@ -157,18 +172,19 @@ impl<W: Worker> WorkerPool<W> {
         });
         match pushed {
             Ok(()) => {
+                reservation.left = 0;
                 state.pending += 1;
                 Ok(())
             }
             Err(e) => {
-                // The number is burnt: let ordered gets skip it.
-                state.burnt.insert(seq);
-                drop(state);
-                if !inner.is_closed() {
-                    // Archiving failed before the push; push_frames gives back
-                    // its reservation itself when the push fails.
-                    inner.unreserve(1);
+                // The number is burnt: gets skip it.
+                if state.ordered {
+                    state.burnt.insert(seq);
+                } else {
+                    mark_taken(&mut state, seq);
                 }
+                drop(state);
+                drop(reservation);
                 if inner.is_closed() {
                     Err(PutError::Closed(task))
                 } else {
@@ -208,21 +224,41 @@ impl<W: Worker> WorkerPool<W> {
             if state.pending == 0 {
                 return Err(GetError::NothingPending);
             }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(GetError::Timeout);
+            }
+            if state.receiving {
+                // Another thread is receiving: wait for what it brings
+                // without holding the state lock (puts must go on).
+                let wait = deadline.map_or(Duration::from_millis(100), |d| {
+                    d.saturating_duration_since(Instant::now()).min(Duration::from_millis(100))
+                });
+                state = self.changed.wait_timeout(state, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+                continue;
+            }
+            state.receiving = true;
+            drop(state);
             let mut got = Vec::new();
-            let res = self.inner.recv(Some(self.stream), deadline, &mut |hdr: &FrameHeader, bytes: &[u8]| {
-                got.push((hdr.seq, task::decode_result::<W::Output>(hdr.status, bytes)));
-            });
+            let res = {
+                let _receiving = Receiving(self);
+                self.inner.recv(Some(self.stream), deadline, &mut |hdr: &FrameHeader, bytes: &[u8]| {
+                    got.push((hdr.seq, task::decode_result::<W::Output>(hdr.status, bytes)));
+                })
+            };
+            state = lock(&self.state);
             for (seq, r) in got {
-                if seq >= state.next || !state.ordered {
+                let seen = seq < state.taken_below || state.taken.contains(&seq);
+                if seq >= state.next && !seen {
                     state.early.entry(seq).or_insert(r);
                 }
             }
+            self.changed.notify_all();
             match res {
-                Ok(_) => {}
-                Err(RecvError::Timeout) => {
-                    return take_next(&mut state).map_or(Err(GetError::Timeout), |r| r.map_err(GetError::Task))
-                }
+                Ok(_) | Err(RecvError::Timeout) => {}
                 Err(RecvError::Gone) => {
+                    if let Some(r) = take_next(&mut state) {
+                        return r.map_err(GetError::Task);
+                    }
                     state.pending = state.pending.saturating_sub(1);
                     return Err(GetError::Task(TaskError::PoolGone));
                 }
@@ -278,6 +314,24 @@ impl<W: Worker> Drop for WorkerPool<W> {
     }
 }
 
+/// Unordered mode: records that `seq` was returned (or will never be).
+fn mark_taken<R>(state: &mut GetState<R>, seq: u64) {
+    state.taken.insert(seq);
+    while state.taken.remove(&state.taken_below) {
+        state.taken_below += 1;
+    }
+}
+
+/// Marks the end of a receive, also when it unwinds.
+struct Receiving<'a, W: Worker>(&'a WorkerPool<W>);
+
+impl<W: Worker> Drop for Receiving<'_, W> {
+    fn drop(&mut self) {
+        lock(&self.0.state).receiving = false;
+        self.0.changed.notify_all();
+    }
+}
+
 /// The next result `get` may return; cancelled tasks and burnt sequence
 /// numbers are skipped.
 fn take_next<R>(state: &mut GetState<R>) -> Option<Result<R, TaskError>> {
@@ -295,6 +349,8 @@ fn take_next<R>(state: &mut GetState<R>) -> Option<Result<R, TaskError>> {
         let r = state.early.remove(&key)?;
         if state.ordered {
             state.next += 1;
+        } else {
+            mark_taken(state, key);
         }
         state.pending = state.pending.saturating_sub(1);
         if matches!(r, Err(TaskError::Cancelled)) {

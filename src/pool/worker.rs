@@ -139,7 +139,7 @@ fn run_one(seg: &Segment, frame: &[u8], key: u64, state: &mut WorkerState, reply
         reply.fail(task::ST_BAD_INPUT, "task frame shorter than its header");
         return FrameHeader::default();
     };
-    if spawn::seal(hdr.func, hdr.tramp, key) != hdr.check {
+    if spawn::seal(spawn::SealKind::Task, hdr.func, hdr.tramp, key) != hdr.check {
         reply.fail(task::ST_BAD_INPUT, "task seal mismatch: not a task of this pool");
         return hdr;
     }
@@ -166,7 +166,7 @@ fn run_one(seg: &Segment, frame: &[u8], key: u64, state: &mut WorkerState, reply
 }
 
 fn build_state(seg: &Segment, init: &FrameHeader, key: u64) -> Result<Box<dyn std::any::Any>, String> {
-    if spawn::seal(init.func, init.tramp, key) != init.check {
+    if spawn::seal(spawn::SealKind::Init, init.func, init.tramp, key) != init.check {
         return Err("worker init seal mismatch".into());
     }
     // SAFETY: sealed by our parent: the offset names an InitTrampoline of this binary.

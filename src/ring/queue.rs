@@ -194,11 +194,17 @@ pub fn push_ready(c: &Cursors, slots: &impl Slots) -> bool {
     seq.wrapping_sub(head) as i64 >= 0
 }
 
-/// Whether a pop could claim a message now (or the queue is closed).
+/// Whether a pop could claim a message now, or the queue is closed and
+/// drained. (Closed with a claimed, unpublished slot is not ready: its
+/// producer's publish will notify.)
 pub fn pop_ready(c: &Cursors, slots: &impl Slots) -> bool {
     let tail = c.tail.load(Ordering::Acquire);
     let seq = slots.seq(tail & (slots.capacity() - 1)).load(Ordering::Acquire);
-    seq.wrapping_sub(tail.wrapping_add(1)) as i64 >= 0 || is_closed(c)
+    if seq.wrapping_sub(tail.wrapping_add(1)) as i64 >= 0 {
+        return true;
+    }
+    let head = c.head.load(Ordering::Acquire);
+    head & CLOSED != 0 && head & !CLOSED == tail
 }
 
 /// Messages published or being written and not yet claimed by consumers.

@@ -140,7 +140,7 @@ fn release_if_unheld(seg: &Segment, header: u64, h: &BufferHeader) -> bool {
             let _ = slot.compare_exchange(header, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
-    let _ = seg.free(header);
+    let _ = seg.release(header);
     true
 }
 
@@ -165,7 +165,7 @@ impl SharedBuffer {
         h.magic.store(BUFFER_MAGIC, Ordering::Release);
         if !registry.buffers.iter().any(|s| s.compare_exchange(0, header, Ordering::AcqRel, Ordering::Relaxed).is_ok())
         {
-            let _ = seg.free(header);
+            let _ = seg.release(header);
             return Err(SegmentError::DirectoryFull.into());
         }
         Ok(SharedBuffer { seg: seg.clone(), header, data: header + data_at, len, generation, writable: true })

@@ -203,7 +203,7 @@ impl Core {
 
     fn free(&self, offset: u64) {
         if offset != 0 {
-            let _ = self.seg.free(offset);
+            let _ = self.seg.release(offset);
         }
     }
 
@@ -266,7 +266,7 @@ fn store<T: Message>(seg: &Segment, value: &T) -> Result<(u64, u64), SharedError
     match codec::encode_into(value, dst) {
         Ok(n) => Ok((block.offset, n as u64)),
         Err(e) => {
-            let _ = seg.free(block.offset);
+            let _ = seg.release(block.offset);
             Err(e.into())
         }
     }

@@ -51,7 +51,7 @@ impl Segment {
             Ok(())
         });
         if !used {
-            let _ = self.free(offset);
+            let _ = self.release(offset);
         }
         let core = core?;
         Ok(SharedObject { core, _t: PhantomData })

@@ -110,6 +110,9 @@ impl Event {
         }
         loop {
             self.sleepers.fetch_add(1, Ordering::SeqCst);
+            // SYNC: pairs with the fence in `notify`: our re-check of `ready`
+            // below cannot be ordered before the sleeper count is visible.
+            fence(Ordering::SeqCst);
             let epoch = self.epoch.load(Ordering::SeqCst);
             if ready() {
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
