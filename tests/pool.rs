@@ -323,3 +323,63 @@ fn pool_refuses_bad_configuration() {
     assert!(matches!(Pool::builder().queue_capacity(0).build(), Err(shmpool::Error::Config(_))));
     assert!(matches!(Pool::builder().slot_size(8).build(), Err(shmpool::Error::Config(_))));
 }
+
+/// Fails to initialise whenever the marker file named by its argument exists.
+struct FlakyInit;
+
+impl Worker for FlakyInit {
+    type Init = String;
+    type Task = i32;
+    type Output = i32;
+    fn init(marker: String) -> Self {
+        if std::path::Path::new(&marker).exists() {
+            panic!("marker present: refusing to start");
+        }
+        FlakyInit
+    }
+    fn run(&mut self, code: i32) -> i32 {
+        if code != 0 {
+            std::process::exit(code);
+        }
+        code
+    }
+}
+
+#[test]
+fn a_worker_that_cannot_restart_ends_in_an_error_not_a_respawn_loop() {
+    let marker = std::env::temp_dir().join(format!("shmpool-flaky-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let pool = WorkerPool::<FlakyInit>::builder().workers(1).build(marker.to_string_lossy().into_owned()).unwrap();
+    pool.put(0).unwrap();
+    assert_eq!(pool.get(), Ok(0));
+    std::fs::write(&marker, b"x").unwrap();
+    pool.put(3).unwrap(); // the worker exits; every replacement fails to start
+    pool.put(0).unwrap();
+    let first = pool.get();
+    assert!(matches!(first, Err(GetError::Task(TaskError::WorkerDied { .. }))), "{first:?}");
+    // The second task can never run: an error, not a hang.
+    let second = pool.get_timeout(Duration::from_secs(60));
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(second, Err(GetError::Task(TaskError::PoolGone)));
+}
+
+#[test]
+fn a_waiting_get_does_not_block_puts() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let pool = WorkerPool::<SlowScale>::builder().workers(1).queue_capacity(4).build(()).unwrap();
+    let clock = AtomicU64::new(0);
+    pool.put(500).unwrap();
+    std::thread::scope(|s| {
+        let getter = s.spawn(|| {
+            let r = pool.get();
+            (r, clock.fetch_add(1, Ordering::SeqCst))
+        });
+        std::thread::sleep(Duration::from_millis(50)); // let the getter start waiting
+        pool.try_put(1).unwrap();
+        let put_done = clock.fetch_add(1, Ordering::SeqCst);
+        let (r, get_done) = getter.join().unwrap();
+        assert_eq!(r, Ok(500));
+        assert!(put_done < get_done, "try_put waited for the pending get");
+    });
+    assert_eq!(pool.get(), Ok(1));
+}
