@@ -1,10 +1,11 @@
 //! Atomics for the lock-free algorithms.
 //!
-//! `ring::queue` imports its atomics from here and nowhere else, so that the
-//! loom model test (`tests/loom_ring.rs`) can compile the very same file
-//! against loom's model-checked atomics by providing its own `primitive`.
+//! `ring::queue` and the lock algorithms in `sync/` import their atomics from
+//! here and nowhere else, so that the loom model tests (`tests/loom_*.rs`) can
+//! compile the very same files against loom's model-checked atomics by
+//! providing their own `primitive`.
 
-pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// A hint that this thread is waiting for another (loom: a yield point).
 #[inline]

@@ -1,10 +1,10 @@
 //! A doorbell in shared memory: wait for a condition, spinning briefly and
 //! then sleeping on a futex; notify wakes sleepers only when there are any.
 
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use crate::primitive::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::sys::futex;
+use super::os;
 
 /// How long a waiter spins before it sleeps.
 ///
@@ -60,7 +60,7 @@ impl Event {
         fence(Ordering::SeqCst);
         if self.sleepers.load(Ordering::Relaxed) != 0 {
             self.epoch.fetch_add(1, Ordering::SeqCst);
-            futex::wake(&self.epoch, u32::MAX);
+            os::futex_wake(&self.epoch, u32::MAX);
         }
     }
 
@@ -118,12 +118,12 @@ impl Event {
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
                 return true;
             }
-            let woke = futex::wait(&self.epoch, epoch, deadline);
+            let woke = os::futex_wait(&self.epoch, epoch, deadline);
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
             if ready() {
                 return true;
             }
-            if woke == futex::Wake::TimedOut || deadline.is_some_and(|d| Instant::now() >= d) {
+            if woke == os::Wake::TimedOut || deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
         }
@@ -163,7 +163,8 @@ impl AdaptiveSpin {
 
     /// The spin budget for the next wait under `policy`.
     pub fn budget(&self, policy: SpinPolicy) -> Duration {
-        if policy.spin.is_zero() {
+        // The loom model explores interleavings, not timings: never spin there.
+        if cfg!(loom) || policy.spin.is_zero() {
             return Duration::ZERO;
         }
         let max = policy.spin.as_nanos().min(u32::MAX as u128) as u32;
@@ -199,7 +200,7 @@ impl Clone for AdaptiveSpin {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -11,6 +11,7 @@
 
 mod event;
 mod lock;
+mod os;
 mod raw_mutex;
 mod raw_rwlock;
 mod raw_spin;

@@ -1,10 +1,10 @@
 //! A mutex over one futex word in shared memory that records its holder's pid.
 
+use crate::primitive::{AtomicU32, Ordering};
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::sys::{futex, process};
+use super::os;
 
 /// Set in the lock word while someone may be sleeping on it.
 const WAITERS: u32 = 1 << 31;
@@ -60,7 +60,7 @@ impl fmt::Debug for RawMutex {
 impl RawMutex {
     /// Takes the lock if it is free.
     pub fn try_lock(&self) -> bool {
-        let me = process::current_pid() & PID_MASK;
+        let me = os::current_pid() & PID_MASK;
         self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 
@@ -69,7 +69,7 @@ impl RawMutex {
     /// A holder that died is detected while waiting and its lock taken over:
     /// the result is then [`Acquired::OwnerDied`].
     pub fn lock(&self, deadline: Option<Instant>) -> Result<Acquired, LockTimeout> {
-        let me = process::current_pid() & PID_MASK;
+        let me = os::current_pid() & PID_MASK;
         for _ in 0..64 {
             match self.word.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return Ok(Acquired::Clean),
@@ -86,7 +86,7 @@ impl RawMutex {
                 continue;
             }
             let holder = cur & PID_MASK;
-            if !process::is_alive(holder) {
+            if !os::is_alive(holder) {
                 if self.word.compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     return Ok(Acquired::OwnerDied(holder));
                 }
@@ -103,7 +103,7 @@ impl RawMutex {
             }
             let check = now + LIVENESS_CHECK;
             let until = deadline.map_or(check, |d| d.min(check));
-            futex::wait(&self.word, cur | WAITERS, Some(until));
+            os::futex_wait(&self.word, cur | WAITERS, Some(until));
         }
     }
 
@@ -112,7 +112,7 @@ impl RawMutex {
     /// Must be called only by the holder, once per successful acquisition.
     pub fn unlock(&self) {
         if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
-            futex::wake(&self.word, 1);
+            os::futex_wake(&self.word, 1);
         }
     }
 

@@ -4,11 +4,11 @@
 //! POSIX has no robust rwlock, hence this one: a writer word holding the
 //! writer's pid, and a table of reader slots holding each reader's pid.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use crate::primitive::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::event::{AdaptiveSpin, Event, SpinPolicy};
-use crate::sys::process;
+use super::os;
 
 /// How many readers may hold the lock at once (threads or processes).
 pub const READER_SLOTS: usize = 32;
@@ -25,8 +25,9 @@ const LIVENESS_CHECK: Duration = Duration::from_millis(20);
 /// | `readers[i]==pid`| a reader in process `pid` holds slot `i`              |
 ///
 /// SYNC: a reader claims a slot and then reads `writer`; a writer claims
-/// `writer` and then reads the slots; all SeqCst, so at least one of them
-/// sees the other (Dekker), and a reader that sees a writer backs off.
+/// `writer` and then reads the slots; a SeqCst fence sits between each
+/// claim and read, so at least one of them sees the other (Dekker), and a
+/// reader that sees a writer backs off.
 /// Every release bumps `event` so sleepers re-check.
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -53,11 +54,14 @@ pub enum RwFailure {
 impl RawRwLock {
     /// Tries to take a read hold now; returns the slot on success.
     pub fn try_read(&self) -> Option<usize> {
-        let me = process::current_pid();
+        let me = os::current_pid();
         if self.writer.load(Ordering::SeqCst) != 0 {
             return None;
         }
         let slot = self.claim_slot(me)?;
+        // SYNC: Dekker with the writer's fence in `write`/`try_write`: either
+        // we see its claim, or it sees our slot.
+        fence(Ordering::SeqCst);
         if self.writer.load(Ordering::SeqCst) == 0 {
             return Some(slot);
         }
@@ -75,7 +79,7 @@ impl RawRwLock {
                 return Ok((slot, died));
             }
             let writer = self.writer.load(Ordering::SeqCst);
-            if writer != 0 && !process::is_alive(writer) {
+            if writer != 0 && !os::is_alive(writer) {
                 if self.writer.compare_exchange(writer, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                     died = Some(writer);
                     self.event.notify();
@@ -97,10 +101,12 @@ impl RawRwLock {
 
     /// Tries to take the write hold now.
     pub fn try_write(&self) -> bool {
-        let me = process::current_pid();
+        let me = os::current_pid();
         if self.writer.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst).is_err() {
             return false;
         }
+        // SYNC: pairs with the reader's fence in `try_read`.
+        fence(Ordering::SeqCst);
         if self.readers.iter().all(|r| r.load(Ordering::SeqCst) == 0) {
             return true;
         }
@@ -112,13 +118,13 @@ impl RawRwLock {
     /// Takes the write hold, waiting until `deadline`. Returns the pid of a
     /// writer that died holding the lock, if one was cleared.
     pub fn write(&self, deadline: Option<Instant>, spin: &AdaptiveSpin) -> Result<Option<u32>, RwFailure> {
-        let me = process::current_pid();
+        let me = os::current_pid();
         let mut died = None;
         // 1. Become the writer.
         loop {
             match self.writer.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => break,
-                Err(w) if !process::is_alive(w) => {
+                Err(w) if !os::is_alive(w) => {
                     if self.writer.compare_exchange(w, me, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                         died = Some(w);
                         break;
@@ -130,12 +136,14 @@ impl RawRwLock {
             }
         }
         // 2. Wait for the readers to leave; new ones see us and back off.
+        // SYNC: pairs with the reader's fence in `try_read`.
+        fence(Ordering::SeqCst);
         loop {
             let mut holder = None;
             for r in &self.readers {
                 let pid = r.load(Ordering::SeqCst);
                 if pid != 0 {
-                    if process::is_alive(pid) {
+                    if os::is_alive(pid) {
                         holder = Some(pid);
                     } else {
                         // A reader died holding its slot: it wrote nothing, just free it.

@@ -1,11 +1,9 @@
 //! A spin lock in shared memory whose word records the holder's pid.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use crate::primitive::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::Backoff;
-
-use crate::sys::process;
+use super::os;
 
 /// How often a spinning waiter checks that the holder is alive.
 const LIVENESS_CHECK: Duration = Duration::from_millis(1);
@@ -29,30 +27,34 @@ unsafe impl crate::segment::ShmSafe for RawSpin {}
 impl RawSpin {
     /// Takes the lock if it is free.
     pub fn try_lock(&self) -> bool {
-        let me = process::current_pid();
+        let me = os::current_pid();
         self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 
     /// Takes the lock, spinning until `deadline`. `Ok(Some(pid))` when it was
     /// taken over from holder `pid`, who died; `Err(holder)` on timeout.
     pub fn lock(&self, deadline: Option<Instant>) -> Result<Option<u32>, u32> {
-        let me = process::current_pid();
-        let backoff = Backoff::new();
+        let me = os::current_pid();
+        let mut spins = 0u32;
         let mut next_check = Instant::now() + LIVENESS_CHECK;
         loop {
             match self.word.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return Ok(None),
                 Err(0) => continue,
                 Err(holder) => {
-                    if backoff.is_completed() {
-                        std::thread::yield_now();
+                    // Exponential backoff up to 64 hints, then yield the core.
+                    if spins < 6 {
+                        for _ in 0..(1 << spins) {
+                            crate::primitive::spin_hint();
+                        }
+                        spins += 1;
                     } else {
-                        backoff.snooze();
+                        os::yield_now();
                     }
                     let now = Instant::now();
                     if now >= next_check {
                         next_check = now + LIVENESS_CHECK;
-                        if !process::is_alive(holder)
+                        if !os::is_alive(holder)
                             && self.word.compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
                         {
                             return Ok(Some(holder));
