@@ -151,7 +151,9 @@ fn contend(args: (String, u8)) -> (bool, Option<u32>, bool, bool) {
             LockKind::Mutex => matches!(seg.mutex("lock").unwrap().try_lock(), Err(LockError::WouldBlock)),
             LockKind::RwLock => {
                 let l = seg.rwlock("lock").unwrap();
-                matches!(l.try_lock(), Err(LockError::WouldBlock)) && matches!(l.try_read(), Err(LockError::WouldBlock))
+                matches!(l.try_lock(), Err(LockError::WouldBlock))
+                    && matches!(l.try_read(), Err(LockError::WouldBlock))
+                    && matches!(l.read_for(Duration::from_millis(30)), Err(LockError::Timeout(_)))
             }
             LockKind::Spin => matches!(seg.spin_lock("lock").unwrap().try_lock(), Err(LockError::WouldBlock)),
             LockKind::Auth => matches!(seg.auth_lock("lock").unwrap().try_lock(), Err(LockError::WouldBlock)),
