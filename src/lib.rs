@@ -35,10 +35,12 @@ pub mod sys;
 mod task;
 
 mod pool;
+mod remote;
 
 pub use codec::Message;
 pub use error::{Error, GetError, PutError, TaskError};
 pub use pool::{pool_segment, MapIter, Pool, PoolBuilder, Ticket, Worker, WorkerPool, WorkerPoolBuilder};
+pub use remote::{wait_all, Pending, Remote, RemoteError};
 pub use segment::{Segment, SegmentError};
 pub use shared::{BufferHandle, SharedBuffer, SharedError, SharedList, SharedMap, SharedObject};
 pub use spawn::init;

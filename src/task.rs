@@ -250,7 +250,7 @@ pub(crate) type Trampoline = unsafe fn(func: usize, state: &mut WorkerState, arg
 /// # Safety
 ///
 /// None beyond the types: kept `unsafe fn` so every table entry has one shape.
-pub(crate) type InitTrampoline = unsafe fn(arg: &[u8]) -> Result<Box<dyn Any>, String>;
+pub(crate) type InitTrampoline = unsafe fn(func: usize, arg: &[u8]) -> Result<Box<dyn Any>, String>;
 
 /// Trampoline for `fn(A) -> R`.
 ///
@@ -316,7 +316,7 @@ pub(crate) unsafe fn call_worker<W: crate::Worker>(
 /// # Safety
 ///
 /// Always safe to call; `unsafe` only to match [`InitTrampoline`].
-pub(crate) unsafe fn init_worker<W: crate::Worker>(arg: &[u8]) -> Result<Box<dyn Any>, String> {
+pub(crate) unsafe fn init_worker<W: crate::Worker>(_func: usize, arg: &[u8]) -> Result<Box<dyn Any>, String> {
     let init = codec::decode::<W::Init>(arg).map_err(|e| e.to_string())?;
     Ok(Box::new(W::init(init)))
 }
@@ -332,5 +332,59 @@ pub(crate) fn decode_result<R: Message>(status: u32, bytes: &[u8]) -> Result<R, 
         ST_CANCELLED => Err(TaskError::Cancelled),
         ST_WORKER_DIED => Err(TaskError::WorkerDied { pid: codec::decode::<u32>(bytes).unwrap_or(0) }),
         _ => Err(TaskError::Decode(format!("unknown result status {status}"))),
+    }
+}
+
+/// Builds a remote object: `func` is its creator, a `fn(A) -> T`.
+///
+/// # Safety
+///
+/// `func` must be a `fn(A) -> T` cast to `usize`.
+pub(crate) unsafe fn init_remote<A: Message, T: 'static>(func: usize, arg: &[u8]) -> Result<Box<dyn Any>, String> {
+    // SAFETY: per this function's contract, `func` came from a `fn(A) -> T`.
+    let creator = unsafe { std::mem::transmute::<usize, fn(A) -> T>(func) };
+    let args = codec::decode::<A>(arg).map_err(|e| e.to_string())?;
+    Ok(Box::new(creator(args)))
+}
+
+/// Trampoline for a call on a remote object: `fn(&mut T, A) -> R`.
+///
+/// # Safety
+///
+/// `func` must be a `fn(&mut T, A) -> R` cast to `usize`.
+pub(crate) unsafe fn call_remote<T: 'static, A: Message, R: Message>(
+    func: usize,
+    state: &mut WorkerState,
+    arg: &[u8],
+    out: &mut Reply<'_>,
+) {
+    // SAFETY: per this function's contract.
+    let f = unsafe { std::mem::transmute::<usize, fn(&mut T, A) -> R>(func) };
+    let Some(object) = state.as_mut().and_then(|s| s.downcast_mut::<T>()) else {
+        out.fail(ST_BAD_INPUT, "call for a remote object of another type");
+        return;
+    };
+    match codec::decode::<A>(arg) {
+        Ok(a) => out.set(ST_OK, &f(object, a)),
+        Err(e) => out.fail(ST_BAD_INPUT, &e.to_string()),
+    }
+}
+
+/// Trampoline for reading a remote object: `fn(&T) -> R`.
+///
+/// # Safety
+///
+/// `func` must be a `fn(&T) -> R` cast to `usize`.
+pub(crate) unsafe fn read_remote<T: 'static, R: Message>(
+    func: usize,
+    state: &mut WorkerState,
+    _arg: &[u8],
+    out: &mut Reply<'_>,
+) {
+    // SAFETY: per this function's contract.
+    let f = unsafe { std::mem::transmute::<usize, fn(&T) -> R>(func) };
+    match state.as_ref().and_then(|s| s.downcast_ref::<T>()) {
+        Some(object) => out.set(ST_OK, &f(object)),
+        None => out.fail(ST_BAD_INPUT, "read of a remote object of another type"),
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct Config {
     pub slot_size: usize,
     pub spin: SpinPolicy,
     pub shutdown_timeout: Duration,
+    /// Replace workers that die (pools); a remote object's process is not.
+    pub respawn: bool,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             slot_size: 256,
             spin: SpinPolicy::DEFAULT,
             shutdown_timeout: Duration::from_secs(2),
+            respawn: true,
         }
     }
 }
@@ -107,8 +110,8 @@ impl std::fmt::Debug for Inner {
 
 impl Inner {
     /// Creates the segment, rings and control block, and starts the workers.
-    /// `init` is a stateful pool's (trampoline, archived Init).
-    pub fn start<I: Message>(config: Config, init: Option<(usize, &I)>) -> Result<Arc<Inner>, Error> {
+    /// `init` is a stateful pool's (trampoline, function or 0, Init argument).
+    pub fn start<I: Message>(config: Config, init: Option<(usize, usize, &I)>) -> Result<Arc<Inner>, Error> {
         if config.workers == 0 || config.workers > control::MAX_WORKERS as usize {
             return Err(Error::Config("workers must be between 1 and 1024"));
         }
@@ -132,10 +135,11 @@ impl Inner {
         let key = u64::from_ne_bytes(key_bytes);
         let init_hdr = match init {
             None => None,
-            Some((tramp, arg)) => {
+            Some((tramp, func, arg)) => {
                 let body = task::encode_block(&seg, arg)?;
-                let mut hdr = FrameHeader { tramp: spawn::code_offset(tramp), ..Default::default() };
-                hdr.check = spawn::seal(spawn::SealKind::Init, 0, hdr.tramp, key);
+                let func = if func == 0 { 0 } else { spawn::code_offset(func) };
+                let mut hdr = FrameHeader { func, tramp: spawn::code_offset(tramp), ..Default::default() };
+                hdr.check = spawn::seal(spawn::SealKind::Init, hdr.func, hdr.tramp, key);
                 body.describe(&mut hdr);
                 Some(hdr)
             }
@@ -568,7 +572,7 @@ impl Inner {
         }
         for i in 0..children.len() {
             // Checked under the lock each time: terminate() may have run meanwhile.
-            if children[i].is_some() || self.is_closed() {
+            if children[i].is_some() || self.is_closed() || !self.config.respawn {
                 continue;
             }
             if self.failed_starts.load(Ordering::Relaxed) >= MAX_FAILED_STARTS {

@@ -127,21 +127,7 @@ impl Pool {
     }
 
     fn submit_raw<A: Message, R: Message>(&self, func: usize, tramp: Trampoline, arg: &A) -> Result<Ticket<R>, Error> {
-        let inner = &self.inner;
-        let reserved = inner.reserve(1, None)?;
-        // Given back on every way out but a pushed task, panics included.
-        let mut reservation = Reservation::new(inner, reserved);
-        let stream = inner.new_stream();
-        task::with_scratch(|scratch| {
-            let (hdr, body) = inner.frame(stream, 0, func, tramp, arg, scratch).map_err(Error::Task)?;
-            let inline = match body {
-                task::Body::Inline(n) => &scratch.0[..n],
-                _ => &[][..],
-            };
-            inner.push_frames(&[hdr], |_| inline).map_err(|(_, e)| e)
-        })?;
-        reservation.left = 0;
-        Ok(Ticket { inner: Arc::clone(inner), stream, done: false, _result: PhantomData })
+        submit_to(&self.inner, func, tramp, arg)
     }
 
     /// Runs `f` over every item of `input`; yields the results in input order.
@@ -248,6 +234,30 @@ impl Drop for Pool {
         // they are done; the last handle shuts them down (see `Inner::drop`).
         self.inner.close();
     }
+}
+
+/// Frames and pushes one task for `func` run by `tramp`, waiting while the
+/// queue is full; the ticket receives its result.
+pub(crate) fn submit_to<A: Message, R: Message>(
+    inner: &Arc<Inner>,
+    func: usize,
+    tramp: Trampoline,
+    arg: &A,
+) -> Result<Ticket<R>, Error> {
+    let reserved = inner.reserve(1, None)?;
+    // Given back on every way out but a pushed task, panics included.
+    let mut reservation = Reservation::new(inner, reserved);
+    let stream = inner.new_stream();
+    task::with_scratch(|scratch| {
+        let (hdr, body) = inner.frame(stream, 0, func, tramp, arg, scratch).map_err(Error::Task)?;
+        let inline = match body {
+            task::Body::Inline(n) => &scratch.0[..n],
+            _ => &[][..],
+        };
+        inner.push_frames(&[hdr], |_| inline).map_err(|(_, e)| e)
+    })?;
+    reservation.left = 0;
+    Ok(Ticket { inner: Arc::clone(inner), stream, done: false, _result: PhantomData })
 }
 
 /// The result of one submitted task, to be waited for.

@@ -105,7 +105,7 @@ impl<W: Worker> WorkerPoolBuilder<W> {
     /// are ready. A panic in `init` is [`Error::WorkerInit`].
     pub fn build(self, init: W::Init) -> Result<WorkerPool<W>, Error> {
         let tramp = task::init_worker::<W> as task::InitTrampoline as usize;
-        let inner = Inner::start(self.config, Some((tramp, &init)))?;
+        let inner = Inner::start(self.config, Some((tramp, 0, &init)))?;
         let stream = inner.new_stream();
         Ok(WorkerPool {
             inner,

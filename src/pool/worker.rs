@@ -171,10 +171,12 @@ fn build_state(seg: &Segment, init: &FrameHeader, key: u64) -> Result<Box<dyn st
     }
     // SAFETY: sealed by our parent: the offset names an InitTrampoline of this binary.
     let tramp = unsafe { std::mem::transmute::<usize, InitTrampoline>(spawn::code_address(init.tramp)) };
+    let func = if init.func == 0 { 0 } else { spawn::code_address(init.func) };
     let built = task::with_body(seg, init, &[], false, |arg| {
         std::panic::catch_unwind(|| {
-            // SAFETY: an InitTrampoline has no precondition beyond its type.
-            unsafe { tramp(arg) }
+            // SAFETY: sealed with the trampoline: `func` is the function of
+            // the type this trampoline was instantiated for (or unused).
+            unsafe { tramp(func, arg) }
         })
     });
     match built {
