@@ -34,9 +34,11 @@ pub mod sync;
 pub mod sys;
 mod task;
 
+pub mod channel;
 mod pool;
 mod remote;
 
+pub use channel::{start, Channel, ChannelError, ChannelId, Exchange};
 pub use codec::Message;
 pub use error::{Error, GetError, PutError, TaskError};
 pub use pool::{pool_segment, MapIter, Pool, PoolBuilder, Ticket, Worker, WorkerPool, WorkerPoolBuilder};

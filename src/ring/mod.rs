@@ -299,6 +299,17 @@ impl Ring {
         unsafe { self.slots.add(index as usize * self.stride + SLOT_HEADER) }
     }
 
+    /// The event a pop waits on (notified by every push and by close): for
+    /// waiting on many rings at once with [`crate::sync::wait_any`].
+    pub fn readable(&self) -> &Event {
+        &self.header().not_empty
+    }
+
+    /// Whether a pop would find a message now, or the ring is closed and drained.
+    pub fn can_pop(&self) -> bool {
+        queue::pop_ready(self.cursors(), &SlotSeqs(self))
+    }
+
     /// Closes the ring and wakes every waiter. Queued messages stay poppable.
     pub fn close(&self) {
         queue::close(self.cursors());

@@ -130,6 +130,42 @@ impl Event {
     }
 }
 
+/// Waits until `ready()` is true or `deadline` passes, sleeping on all of
+/// `events` at once (`futex_waitv`): whichever is notified wakes the waiter.
+/// Returns the last value of `ready()`.
+///
+/// No spinning: this is for waiting on many idle channels. With more than
+/// 128 events, or a kernel without `futex_waitv`, it polls every millisecond.
+pub fn wait_any(events: &[&Event], mut ready: impl FnMut() -> bool, deadline: Option<Instant>) -> bool {
+    loop {
+        if ready() {
+            return true;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        if events.len() > os::WAITV_MAX {
+            let nap = Instant::now() + Duration::from_millis(1);
+            std::thread::sleep(deadline.map_or(nap, |d| d.min(nap)).saturating_duration_since(Instant::now()));
+            continue;
+        }
+        for e in events {
+            e.sleepers.fetch_add(1, Ordering::SeqCst);
+        }
+        // SYNC: as in `wait_until`: announce, fence, then re-check.
+        fence(Ordering::SeqCst);
+        let words: Vec<(&AtomicU32, u32)> = events.iter().map(|e| (&e.epoch, e.epoch.load(Ordering::SeqCst))).collect();
+        let woke = if ready() { Some(os::Wake::Woken) } else { os::futex_wait_any(&words, deadline) };
+        for e in events {
+            e.sleepers.fetch_sub(1, Ordering::SeqCst);
+        }
+        if woke.is_none() {
+            // No futex_waitv: poll.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 /// A waiter's own, process-local memory of whether spinning pays off.
 ///
 /// Spinning only helps while the other side is running on another core. When

@@ -16,7 +16,7 @@ mod raw_mutex;
 mod raw_rwlock;
 mod raw_spin;
 
-pub use event::{AdaptiveSpin, Event, SpinPolicy, MIN_SPIN, PROBE_EVERY};
+pub use event::{wait_any, AdaptiveSpin, Event, SpinPolicy, MIN_SPIN, PROBE_EVERY};
 pub use lock::{
     AuthLock, DeadlockInfo, LockCell, LockError, LockGuard, LockKind, LockOptions, Mutex, RwLock, SpinLock,
     MAX_OPERATORS,

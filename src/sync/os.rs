@@ -2,7 +2,9 @@
 //! place: the loom model tests (`tests/loom_locks.rs`) compile the same
 //! algorithm files against a model of this module.
 
-pub(crate) use crate::sys::futex::{wait as futex_wait, wake as futex_wake, Wake};
+pub(crate) use crate::sys::futex::{
+    wait as futex_wait, wait_any as futex_wait_any, wake as futex_wake, Wake, WAITV_MAX,
+};
 pub(crate) use crate::sys::process::{current_pid, is_alive};
 
 /// Gives the core to another runnable thread.

@@ -67,3 +67,51 @@ fn monotonic_after(d: Duration) -> libc::timespec {
     }
     ts
 }
+
+/// One entry of `futex_waitv(2)`.
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// `FUTEX2_SIZE_U32`: the words are 32 bits (and process-shared: no private flag).
+const FUTEX2_SIZE_U32: u32 = 2;
+/// The most words one `futex_waitv` call takes.
+pub const WAITV_MAX: usize = 128;
+
+/// Sleeps until one of `words` is woken (or differs from its expected value)
+/// or `deadline` passes. At most [`WAITV_MAX`] words; `None` if the kernel
+/// has no `futex_waitv` (before Linux 5.16): the caller then polls.
+pub fn wait_any(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> Option<Wake> {
+    debug_assert!(words.len() <= WAITV_MAX);
+    let waiters: Vec<FutexWaitv> = words
+        .iter()
+        .map(|(w, v)| FutexWaitv { val: *v as u64, uaddr: w.as_ptr() as u64, flags: FUTEX2_SIZE_U32, reserved: 0 })
+        .collect();
+    let ts = deadline.map(|d| monotonic_after(d.saturating_duration_since(Instant::now())));
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `waiters` is a live array of `len` entries whose addresses are
+    // valid u32 words for the call; `ts_ptr` is null or a live timespec. The
+    // kernel only reads them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            waiters.as_ptr(),
+            waiters.len() as libc::c_uint,
+            0 as libc::c_uint,
+            ts_ptr,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    if r >= 0 {
+        return Some(Wake::Woken);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENOSYS) => None,
+        Some(libc::ETIMEDOUT) => Some(Wake::TimedOut),
+        _ => Some(Wake::Woken),
+    }
+}
