@@ -20,7 +20,7 @@ fn main() -> Result<(), shmpool::Error> {
     shmpool::init();
     let start_time = Instant::now();
     let mut exchange = Exchange::with_limit(4);
-    let mut results = vec![0u64; 20];
+    let mut results = [0u64; 20];
     let mut messages = 0;
     let mut store = |_, message: Result<(u32, u64), shmpool::ChannelError>| {
         let (id, total) = message.expect("child failed");

@@ -32,8 +32,33 @@
 //! rows never cross a process boundary: they are what a queue inside one
 //! process costs at best, not a competitor.
 //!
+//! # Locks, shared map, buffer hand-off
+//!
+//! * **Locks**: each shmpool lock kind and, as the reference, a robust
+//!   process-shared pthread mutex placed in the same named segment. Every
+//!   round takes the lock, increments a counter in the segment with a plain
+//!   load and store, and releases it. *Uncontended*: many rounds in this
+//!   process alone, in nanoseconds per round (median of several runs).
+//!   *Contended*: this process and a pool worker run the same number of
+//!   rounds on the same lock at once; the table shows rounds per second of
+//!   both together and the wall time per acquisition. The counter must end at
+//!   the total, or the run fails: that checks the mutual exclusion. "vs
+//!   pthread" compares times per round with the pthread row's.
+//! * **Shared map**: a pool worker reads and increments one key of a
+//!   `SharedMap<String, u64>` in the pool's segment, beside a Python
+//!   `multiprocessing.Manager().dict()` used the same way from a child
+//!   `multiprocessing.Process` (when `python3` is on `PATH`).
+//! * **Buffer hand-off**: a `SharedBuffer` of 8 B to 1 GiB goes to a worker
+//!   as a handle, is opened there and one byte of it read, and the answer
+//!   comes back; beside it the same bytes copied through a pipe to a child
+//!   process, which answers with one byte. The hand-offs of all sizes take
+//!   turns, round after round, so that every size meets the same conditions
+//!   (the pool adapts its spinning to recent history); the table shows the
+//!   median and p99 of each size, and the ratio of the largest to the
+//!   smallest (the goal is at most 2x).
+//!
 //! The pipe and socket peers are this binary itself, re-executed with the
-//! hidden arguments `--peer pipe` or `--peer unix`.
+//! hidden arguments `--peer pipe`, `--peer unix` or `--peer sink BYTES`.
 
 use std::collections::VecDeque;
 use std::error::Error;
@@ -44,6 +69,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -66,12 +92,16 @@ const READ_BUFFER: usize = 64 * 1024;
 const POOL_WARM_UP_TASKS: u64 = 10_000;
 /// Hidden first argument that turns this binary into a pipe or socket peer.
 const PEER_FLAG: &str = "--peer";
+/// Peer kind (after [`PEER_FLAG`]) of the pipe copies of the hand-off rows.
+const SINK: &str = "sink";
 
 const USAGE: &str = "\
 Usage: shmpool-bench [--quick | --full] [--json FILE]
 
 Measures shmpool's round-trip latency and task throughput against pipes,
-Unix sockets and crossbeam channels, and prints a table.
+Unix sockets and crossbeam channels, its locks against a robust pthread
+mutex, its shared map against a Python Manager dict, and buffer hand-offs
+against pipe copies, and prints tables.
 
 Options:
   --quick      fewer iterations, well under two minutes (the default)
@@ -105,7 +135,10 @@ fn main() -> BoxResult<()> {
     shmpool::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(PEER_FLAG) {
-        return run_peer(args.get(1).map(String::as_str));
+        return match args.get(1).map(String::as_str) {
+            Some(SINK) => run_sink(args.get(2).map(String::as_str)),
+            transport => run_peer(transport),
+        };
     }
     match parse_args(&args) {
         Ok(Action::Help) => {
@@ -142,6 +175,28 @@ struct Params {
     batched_tasks: u64,
     /// Throughput runs per row; the median is reported.
     runs: usize,
+    /// Runs per lock row, uncontended and contended; the median is reported.
+    lock_runs: usize,
+    /// Rounds (lock, increment, unlock) per uncontended lock run.
+    lock_pairs: u64,
+    /// Rounds per process in a contended lock run.
+    contended_rounds: u64,
+    /// Reads of the shared map by the worker.
+    map_reads: u64,
+    /// Updates of the shared map by the worker.
+    map_updates: u64,
+    /// Reads of the Manager dict by the Python child.
+    python_reads: u64,
+    /// Updates of the Manager dict by the Python child.
+    python_updates: u64,
+    /// Untimed and (at most) timed hand-offs per buffer size; also the pipe
+    /// copies (fewer warm-ups from 64 MiB up).
+    handoff_warm_up: usize,
+    handoff_iterations: usize,
+    /// Time after which the hand-off rounds, or a pipe row, stop early (3
+    /// samples at least).
+    handoff_budget: Duration,
+    pipe_budget: Duration,
 }
 
 impl Mode {
@@ -160,6 +215,17 @@ impl Mode {
                 tasks: 1_000_000,
                 batched_tasks: 5_000_000,
                 runs: 5,
+                lock_runs: 3,
+                lock_pairs: 500_000,
+                contended_rounds: 300_000,
+                map_reads: 500_000,
+                map_updates: 200_000,
+                python_reads: 20_000,
+                python_updates: 10_000,
+                handoff_warm_up: 100,
+                handoff_iterations: 2_000,
+                handoff_budget: Duration::from_secs(2),
+                pipe_budget: Duration::from_secs(2),
             },
             Mode::Full => Params {
                 latency_warm_up: 20_000,
@@ -167,6 +233,17 @@ impl Mode {
                 tasks: 3_000_000,
                 batched_tasks: 30_000_000,
                 runs: 5,
+                lock_runs: 5,
+                lock_pairs: 2_000_000,
+                contended_rounds: 1_000_000,
+                map_reads: 2_000_000,
+                map_updates: 1_000_000,
+                python_reads: 100_000,
+                python_updates: 50_000,
+                handoff_warm_up: 500,
+                handoff_iterations: 10_000,
+                handoff_budget: Duration::from_secs(5),
+                pipe_budget: Duration::from_secs(5),
             },
         }
     }
@@ -213,6 +290,9 @@ fn run(options: &Options) -> BoxResult<()> {
     let throughput = measure_throughput(&params, machine.cores)?;
     let payload = measure_payload(&params)?;
     let idle = measure_idle_cpu()?;
+    let locks = measure_locks(&params)?;
+    let map = measure_map(&params)?;
+    let handoff = measure_handoff(&params)?;
     let report = Report {
         mode: options.mode,
         params: &params,
@@ -221,6 +301,9 @@ fn run(options: &Options) -> BoxResult<()> {
         throughput: &throughput,
         payload: &payload,
         idle: &idle,
+        locks: &locks,
+        map: &map,
+        handoff: &handoff,
     };
     print!("{}", report.table());
     if let Some(path) = &options.json {
@@ -273,6 +356,8 @@ struct Latency {
     p90: Duration,
     p99: Duration,
     max: Duration,
+    /// Timed round trips.
+    samples: usize,
 }
 
 impl Latency {
@@ -284,6 +369,7 @@ impl Latency {
             p90: percentile(&samples, 90.0),
             p99: percentile(&samples, 99.0),
             max: samples.last().copied().unwrap_or_default(),
+            samples: samples.len(),
         }
     }
 }
@@ -805,6 +891,9 @@ struct Report<'a> {
     throughput: &'a [Throughput],
     payload: &'a [Latency],
     idle: &'a IdleCpu,
+    locks: &'a [LockRow],
+    map: &'a [MapRow],
+    handoff: &'a [Handoff],
 }
 
 impl Report<'_> {
@@ -914,6 +1003,143 @@ impl Report<'_> {
             idle.parent.as_secs_f64() * 1e3,
             idle.worker.as_secs_f64() * 1e3,
         );
+        out += &self.locks_table();
+        out += &self.map_table();
+        out += &self.handoff_table();
+        out
+    }
+
+    /// The pthread row, which the lock rows are compared with.
+    fn pthread_row(&self) -> Option<&LockRow> {
+        self.locks.iter().find(|row| row.kind == LockUnderTest::Pthread)
+    }
+
+    /// Uncontended and contended time of `row` relative to the pthread row's.
+    fn lock_ratios(&self, row: &LockRow) -> (Option<f64>, Option<f64>) {
+        let Some(pthread) = self.pthread_row() else { return (None, None) };
+        let uncontended = row.uncontended_ns / pthread.uncontended_ns.max(1e-3);
+        let contended = match (&row.contended, &pthread.contended) {
+            (Some(row), Some(pthread)) => Some(row.nanos_per_acquisition() / pthread.nanos_per_acquisition().max(1e-3)),
+            _ => None,
+        };
+        (Some(uncontended), contended)
+    }
+
+    fn locks_table(&self) -> String {
+        let mut out = format!(
+            "\nLocks: lock, increment a counter in the segment, unlock. Uncontended: {} rounds in one process; \
+             contended: this process and a worker, {} rounds each on one lock; median of {} runs\n",
+            self.params.lock_pairs, self.params.contended_rounds, self.params.lock_runs
+        );
+        let width = name_width(self.locks.iter().map(|row| row.kind.label()));
+        out += &format!(
+            "  {:<width$}  {:>11}  {:>13}  {:>13}  {:>11}  {:>13}\n",
+            "", "uncontended", "vs pthread", "contended/s", "per acquire", "vs pthread"
+        );
+        for row in self.locks {
+            let (uncontended_ratio, contended_ratio) = self.lock_ratios(row);
+            let (rate, per) = match &row.contended {
+                Some(c) => (format_rate(c.pairs_per_second()), format_nanos(c.nanos_per_acquisition())),
+                None => ("-".to_owned(), "-".to_owned()),
+            };
+            out += &format!(
+                "  {:<width$}  {:>11}  {:>13}  {:>13}  {:>11}  {:>13}\n",
+                row.kind.label(),
+                format_nanos(row.uncontended_ns),
+                describe_ratio(uncontended_ratio),
+                rate,
+                per,
+                if row.contended.is_some() { describe_ratio(contended_ratio) } else { String::new() },
+            );
+        }
+        out += "  contended/s: rounds per second of both processes together; per acquire: wall time / rounds;\n  \
+                the counter ended at the total in every contended row (checked); read holds do not exclude\n  \
+                each other, so the read row has no contended run\n";
+        out
+    }
+
+    /// shmpool's map rates relative to the Python row's: (reads, updates).
+    fn map_ratios(&self) -> Option<(f64, f64)> {
+        let (shm_reads, shm_updates) = self.map.first()?.rates?;
+        let (py_reads, py_updates) = self.map.get(1)?.rates?;
+        Some((shm_reads / py_reads.max(1e-9), shm_updates / py_updates.max(1e-9)))
+    }
+
+    fn map_table(&self) -> String {
+        let mut out =
+            "\nShared map, used from another process: reads of key \"k\" and read-modify-write increments of it\n"
+                .to_owned();
+        let width = name_width(self.map.iter().map(|row| row.name.as_str()));
+        out += &format!("  {:<width$}  {:>8}  {:>10}  {:>8}  {:>10}\n", "", "reads", "reads/s", "updates", "updates/s");
+        for row in self.map {
+            match row.rates {
+                Some((reads, updates)) => {
+                    out += &format!(
+                        "  {:<width$}  {:>8}  {:>10}  {:>8}  {:>10}\n",
+                        row.name,
+                        row.reads,
+                        format_rate(reads),
+                        row.updates,
+                        format_rate(updates)
+                    )
+                }
+                None => out += &format!("  {:<width$}  {}\n", row.name, row.note),
+            }
+        }
+        match self.map_ratios() {
+            Some((reads, updates)) => {
+                out += &format!(
+                    "  shmpool vs Manager dict: reads {reads:.0}x faster, updates {updates:.0}x faster (goal: 100x or more){}\n",
+                    if reads >= 100.0 && updates >= 100.0 { "" } else { "  GOAL MISSED" }
+                )
+            }
+            None => out += "  shmpool vs Manager dict: no Python figures\n",
+        }
+        out
+    }
+
+    /// Median 1 GiB hand-off over median 8 B hand-off (largest over smallest).
+    fn handoff_spread(&self) -> Option<f64> {
+        let (first, last) = (self.handoff.first()?, self.handoff.last()?);
+        Some(last.shmpool.median.as_secs_f64() / first.shmpool.median.as_secs_f64().max(1e-12))
+    }
+
+    fn handoff_table(&self) -> String {
+        let mut out =
+            "\nBuffer hand-off: a SharedBuffer handle to 1 worker, which opens it and reads 1 byte, and back; \
+                       vs a pipe copy of the bytes to a child process and a 1-byte reply\n"
+                .to_owned();
+        out += &format!(
+            "  {:>7}  {:>10}  {:>10}  {:>6}  {:>10}  {:>10}  {:>6}  {:>10}  {}\n",
+            "size", "median", "p99", "runs", "pipe med.", "pipe p99", "runs", "pipe MB/s", "pipe vs shmpool"
+        );
+        for row in self.handoff {
+            let (shmpool, pipe) = (&row.shmpool, &row.pipe);
+            let mb_per_second = row.bytes as f64 / pipe.median.as_secs_f64().max(1e-12) / 1e6;
+            out += &format!(
+                "  {:>7}  {:>10}  {:>10}  {:>6}  {:>10}  {:>10}  {:>6}  {:>10.1}  {}\n",
+                format_bytes(row.bytes),
+                format_duration(shmpool.median),
+                format_duration(shmpool.p99),
+                shmpool.samples,
+                format_duration(pipe.median),
+                format_duration(pipe.p99),
+                pipe.samples,
+                mb_per_second,
+                describe_ratio(Some(pipe.median.as_secs_f64() / shmpool.median.as_secs_f64().max(1e-12))),
+            );
+        }
+        if let (Some(spread), Some(first), Some(last)) =
+            (self.handoff_spread(), self.handoff.first(), self.handoff.last())
+        {
+            out += &format!(
+                "  {} hand-off / {} hand-off (medians): {spread:.2}x (goal: within 2x){}\n",
+                format_bytes(last.bytes),
+                format_bytes(first.bytes),
+                if spread <= 2.0 { "" } else { "  GOAL MISSED" }
+            );
+        }
+        out += "  \"slower\": the pipe copy needs that many times the hand-off's time\n";
         out
     }
 
@@ -964,12 +1190,74 @@ impl Report<'_> {
                 )
             })
             .collect();
+        let locks: Vec<String> = self
+            .locks
+            .iter()
+            .map(|row| {
+                let (uncontended_ratio, contended_ratio) = self.lock_ratios(row);
+                format!(
+                    "      {{\"name\": {}, \"uncontended_ns_per_round\": {:.2}, \"uncontended_vs_pthread\": {}, \
+                     \"contended_rounds\": {}, \"contended_seconds\": {}, \"contended_rounds_per_second\": {}, \
+                     \"contended_ns_per_acquisition\": {}, \"contended_vs_pthread\": {}}}",
+                    json_string(row.kind.label()),
+                    row.uncontended_ns,
+                    json_number(uncontended_ratio),
+                    row.contended.as_ref().map_or("null".to_owned(), |c| c.pairs.to_string()),
+                    json_number(row.contended.as_ref().map(|c| c.elapsed.as_secs_f64())),
+                    json_number(row.contended.as_ref().map(Contended::pairs_per_second)),
+                    json_number(row.contended.as_ref().map(Contended::nanos_per_acquisition)),
+                    json_number(contended_ratio),
+                )
+            })
+            .collect();
+        let map: Vec<String> = self
+            .map
+            .iter()
+            .map(|row| {
+                format!(
+                    "      {{\"name\": {}, \"reads\": {}, \"updates\": {}, \"reads_per_second\": {}, \
+                     \"updates_per_second\": {}, \"note\": {}}}",
+                    json_string(&row.name),
+                    row.reads,
+                    row.updates,
+                    json_number(row.rates.map(|r| r.0)),
+                    json_number(row.rates.map(|r| r.1)),
+                    json_string(&row.note),
+                )
+            })
+            .collect();
+        let handoff: Vec<String> = self
+            .handoff
+            .iter()
+            .map(|row| {
+                let (shmpool, pipe) = (&row.shmpool, &row.pipe);
+                format!(
+                    "      {{\"bytes\": {}, \"median_ns\": {}, \"p99_ns\": {}, \"samples\": {}, \
+                     \"pipe_median_ns\": {}, \"pipe_p99_ns\": {}, \"pipe_samples\": {}, \
+                     \"pipe_time_vs_handoff\": {}}}",
+                    row.bytes,
+                    shmpool.median.as_nanos(),
+                    shmpool.p99.as_nanos(),
+                    shmpool.samples,
+                    pipe.median.as_nanos(),
+                    pipe.p99.as_nanos(),
+                    pipe.samples,
+                    json_number(Some(pipe.median.as_secs_f64() / shmpool.median.as_secs_f64().max(1e-12))),
+                )
+            })
+            .collect();
+        let (map_reads_ratio, map_updates_ratio) = self.map_ratios().unzip();
         format!(
             "{{\n  \"mode\": {},\n  \"machine\": {{\"cpu\": {}, \"cores\": {}, \"kernel\": {}}},\n  \
              \"latency\": {{\n    \"warm_up\": {},\n    \"iterations\": {},\n    \"rows\": [\n{}\n    ]\n  }},\n  \
              \"throughput\": {{\n    \"one_by_one_tasks\": {},\n    \"batched_tasks\": {},\n    \"runs\": {},\n    \"rows\": [\n{}\n    ]\n  }},\n  \
              \"payload\": {{\n    \"bytes\": {},\n    \"rows\": [\n{}\n    ]\n  }},\n  \
-             \"idle_cpu\": {{\"window_ns\": {}, \"parent_cpu_ns\": {}, \"worker_cpu_ns\": {}}}\n}}\n",
+             \"idle_cpu\": {{\"window_ns\": {}, \"parent_cpu_ns\": {}, \"worker_cpu_ns\": {}}},\n  \
+             \"locks\": {{\n    \"uncontended_rounds\": {},\n    \"contended_rounds_per_process\": {},\n    \"runs\": {},\n    \
+             \"rows\": [\n{}\n    ]\n  }},\n  \
+             \"shared_map\": {{\n    \"reads_vs_manager_dict\": {},\n    \"updates_vs_manager_dict\": {},\n    \
+             \"rows\": [\n{}\n    ]\n  }},\n  \
+             \"handoff\": {{\n    \"largest_vs_smallest\": {},\n    \"rows\": [\n{}\n    ]\n  }}\n}}\n",
             json_string(self.mode.name()),
             json_string(&machine.cpu),
             machine.cores,
@@ -986,6 +1274,15 @@ impl Report<'_> {
             self.idle.window.as_nanos(),
             self.idle.parent.as_nanos(),
             self.idle.worker.as_nanos(),
+            self.params.lock_pairs,
+            self.params.contended_rounds,
+            self.params.lock_runs,
+            locks.join(",\n"),
+            json_number(map_reads_ratio),
+            json_number(map_updates_ratio),
+            map.join(",\n"),
+            json_number(self.handoff_spread()),
+            handoff.join(",\n"),
         )
     }
 }
@@ -1093,6 +1390,726 @@ fn cpu_time(pid: &str) -> BoxResult<Duration> {
     Ok(Duration::from_nanos(ns))
 }
 
+// ---------------------------------------------------------------------------
+// Shared timing helpers
+
+/// Times `f` up to `iterations` times after `warm_up` untimed calls, stopping
+/// early (after at least 3 samples) once the timed calls have used `budget`.
+fn time_samples(
+    warm_up: usize,
+    iterations: usize,
+    budget: Duration,
+    mut f: impl FnMut() -> BoxResult<()>,
+) -> BoxResult<Vec<Duration>> {
+    for _ in 0..warm_up {
+        f()?;
+    }
+    let mut samples = Vec::with_capacity(iterations.min(100_000));
+    let mut spent = Duration::ZERO;
+    while samples.len() < iterations && (samples.len() < 3 || spent < budget) {
+        let start = Instant::now();
+        f()?;
+        let took = start.elapsed();
+        spent += took;
+        samples.push(took);
+    }
+    Ok(samples)
+}
+
+/// Waits, spinning politely, until `done` holds; fails after ten seconds.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> BoxResult<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}").into());
+        }
+        thread::yield_now();
+    }
+    Ok(())
+}
+
+/// Median of unsorted durations (zero when empty).
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort_unstable();
+    times.get(times.len() / 2).copied().unwrap_or_default()
+}
+
+/// A segment name unique to this run.
+fn segment_name(what: &str) -> String {
+    format!("bench-{what}-{}", std::process::id())
+}
+
+// ---------------------------------------------------------------------------
+// Locks
+
+/// Directory kind of the blocks this benchmark names in its own segments.
+const BENCH_BLOCK_KIND: u32 = 99;
+/// The block of [`LockWords`].
+const WORDS_BLOCK: &str = "counter";
+/// The block of the pthread mutex.
+const PTHREAD_BLOCK: &str = "pthread-mutex";
+/// Bytes given to the pthread mutex: its size rounded up to a cache line.
+const PTHREAD_BLOCK_LEN: u64 = (std::mem::size_of::<libc::pthread_mutex_t>() as u64).div_ceil(64) * 64;
+// Arena blocks are 16-byte aligned, enough for the mutex.
+const _: () = assert!(std::mem::align_of::<libc::pthread_mutex_t>() <= 16);
+
+/// The locks of the lock rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LockUnderTest {
+    Mutex,
+    RwWrite,
+    RwRead,
+    Spin,
+    Auth,
+    Pthread,
+}
+
+impl LockUnderTest {
+    const ALL: [LockUnderTest; 6] = [
+        LockUnderTest::Mutex,
+        LockUnderTest::RwWrite,
+        LockUnderTest::RwRead,
+        LockUnderTest::Spin,
+        LockUnderTest::Auth,
+        LockUnderTest::Pthread,
+    ];
+
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.code() == code)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            LockUnderTest::Mutex => "shmpool Mutex",
+            LockUnderTest::RwWrite => "shmpool RwLock, write",
+            LockUnderTest::RwRead => "shmpool RwLock, read",
+            LockUnderTest::Spin => "shmpool SpinLock",
+            LockUnderTest::Auth => "shmpool AuthLock",
+            LockUnderTest::Pthread => "pthread mutex, robust + pshared",
+        }
+    }
+
+    /// Whether a hold excludes other holders: only those have a contended
+    /// row, where two processes increment one counter.
+    fn exclusive(self) -> bool {
+        self != LockUnderTest::RwRead
+    }
+}
+
+/// Words shared by the parent and the worker of the lock rows: the counter
+/// the locks guard and the start handshake.
+struct LockWords<'a> {
+    counter: &'a AtomicU64,
+    /// Set by the worker once it has opened everything.
+    ready: &'a AtomicU64,
+    /// Set by the parent to start both loops together.
+    go: &'a AtomicU64,
+}
+
+impl LockWords<'_> {
+    fn open(seg: &shmpool::Segment) -> BoxResult<LockWords<'_>> {
+        let (block, _) = seg.named(WORDS_BLOCK, BENCH_BLOCK_KIND, 0, 64, |block| {
+            for word in 0..3 {
+                seg.get::<AtomicU64>(block.offset + 8 * word)?.store(0, Ordering::Relaxed);
+            }
+            Ok(())
+        })?;
+        Ok(LockWords {
+            counter: seg.get(block.offset)?,
+            ready: seg.get(block.offset + 8)?,
+            go: seg.get(block.offset + 16)?,
+        })
+    }
+
+    fn reset(&self) {
+        for word in [self.counter, self.ready, self.go] {
+            word.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A robust, process-shared pthread mutex in a segment block.
+struct PthreadMutex {
+    /// Keeps the mapping that `mutex` points into alive.
+    _seg: shmpool::Segment,
+    mutex: *mut libc::pthread_mutex_t,
+}
+
+/// A held [`PthreadMutex`]; unlocks when dropped.
+struct PthreadGuard<'a>(&'a PthreadMutex);
+
+impl PthreadMutex {
+    /// Creates the mutex in `seg` (initialising it), or opens the one there.
+    fn open(seg: &shmpool::Segment) -> BoxResult<PthreadMutex> {
+        let (block, _) = seg.named(PTHREAD_BLOCK, BENCH_BLOCK_KIND, 1, PTHREAD_BLOCK_LEN, |block| {
+            let mutex = seg.ptr(block.offset, PTHREAD_BLOCK_LEN)?.cast::<libc::pthread_mutex_t>();
+            Ok(init_robust_mutex(mutex)?)
+        })?;
+        let mutex = seg.ptr(block.offset, PTHREAD_BLOCK_LEN)?.cast::<libc::pthread_mutex_t>();
+        Ok(PthreadMutex { _seg: seg.clone(), mutex })
+    }
+
+    fn lock(&self) -> io::Result<PthreadGuard<'_>> {
+        // SAFETY: `mutex` points to a mutex initialised by `init_robust_mutex`
+        // in a block that `_seg` keeps mapped; a process-shared mutex may be
+        // used through any mapping of its memory.
+        match unsafe { libc::pthread_mutex_lock(self.mutex) } {
+            0 => Ok(PthreadGuard(self)),
+            libc::EOWNERDEAD => {
+                // SAFETY: as above; EOWNERDEAD means we hold the lock, so we may
+                // mark it consistent and release it.
+                unsafe {
+                    libc::pthread_mutex_consistent(self.mutex);
+                    libc::pthread_mutex_unlock(self.mutex);
+                }
+                Err(io::Error::other("pthread mutex holder died"))
+            }
+            code => Err(io::Error::from_raw_os_error(code)),
+        }
+    }
+}
+
+impl Drop for PthreadGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the guard exists only while this thread holds the mutex,
+        // which is initialised and mapped (see `PthreadMutex::lock`).
+        unsafe { libc::pthread_mutex_unlock(self.0.mutex) };
+    }
+}
+
+/// Initialises the memory at `mutex` as a robust, process-shared mutex.
+fn init_robust_mutex(mutex: *mut libc::pthread_mutex_t) -> io::Result<()> {
+    let check = |code: libc::c_int| if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(code)) };
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+    // SAFETY: `attr` is initialised by pthread_mutexattr_init before any other
+    // use and destroyed once; `mutex` is the start of a writable arena block
+    // of at least its size, 16-byte aligned (asserted enough above), that
+    // nobody else can see yet (the segment directory publishes it only after
+    // this returns).
+    unsafe {
+        check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
+        let result = check(libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED))
+            .and_then(|()| check(libc::pthread_mutexattr_setrobust(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ROBUST)))
+            .and_then(|()| check(libc::pthread_mutex_init(mutex, attr.as_ptr())));
+        libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
+        result
+    }
+}
+
+/// One lock of [`LockUnderTest`], opened in this process.
+enum OpenLock {
+    Mutex(shmpool::sync::Mutex),
+    RwLock { lock: shmpool::sync::RwLock, read: bool },
+    Spin(shmpool::sync::SpinLock),
+    Auth(shmpool::sync::AuthLock),
+    Pthread(PthreadMutex),
+}
+
+impl OpenLock {
+    /// Creates or opens the lock of `kind` in `seg` (the two read-write rows
+    /// share one lock).
+    fn open(seg: &shmpool::Segment, kind: LockUnderTest) -> BoxResult<OpenLock> {
+        Ok(match kind {
+            LockUnderTest::Mutex => OpenLock::Mutex(seg.mutex("m")?),
+            LockUnderTest::RwWrite => OpenLock::RwLock { lock: seg.rwlock("rw")?, read: false },
+            LockUnderTest::RwRead => OpenLock::RwLock { lock: seg.rwlock("rw")?, read: true },
+            LockUnderTest::Spin => OpenLock::Spin(seg.spin_lock("s")?),
+            LockUnderTest::Auth => OpenLock::Auth(seg.auth_lock("a")?),
+            LockUnderTest::Pthread => OpenLock::Pthread(PthreadMutex::open(seg)?),
+        })
+    }
+
+    /// `rounds` times: take the lock, add one to `counter` with a plain load
+    /// and store (an increment is lost if exclusion fails), release. A read
+    /// hold only loads the counter.
+    fn rounds(&self, rounds: u64, counter: &AtomicU64) -> BoxResult<()> {
+        use shmpool::sync::LockError;
+        match self {
+            OpenLock::Mutex(lock) => {
+                hold_rounds(rounds, counter, true, || lock.lock().map_err(LockError::without_guard))
+            }
+            OpenLock::RwLock { lock, read: true } => {
+                hold_rounds(rounds, counter, false, || lock.read().map_err(LockError::without_guard))
+            }
+            OpenLock::RwLock { lock, read: false } => {
+                hold_rounds(rounds, counter, true, || lock.write().map_err(LockError::without_guard))
+            }
+            OpenLock::Spin(lock) => {
+                hold_rounds(rounds, counter, true, || lock.lock().map_err(LockError::without_guard))
+            }
+            OpenLock::Auth(lock) => {
+                hold_rounds(rounds, counter, true, || lock.lock().map_err(LockError::without_guard))
+            }
+            OpenLock::Pthread(lock) => hold_rounds(rounds, counter, true, || lock.lock()),
+        }
+    }
+}
+
+/// The loop of [`OpenLock::rounds`], for one kind of guard.
+fn hold_rounds<G, E: Error + 'static>(
+    rounds: u64,
+    counter: &AtomicU64,
+    increment: bool,
+    mut acquire: impl FnMut() -> Result<G, E>,
+) -> BoxResult<()> {
+    for _ in 0..rounds {
+        let guard = acquire()?;
+        if increment {
+            counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        } else {
+            std::hint::black_box(counter.load(Ordering::Relaxed));
+        }
+        drop(guard);
+    }
+    Ok(())
+}
+
+/// Task of the contended lock rows, run in a pool worker: opens the named
+/// segment, says it is ready, waits for the parent's go and runs `rounds`
+/// rounds on the lock of kind `kind`. Returns the nanoseconds they took.
+fn hammer_lock((segment, kind, rounds): (String, u8, u64)) -> u64 {
+    match hammer_lock_in_worker(&segment, kind, rounds) {
+        Ok(nanos) => nanos,
+        Err(error) => panic!("contended lock worker: {error}"),
+    }
+}
+
+fn hammer_lock_in_worker(segment: &str, kind: u8, rounds: u64) -> BoxResult<u64> {
+    let kind = LockUnderTest::from_code(kind).ok_or("unknown lock kind")?;
+    let seg = shmpool::Segment::open(segment)?;
+    let lock = OpenLock::open(&seg, kind)?;
+    let words = LockWords::open(&seg)?;
+    words.ready.store(1, Ordering::SeqCst);
+    wait_for("the parent's go", || words.go.load(Ordering::SeqCst) == 1)?;
+    let start = Instant::now();
+    lock.rounds(rounds, words.counter)?;
+    Ok(start.elapsed().as_nanos() as u64)
+}
+
+/// Two processes taking one lock in turn, as fast as they can.
+struct Contended {
+    /// Lock acquisitions by both processes together.
+    pairs: u64,
+    /// From the go to the end of the slower process.
+    elapsed: Duration,
+}
+
+impl Contended {
+    fn pairs_per_second(&self) -> f64 {
+        self.pairs as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn nanos_per_acquisition(&self) -> f64 {
+        self.elapsed.as_secs_f64() * 1e9 / self.pairs.max(1) as f64
+    }
+}
+
+/// One lock's figures.
+struct LockRow {
+    kind: LockUnderTest,
+    /// Nanoseconds per lock, increment, unlock in one process.
+    uncontended_ns: f64,
+    contended: Option<Contended>,
+}
+
+fn measure_locks(params: &Params) -> BoxResult<Vec<LockRow>> {
+    progress("locks");
+    let pool = build_pool(1)?;
+    let name = segment_name("locks");
+    let seg = shmpool::Segment::create(&name, 1 << 20)?;
+    let words = LockWords::open(&seg)?;
+    let locks = LockUnderTest::ALL.map(|kind| OpenLock::open(&seg, kind).map(|lock| (kind, lock)));
+    let mut rows = Vec::new();
+    for opened in locks {
+        let (kind, lock) = opened?;
+        if let OpenLock::Auth(auth) = &lock {
+            for pid in pool.worker_pids() {
+                auth.add_operator(pid)?;
+            }
+        }
+        progress(&format!("locks: {}", kind.label()));
+        let uncontended_ns = uncontended_lock(params, kind, &lock, &words)?;
+        let contended = match kind.exclusive() {
+            true => Some(contended_lock(params, &pool, &name, kind, &lock, &words)?),
+            false => None,
+        };
+        rows.push(LockRow { kind, uncontended_ns, contended });
+    }
+    // The segment is unlinked when `seg`, its creator's handle, goes.
+    drop(seg);
+    Ok(rows)
+}
+
+/// Median nanoseconds per round over `params.runs` runs in this process alone.
+fn uncontended_lock(params: &Params, kind: LockUnderTest, lock: &OpenLock, words: &LockWords) -> BoxResult<f64> {
+    let pairs = params.lock_pairs;
+    lock.rounds(pairs / 10, words.counter)?;
+    let mut times = Vec::with_capacity(params.lock_runs);
+    for _ in 0..params.lock_runs {
+        words.counter.store(0, Ordering::SeqCst);
+        let start = Instant::now();
+        lock.rounds(pairs, words.counter)?;
+        times.push(start.elapsed());
+        let count = words.counter.load(Ordering::SeqCst);
+        if kind.exclusive() && count != pairs {
+            return Err(format!("{}: counter is {count} after {pairs} increments", kind.label()).into());
+        }
+    }
+    Ok(median(times).as_secs_f64() * 1e9 / pairs.max(1) as f64)
+}
+
+/// The median of `params.lock_runs` runs of [`contended_run`].
+fn contended_lock(
+    params: &Params,
+    pool: &shmpool::Pool,
+    segment: &str,
+    kind: LockUnderTest,
+    lock: &OpenLock,
+    words: &LockWords,
+) -> BoxResult<Contended> {
+    let mut times = Vec::with_capacity(params.lock_runs);
+    for _ in 0..params.lock_runs {
+        times.push(contended_run(params, pool, segment, kind, lock, words)?.elapsed);
+    }
+    Ok(Contended { pairs: 2 * params.contended_rounds, elapsed: median(times) })
+}
+
+/// The parent and a pool worker each run `params.contended_rounds` rounds on
+/// the same lock at once; the counter must end at the total.
+fn contended_run(
+    params: &Params,
+    pool: &shmpool::Pool,
+    segment: &str,
+    kind: LockUnderTest,
+    lock: &OpenLock,
+    words: &LockWords,
+) -> BoxResult<Contended> {
+    let rounds = params.contended_rounds;
+    words.reset();
+    let ticket = pool.submit(hammer_lock, (segment.to_owned(), kind.code(), rounds))?;
+    wait_for("the lock worker to start", || words.ready.load(Ordering::SeqCst) == 1)?;
+    let start = Instant::now();
+    words.go.store(1, Ordering::SeqCst);
+    lock.rounds(rounds, words.counter)?;
+    ticket.wait()?;
+    let elapsed = start.elapsed();
+    let pairs = 2 * rounds;
+    let count = words.counter.load(Ordering::SeqCst);
+    if count != pairs {
+        return Err(format!(
+            "{}: MUTUAL EXCLUSION FAILED: the counter is {count} after {pairs} locked increments by two processes",
+            kind.label()
+        )
+        .into());
+    }
+    Ok(Contended { pairs, elapsed })
+}
+
+// ---------------------------------------------------------------------------
+// Shared map
+
+/// The map of the shared-map rows, in the pool's segment.
+const MAP_NAME: &str = "counts";
+/// The one key read and updated.
+const MAP_KEY: &str = "k";
+
+/// Task of the shared-map row, in a pool worker: `reads` reads of the key,
+/// then `updates` increments. Returns the nanoseconds of each phase.
+fn map_ops((reads, updates): (u64, u64)) -> (u64, u64) {
+    match map_ops_in_worker(reads, updates) {
+        Ok(nanos) => nanos,
+        Err(error) => panic!("shared map worker: {error}"),
+    }
+}
+
+fn map_ops_in_worker(reads: u64, updates: u64) -> BoxResult<(u64, u64)> {
+    let seg = shmpool::pool_segment().ok_or("not in a pool worker")?;
+    let map = seg.map::<String, u64>(MAP_NAME, shmpool::LockKind::Mutex)?;
+    let mut sum = 0u64;
+    let start = Instant::now();
+    for _ in 0..reads {
+        let value = map.get(MAP_KEY)?.ok_or("the key is missing")?;
+        sum = sum.wrapping_add(value.to_native());
+    }
+    let read_nanos = start.elapsed().as_nanos() as u64;
+    std::hint::black_box(sum);
+    let start = Instant::now();
+    for _ in 0..updates {
+        map.update(MAP_KEY, |old: Option<u64>| old.unwrap_or(0) + 1)?;
+    }
+    Ok((read_nanos, start.elapsed().as_nanos() as u64))
+}
+
+/// One row of the shared-map table: rates, or why there are none.
+struct MapRow {
+    name: String,
+    reads: u64,
+    updates: u64,
+    /// Reads and updates per second.
+    rates: Option<(f64, f64)>,
+    note: String,
+}
+
+fn measure_map(params: &Params) -> BoxResult<Vec<MapRow>> {
+    progress("shared map");
+    let pool = build_pool(1)?;
+    let map = pool.segment().map::<String, u64>(MAP_NAME, shmpool::LockKind::Mutex)?;
+    map.insert(&MAP_KEY.to_owned(), &0)?;
+    // Warm up the worker, its mapping and the arena's free lists.
+    pool.submit(map_ops, (params.map_reads / 10, params.map_updates / 10))?.wait()?;
+    map.insert(&MAP_KEY.to_owned(), &0)?;
+    let (reads, updates) = (params.map_reads, params.map_updates);
+    let (read_nanos, update_nanos) = pool.submit(map_ops, (reads, updates))?.wait()?;
+    let value = map.get(MAP_KEY)?.ok_or("the key is missing")?.to_native();
+    if value != updates {
+        return Err(format!("shared map: the value is {value} after {updates} updates").into());
+    }
+    let rate = |ops: u64, nanos: u64| ops as f64 * 1e9 / nanos.max(1) as f64;
+    let mut rows = vec![MapRow {
+        name: "shmpool SharedMap<String, u64>, Mutex; get / update(+1)".to_owned(),
+        reads,
+        updates,
+        rates: Some((rate(reads, read_nanos), rate(updates, update_nanos))),
+        note: String::new(),
+    }];
+    progress("Python Manager dict");
+    rows.push(python_manager_dict(params)?);
+    Ok(rows)
+}
+
+/// The Python baseline: a `multiprocessing.Process` child reads and updates a
+/// `Manager().dict()`; prints "reads/s updates/s".
+const PYTHON_SCRIPT: &str = r#"
+import multiprocessing as mp
+import sys
+import time
+
+
+def child(d, lock, reads, updates, out):
+    for _ in range(min(reads, 1000)):
+        d['k']
+    start = time.perf_counter()
+    for _ in range(reads):
+        d['k']
+    read_time = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(updates):
+        with lock:
+            d['k'] += 1
+    out.put((read_time, time.perf_counter() - start))
+
+
+if __name__ == '__main__':
+    reads, updates = int(sys.argv[1]), int(sys.argv[2])
+    with mp.Manager() as manager:
+        d = manager.dict()
+        d['k'] = 0
+        lock = mp.Lock()
+        out = mp.Queue()
+        p = mp.Process(target=child, args=(d, lock, reads, updates, out))
+        p.start()
+        read_time, update_time = out.get()
+        p.join()
+        if p.exitcode != 0 or d['k'] != updates:
+            sys.exit('child failed, or d["k"] is %r after %d updates' % (d['k'], updates))
+        print(reads / read_time, updates / update_time)
+"#;
+
+fn python_manager_dict(params: &Params) -> BoxResult<MapRow> {
+    let (reads, updates) = (params.python_reads, params.python_updates);
+    let mut row = MapRow {
+        name: "Python Manager().dict(), child Process; d['k'] / with mp.Lock(): d['k'] += 1".to_owned(),
+        reads,
+        updates,
+        rates: None,
+        note: String::new(),
+    };
+    let script = std::env::temp_dir().join(format!("shmpool-bench-{}.py", std::process::id()));
+    std::fs::write(&script, PYTHON_SCRIPT)?;
+    let output = Command::new("python3").arg(&script).arg(reads.to_string()).arg(updates.to_string()).output();
+    let _ = std::fs::remove_file(&script);
+    let output = match output {
+        Ok(output) => output,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            row.note = "python3 is not on PATH: not measured".to_owned();
+            return Ok(row);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!("python3 {} failed ({}): {}", script.display(), output.status, stderr.trim()).into());
+    }
+    let stdout = String::from_utf8(output.stdout)?;
+    let rates: Vec<f64> = stdout.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
+    match rates[..] {
+        [read_rate, update_rate] => row.rates = Some((read_rate, update_rate)),
+        _ => return Err(format!("unexpected output from python3: {stdout:?}").into()),
+    }
+    Ok(row)
+}
+
+// ---------------------------------------------------------------------------
+// Buffer hand-off
+
+/// Buffer sizes of the hand-off rows.
+const HANDOFF_SIZES: [usize; 5] = [8, 4 << 10, 1 << 20, 64 << 20, 1 << 30];
+/// Segment of the hand-off pool: room for the 1 GiB buffer (its size class
+/// is 1.25 GiB) and the smaller ones. Committed only as it is touched.
+const HANDOFF_SEGMENT: u64 = 3 << 30;
+/// The byte every buffer is filled with.
+const FILL: u8 = 0xA5;
+
+/// Task of the hand-off rows: opens the buffer and reads one byte of it.
+fn touch(handle: shmpool::BufferHandle) -> u64 {
+    let seg = shmpool::pool_segment().expect("touch runs in a pool worker");
+    let buffer = handle.open(&seg).expect("the buffer handle opens");
+    buffer.len() as u64 + buffer.as_slice()[0] as u64
+}
+
+/// One buffer size: the shmpool hand-off and the pipe copy.
+struct Handoff {
+    bytes: usize,
+    shmpool: Latency,
+    pipe: Latency,
+}
+
+/// Hands the buffers of every size to the worker in turn, round after
+/// round, so that every size meets the same conditions (the pool's waiters
+/// adapt their spinning to recent history, and a size measured right after a
+/// long pause would wait on a sleeping worker); then the pipe copies.
+fn measure_handoff(params: &Params) -> BoxResult<Vec<Handoff>> {
+    progress("buffer hand-off: filling the buffers");
+    let pool = shmpool::Pool::builder().workers(1).segment_size(HANDOFF_SEGMENT).build()?;
+    let mut buffers = Vec::with_capacity(HANDOFF_SIZES.len());
+    for bytes in HANDOFF_SIZES {
+        let mut buffer = pool.segment().buffer(bytes as u64)?;
+        buffer.as_mut_slice().ok_or("a fresh buffer is not writable")?.fill(FILL);
+        buffers.push(buffer);
+    }
+    progress("buffer hand-off, all sizes in turn");
+    let mut samples = vec![Vec::with_capacity(params.handoff_iterations); buffers.len()];
+    let mut spent = Duration::ZERO;
+    for round in 0..params.handoff_warm_up + params.handoff_iterations {
+        let timed = round >= params.handoff_warm_up;
+        if timed && round >= params.handoff_warm_up + 3 && spent > params.handoff_budget {
+            break;
+        }
+        for (buffer, samples) in buffers.iter_mut().zip(&mut samples) {
+            let expect = buffer.len() as u64 + FILL as u64;
+            let start = Instant::now();
+            let handle = buffer.share()?;
+            check_sum(pool.submit(touch, handle)?.wait()?, expect)?;
+            let took = start.elapsed();
+            if timed {
+                spent += took;
+                samples.push(took);
+            }
+        }
+    }
+    let mut rows = Vec::with_capacity(buffers.len());
+    for (buffer, samples) in buffers.into_iter().zip(samples) {
+        let bytes = buffer.len();
+        let shmpool = Latency::from_samples("shmpool", samples);
+        progress(&format!("pipe copy, {}", format_bytes(bytes)));
+        let mut sink = Sink::spawn(bytes)?;
+        // A 1 GiB copy takes about a second: no warm-up, and the budget
+        // stops the row after the minimum of 3 copies.
+        let warm_up = match bytes {
+            b if b >= 1 << 30 => 0,
+            b if b >= 64 << 20 => 1,
+            _ => params.handoff_warm_up,
+        };
+        let samples = time_samples(warm_up, params.handoff_iterations, params.pipe_budget, || {
+            Ok(sink.round_trip(buffer.as_slice())?)
+        })?;
+        sink.finish()?;
+        let pipe = Latency::from_samples("pipe", samples);
+        rows.push(Handoff { bytes, shmpool, pipe });
+    }
+    Ok(rows)
+}
+
+/// A `--peer sink` child: reads messages of a fixed size from its stdin pipe
+/// and answers each with its last byte on its stdout pipe.
+struct Sink {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::process::ChildStdout,
+}
+
+impl Sink {
+    fn spawn(bytes: usize) -> io::Result<Sink> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([PEER_FLAG, SINK, &bytes.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(io::Error::other("child pipes missing"));
+        };
+        Ok(Sink { child, stdin, stdout })
+    }
+
+    /// Copies `message` through the pipe and waits for the one-byte reply.
+    fn round_trip(&mut self, message: &[u8]) -> io::Result<()> {
+        self.stdin.write_all(message)?;
+        let mut reply = [0];
+        self.stdout.read_exact(&mut reply)?;
+        match message.last() {
+            Some(&last) if last != reply[0] => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("sink replied {:#x}, the message ended with {last:#x}", reply[0]),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn finish(self) -> io::Result<()> {
+        let Sink { mut child, stdin, stdout } = self;
+        drop((stdin, stdout));
+        let status = child.wait()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("sink exited with {status}")))
+        }
+    }
+}
+
+/// Entry point of a sink child: reads messages of `bytes` bytes from stdin
+/// until it closes, answering each with its last byte.
+fn run_sink(bytes: Option<&str>) -> BoxResult<()> {
+    let bytes: usize = bytes.ok_or("usage: shmpool-bench --peer sink BYTES")?.parse()?;
+    let mut stdin = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+    let mut stdout = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+    let mut buffer = vec![0u8; bytes.clamp(1, READ_BUFFER * 16)];
+    loop {
+        let mut left = bytes;
+        let mut last = 0;
+        while left > 0 {
+            let want = left.min(buffer.len());
+            let read = match stdin.read(&mut buffer[..want]) {
+                Ok(0) if left == bytes => return Ok(()),
+                Ok(0) => return Err("stream ended inside a message".into()),
+                Ok(read) => read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error.into()),
+            };
+            last = buffer[read - 1];
+            left -= read;
+        }
+        stdout.write_all(&[last])?;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Formatting
+
 fn format_bytes(n: usize) -> String {
     match n {
         n if n >= 1 << 30 => format!("{} GiB", n >> 30),
@@ -1132,6 +2149,15 @@ fn format_duration(duration: Duration) -> String {
         format!("{:.1} µs", duration.as_secs_f64() * 1e6)
     } else {
         format!("{:.2} ms", duration.as_secs_f64() * 1e3)
+    }
+}
+
+/// Nanoseconds with a decimal below 100 ns, else as [`format_duration`].
+fn format_nanos(nanos: f64) -> String {
+    if nanos < 100.0 {
+        format!("{nanos:.1} ns")
+    } else {
+        format_duration(Duration::from_secs_f64(nanos / 1e9))
     }
 }
 
