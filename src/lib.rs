@@ -37,6 +37,7 @@ mod task;
 pub mod channel;
 mod pool;
 mod remote;
+pub mod service;
 
 pub use channel::{start, Channel, ChannelError, ChannelId, Exchange};
 pub use codec::Message;
@@ -44,6 +45,7 @@ pub use error::{Error, GetError, PutError, TaskError};
 pub use pool::{pool_segment, MapIter, Pool, PoolBuilder, Ticket, Worker, WorkerPool, WorkerPoolBuilder};
 pub use remote::{wait_all, Pending, Remote, RemoteError};
 pub use segment::{Segment, SegmentError};
+pub use service::{Client, Service, ServiceError};
 pub use shared::{BufferHandle, SharedBuffer, SharedError, SharedList, SharedMap, SharedObject};
 pub use spawn::init;
 pub use sync::LockKind;

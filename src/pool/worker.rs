@@ -134,7 +134,13 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
 }
 
 /// Runs one task frame, leaving its answer in `reply`; returns its header.
-fn run_one(seg: &Segment, frame: &[u8], key: u64, state: &mut WorkerState, reply: &mut Reply<'_>) -> FrameHeader {
+pub(crate) fn run_one(
+    seg: &Segment,
+    frame: &[u8],
+    key: u64,
+    state: &mut WorkerState,
+    reply: &mut Reply<'_>,
+) -> FrameHeader {
     let Some(hdr) = FrameHeader::read(frame) else {
         reply.fail(task::ST_BAD_INPUT, "task frame shorter than its header");
         return FrameHeader::default();
@@ -203,7 +209,7 @@ fn take_panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| payload_text(payload))
 }
 
-fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {

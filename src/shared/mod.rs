@@ -107,6 +107,10 @@ unsafe impl ShmSafe for Entry {}
 
 /// A type's fingerprint, stored with a container so that opening it with
 /// another element type is an error, not a misread.
+pub(crate) fn type_fingerprint<T: ?Sized>() -> u64 {
+    fingerprint::<T>()
+}
+
 fn fingerprint<T: ?Sized>() -> u64 {
     fnv1a(std::any::type_name::<T>().as_bytes()) ^ (size_of::<usize>() as u64).rotate_left(56)
 }
