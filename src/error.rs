@@ -69,6 +69,10 @@ pub enum Error {
     Full,
     /// A timed wait gave up.
     Timeout,
+    /// A lock was not acquired (see [`crate::sync::LockError`]).
+    Lock(crate::sync::LockError<()>),
+    /// A shared container operation failed.
+    Shared(crate::shared::SharedError),
     /// `get` was called with no task outstanding.
     NothingPending,
     /// Invalid configuration (says what).
@@ -86,6 +90,8 @@ impl fmt::Display for Error {
             Error::Ring(e) => write!(f, "{e}"),
             Error::Full => write!(f, "the task queue is full"),
             Error::Timeout => write!(f, "timed out"),
+            Error::Lock(e) => write!(f, "{e}"),
+            Error::Shared(e) => write!(f, "{e}"),
             Error::NothingPending => write!(f, "no task is pending"),
             Error::Config(what) => write!(f, "invalid pool configuration: {what}"),
         }
@@ -107,6 +113,19 @@ impl std::error::Error for Error {
 impl From<SegmentError> for Error {
     fn from(e: SegmentError) -> Self {
         Error::Segment(e)
+    }
+}
+
+/// Lets `?` carry a lock error up (a guard it held is dropped, releasing the lock).
+impl<G> From<crate::sync::LockError<G>> for Error {
+    fn from(e: crate::sync::LockError<G>) -> Self {
+        Error::Lock(e.without_guard())
+    }
+}
+
+impl From<crate::shared::SharedError> for Error {
+    fn from(e: crate::shared::SharedError) -> Self {
+        Error::Shared(e)
     }
 }
 

@@ -493,15 +493,35 @@ impl Segment {
     /// Lock-free and usable by every process at once. The block's payload is
     /// 16-byte aligned; its content is unspecified.
     pub fn alloc(&self, len: u64) -> Result<Block, SegmentError> {
+        self.alloc_inner(len).map(|(block, _)| block)
+    }
+
+    /// Allocates a block of at least `len` bytes whose payload is all zero.
+    ///
+    /// A block never handed out before is zero already (a new segment's pages
+    /// are zero and are committed only when touched); only a reused one is
+    /// cleared, so a large fresh block costs no memory until it is written.
+    pub fn alloc_zeroed(&self, len: u64) -> Result<Block, SegmentError> {
+        let (block, fresh) = self.alloc_inner(len)?;
+        if !fresh {
+            let p = self.ptr(block.offset, block.capacity)?;
+            // SAFETY: a block this process just allocated, in bounds (checked).
+            unsafe { std::ptr::write_bytes(p, 0, block.capacity as usize) };
+        }
+        Ok(block)
+    }
+
+    /// The block and whether it comes fresh from the bump pointer (never used).
+    fn alloc_inner(&self, len: u64) -> Result<(Block, bool), SegmentError> {
         let class = size_class(len).ok_or(SegmentError::OutOfMemory { requested: len, available: self.available() })?;
         let block_size = class_size(class);
-        let start = match self.pop_free(class)? {
-            Some(off) => off,
-            None => self.bump(len, block_size)?,
+        let (start, fresh) = match self.pop_free(class)? {
+            Some(off) => (off, false),
+            None => (self.bump(len, block_size)?, true),
         };
         let bh = self.get::<BlockHeader>(start)?;
         bh.tag.store(BLOCK_LIVE | class as u32, Ordering::Relaxed);
-        Ok(Block { offset: start + BLOCK_HEADER, capacity: block_size - BLOCK_HEADER })
+        Ok((Block { offset: start + BLOCK_HEADER, capacity: block_size - BLOCK_HEADER }, fresh))
     }
 
     /// Returns the block whose payload starts at `offset` to the arena.

@@ -115,3 +115,17 @@ fn a_stale_handle_is_refused() {
     assert_eq!(seg.live_buffers().unwrap(), 0);
     assert!(handle.open(&seg).is_err(), "a handle to a freed buffer must not open");
 }
+
+#[test]
+fn the_owner_writes_again_once_every_reader_is_done() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let seg = pool.segment().clone();
+    let mut buf = seg.buffer(4096).unwrap();
+    buf.as_mut_slice().unwrap().fill(2);
+    let handle = buf.share().unwrap();
+    assert!(!buf.reclaim_write(), "a shared copy is still out");
+    assert_eq!(pool.submit(sum, handle).unwrap().wait(), Ok(2 * 4096));
+    assert!(buf.reclaim_write(), "the reader dropped its handle");
+    buf.as_mut_slice().unwrap().fill(3);
+    assert_eq!(pool.submit(sum, buf.share().unwrap()).unwrap().wait(), Ok(3 * 4096));
+}

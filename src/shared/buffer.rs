@@ -150,12 +150,10 @@ impl SharedBuffer {
         let data_at = hsize.div_ceil(64) * 64;
         let total = data_at.checked_add(len).ok_or(SegmentError::OutOfMemory { requested: len, available: 0 })?;
         let registry = registry(seg)?;
-        let block = seg.alloc(total)?;
+        // Zeroed lazily: a fresh block is zero already and commits no memory
+        // until written (a 1 GiB buffer costs nothing up front).
+        let block = seg.alloc_zeroed(total)?;
         let header = block.offset;
-        let p = seg.ptr(header, total)?;
-        // SAFETY: a block this process just allocated and has not published;
-        // zero bytes are a valid header and the buffer starts zero-filled.
-        unsafe { std::ptr::write_bytes(p, 0, total as usize) };
         let h = seg.get::<BufferHeader>(header)?;
         let generation = registry.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
         h.generation.store(generation, Ordering::Relaxed);
@@ -206,8 +204,25 @@ impl SharedBuffer {
         Some(unsafe { std::slice::from_raw_parts_mut(p, self.len as usize) })
     }
 
+    /// Makes this handle writable again if it is the only reference left in
+    /// any process (every shared copy was dropped); says whether it is now.
+    pub fn reclaim_write(&mut self) -> bool {
+        if self.writable {
+            return true;
+        }
+        let Ok(h) = self.seg.get::<BufferHeader>(self.header) else { return false };
+        let me = holder_word(process::current_pid(), 1);
+        let only_me = h.holders.iter().all(|x| {
+            let v = x.load(Ordering::Acquire);
+            v == 0 || v == me
+        }) && h.holders.iter().any(|x| x.load(Ordering::Acquire) == me);
+        self.writable = only_me;
+        only_me
+    }
+
     /// A read-only handle for another process. This handle stops being
-    /// writable: from now on several processes may read the bytes.
+    /// writable: from now on several processes may read the bytes (see
+    /// [`SharedBuffer::reclaim_write`] once they are done).
     pub fn share(&mut self) -> Result<BufferHandle, SharedError> {
         self.writable = false;
         self.adjust(process::current_pid(), 1)?;

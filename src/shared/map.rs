@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{access, decode, fingerprint, fnv1a, Core, Ref, SharedError, KIND_MAP};
-use crate::codec::{self, CodecError, Message, Scratch};
+use crate::codec::{self, CodecError, Message};
 use crate::segment::{Segment, SegmentError, ShmSafe};
 use crate::sync::{LockKind, LockOptions};
 
@@ -46,8 +46,8 @@ impl AsKey<String> for &str {
 }
 
 fn archived<K: Message, R>(key: &K, f: impl FnOnce(&[u8]) -> R) -> Result<R, CodecError> {
-    let mut scratch = Scratch::new();
-    match codec::encode_into(key, &mut scratch.0) {
+    // The thread's scratch buffer: no allocation per lookup for keys that fit.
+    crate::task::with_scratch(|scratch| match codec::encode_into(key, &mut scratch.0) {
         Ok(n) => Ok(f(&scratch.0[..n])),
         Err(CodecError::TooSmall { .. }) => {
             // Long keys: archive into an aligned heap buffer of the exact size.
@@ -59,7 +59,7 @@ fn archived<K: Message, R>(key: &K, f: impl FnOnce(&[u8]) -> R) -> Result<R, Cod
             Ok(f(&bytes[..n]))
         }
         Err(e) => Err(e),
-    }
+    })
 }
 
 /// A hash map from `K` to `V` in a segment, shared by every process that opens

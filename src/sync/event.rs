@@ -207,7 +207,9 @@ impl AdaptiveSpin {
         let budget = self.budget_ns.load(Ordering::Relaxed).min(max);
         if budget < MIN_SPIN.as_nanos() as u32 && budget < max {
             let n = self.waits.fetch_add(1, Ordering::Relaxed);
-            return if n % PROBE_EVERY == 0 { MIN_SPIN.min(policy.spin) } else { Duration::ZERO };
+            // Probe with the full budget: a short probe could never succeed
+            // when a hand-off takes longer than it, and spinning would stay off.
+            return if n % PROBE_EVERY == 0 { policy.spin } else { Duration::ZERO };
         }
         Duration::from_nanos(budget as u64)
     }
@@ -215,9 +217,10 @@ impl AdaptiveSpin {
     /// Learns from a spin that succeeded (`true`) or ended in sleep.
     pub fn record(&self, spun_ok: bool, policy: SpinPolicy) {
         let max = policy.spin.as_nanos().min(u32::MAX as u128) as u32;
-        let min = (MIN_SPIN.as_nanos() as u32).min(max);
         let cur = self.budget_ns.load(Ordering::Relaxed).min(max);
-        let next = if spun_ok { cur.max(min / 2).saturating_mul(2).min(max) } else { cur / 2 };
+        // A success (probes included) restores the full budget at once; each
+        // failure halves it.
+        let next = if spun_ok { max } else { cur / 2 };
         if next != cur {
             self.budget_ns.store(next, Ordering::Relaxed);
         }
@@ -241,27 +244,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn budget_halves_on_failure_and_doubles_on_success_within_bounds() {
+    fn budget_halves_on_failure_and_resets_on_success() {
         let policy = SpinPolicy { spin: Duration::from_micros(64) };
         let a = AdaptiveSpin::new();
         assert_eq!(a.budget(policy), Duration::from_micros(64));
         a.record(false, policy);
         assert_eq!(a.budget(policy), Duration::from_micros(32));
+        a.record(true, policy);
+        assert_eq!(a.budget(policy), Duration::from_micros(64));
         for _ in 0..20 {
             a.record(false, policy);
         }
-        // Below the minimum: no spin, but one probe spin every PROBE_EVERY waits.
+        // Below the minimum: no spin, but one full probe spin every PROBE_EVERY waits.
         let budgets: Vec<Duration> = (0..PROBE_EVERY * 2).map(|_| a.budget(policy)).collect();
-        assert_eq!(budgets.iter().filter(|b| **b == MIN_SPIN).count(), 2);
+        assert_eq!(budgets.iter().filter(|b| **b == policy.spin).count(), 2);
         assert_eq!(budgets.iter().filter(|b| b.is_zero()).count(), PROBE_EVERY as usize * 2 - 2);
-        // A probe that succeeds brings spinning back.
+        // A probe that succeeds brings spinning back in full.
         a.record(true, policy);
-        assert_eq!(a.budget(policy), MIN_SPIN);
-        a.record(true, policy);
-        assert_eq!(a.budget(policy), MIN_SPIN * 2);
-        for _ in 0..20 {
-            a.record(true, policy);
-        }
         assert_eq!(a.budget(policy), Duration::from_micros(64));
         assert_eq!(a.budget(SpinPolicy::SLEEP), Duration::ZERO);
     }

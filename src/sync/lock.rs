@@ -254,15 +254,21 @@ impl LockRef {
     /// without readers), waiting until `deadline`; `None` tries once.
     pub(crate) fn acquire(&self, shared: bool, wait: Wait) -> Result<(Hold, Option<u32>), LockError<()>> {
         let cell = self.cell();
-        let start = Instant::now();
+        // The clock is read only when a deadline or a report needs it.
+        let start = match wait {
+            Wait::Try | Wait::Until(None) => None,
+            Wait::Default if self.options.deadlock_timeout.is_none() => None,
+            _ => Some(Instant::now()),
+        };
         let deadline = match wait {
             Wait::Try => None,
             Wait::Until(d) => d,
-            Wait::Default => self.options.deadlock_timeout.map(|t| start + t),
+            Wait::Default => self.options.deadlock_timeout.and_then(|t| start.map(|s| s + t)),
         };
         let me = process::current_pid();
         let timeout = |holder: Option<u32>| {
-            let info = DeadlockInfo { name: self.name.clone(), holder, waited: start.elapsed() };
+            let waited = start.map_or(Duration::ZERO, |s| s.elapsed());
+            let info = DeadlockInfo { name: self.name.clone(), holder, waited };
             if let Some(handler) = self.options.on_deadlock {
                 handler(&info);
             }

@@ -76,6 +76,7 @@ impl RawMutex {
                 Err(_) => std::hint::spin_loop(),
             }
         }
+        let mut next_check: Option<Instant> = None;
         loop {
             let cur = self.word.load(Ordering::Relaxed);
             if cur == 0 {
@@ -86,7 +87,14 @@ impl RawMutex {
                 continue;
             }
             let holder = cur & PID_MASK;
-            if !os::is_alive(holder) {
+            // Liveness costs a system call and a /proc read: check it once
+            // per interval of waiting, not on every contended pass.
+            let now = Instant::now();
+            let due = next_check.is_some_and(|t| now >= t);
+            if next_check.is_none() || due {
+                next_check = Some(now + LIVENESS_CHECK);
+            }
+            if due && !os::is_alive(holder) {
                 if self.word.compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     return Ok(Acquired::OwnerDied(holder));
                 }

@@ -74,12 +74,15 @@ impl RawRwLock {
     /// pid of a writer that died holding the lock, if one was cleared.
     pub fn read(&self, deadline: Option<Instant>, spin: &AdaptiveSpin) -> Result<(usize, Option<u32>), RwFailure> {
         let mut died = None;
+        let mut waited = false;
         loop {
             if let Some(slot) = self.try_read() {
                 return Ok((slot, died));
             }
             let writer = self.writer.load(Ordering::SeqCst);
-            if writer != 0 && !os::is_alive(writer) {
+            // Liveness is checked only after a wait (an interval long), not
+            // on every contended pass: it costs a system call and a file read.
+            if waited && writer != 0 && !os::is_alive(writer) {
                 if self.writer.compare_exchange(writer, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                     died = Some(writer);
                     self.event.notify();
@@ -88,6 +91,7 @@ impl RawRwLock {
             }
             self.wait(deadline, spin, || self.writer.load(Ordering::SeqCst) == 0 && self.has_free_slot())
                 .map_err(|()| RwFailure::Timeout { holder: Some(writer).filter(|&w| w != 0) })?;
+            waited = true;
         }
     }
 
@@ -120,30 +124,34 @@ impl RawRwLock {
     pub fn write(&self, deadline: Option<Instant>, spin: &AdaptiveSpin) -> Result<Option<u32>, RwFailure> {
         let me = os::current_pid();
         let mut died = None;
-        // 1. Become the writer.
+        // 1. Become the writer. (Liveness only after a wait, as in `read`.)
+        let mut waited = false;
         loop {
             match self.writer.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => break,
-                Err(w) if !os::is_alive(w) => {
+                Err(w) if waited && !os::is_alive(w) => {
                     if self.writer.compare_exchange(w, me, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                         died = Some(w);
                         break;
                     }
                 }
-                Err(w) => self
-                    .wait(deadline, spin, || self.writer.load(Ordering::SeqCst) == 0)
-                    .map_err(|()| RwFailure::Timeout { holder: Some(w) })?,
+                Err(w) => {
+                    self.wait(deadline, spin, || self.writer.load(Ordering::SeqCst) == 0)
+                        .map_err(|()| RwFailure::Timeout { holder: Some(w) })?;
+                    waited = true;
+                }
             }
         }
         // 2. Wait for the readers to leave; new ones see us and back off.
         // SYNC: pairs with the reader's fence in `try_read`.
         fence(Ordering::SeqCst);
+        let mut waited = false;
         loop {
             let mut holder = None;
             for r in &self.readers {
                 let pid = r.load(Ordering::SeqCst);
                 if pid != 0 {
-                    if os::is_alive(pid) {
+                    if !waited || os::is_alive(pid) {
                         holder = Some(pid);
                     } else {
                         // A reader died holding its slot: it wrote nothing, just free it.
@@ -160,6 +168,7 @@ impl RawRwLock {
                 self.event.notify();
                 return Err(RwFailure::Timeout { holder });
             }
+            waited = true;
         }
     }
 

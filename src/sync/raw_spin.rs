@@ -35,6 +35,9 @@ impl RawSpin {
     /// taken over from holder `pid`, who died; `Err(holder)` on timeout.
     pub fn lock(&self, deadline: Option<Instant>) -> Result<Option<u32>, u32> {
         let me = os::current_pid();
+        if self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return Ok(None);
+        }
         let mut spins = 0u32;
         let mut next_check = Instant::now() + LIVENESS_CHECK;
         loop {

@@ -5,9 +5,28 @@ use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
-/// The id of the calling process.
+/// The id of the calling process (cached: locks ask for it on every
+/// acquisition, and `getpid` is a system call).
 pub fn current_pid() -> u32 {
-    std::process::id()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    let pid = PID.load(Ordering::Relaxed);
+    if pid != 0 {
+        return pid;
+    }
+    REGISTERED.call_once(|| {
+        extern "C" fn forget_pid() {
+            PID.store(0, Ordering::Relaxed);
+        }
+        // A child made by fork() has another pid: forget the cached one there.
+        // SAFETY: registers a handler that only stores to an atomic, which is
+        // async-signal-safe, as handlers run in the child after fork must be.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
+    });
+    let pid = std::process::id();
+    PID.store(pid, Ordering::Relaxed);
+    pid
 }
 
 /// The id of the calling process's parent (1, or a subreaper, once it died).
