@@ -25,6 +25,7 @@
 
 pub mod codec;
 mod error;
+mod logfwd;
 mod primitive;
 pub mod ring;
 pub mod segment;

@@ -24,6 +24,12 @@ pub(crate) struct Control {
     workers: u32,
     task_ring: u64,
     result_ring: u64,
+    /// The ring workers forward `log` records through, and the block of the
+    /// counter of records dropped because it was full.
+    log_ring: u64,
+    log_dropped: u64,
+    /// The parent's `log::max_level()` when the pool started.
+    log_level: u64,
     /// The stateful worker's init: `tramp` is an `InitTrampoline`, the body a
     /// block holding the archived `Init` (never freed while the pool lives).
     init: InitRecord,
@@ -67,6 +73,9 @@ pub(crate) struct Layout {
     pub workers: u32,
     pub task_ring: u64,
     pub result_ring: u64,
+    pub log_ring: u64,
+    pub log_dropped: u64,
+    pub log_level: u64,
 }
 
 /// Bytes a control block for `workers` workers needs.
@@ -96,6 +105,9 @@ pub(crate) fn init(
             workers: layout.workers,
             task_ring: layout.task_ring,
             result_ring: layout.result_ring,
+            log_ring: layout.log_ring,
+            log_dropped: layout.log_dropped,
+            log_level: layout.log_level,
             init: record,
         });
     }
@@ -127,7 +139,16 @@ pub(crate) fn open(seg: &Segment, offset: u64) -> Result<(Layout, Option<FrameHe
     // SAFETY: as in init.
     let init: FrameHeader = unsafe { std::mem::transmute::<[u64; 8], FrameHeader>(c.init.0) };
     let init = (init.tramp != 0).then_some(init);
-    Ok((Layout { control: offset, workers: c.workers, task_ring: c.task_ring, result_ring: c.result_ring }, init))
+    let layout = Layout {
+        control: offset,
+        workers: c.workers,
+        task_ring: c.task_ring,
+        result_ring: c.result_ring,
+        log_ring: c.log_ring,
+        log_dropped: c.log_dropped,
+        log_level: c.log_level,
+    };
+    Ok((layout, init))
 }
 
 /// Worker `index`'s slot.

@@ -96,6 +96,8 @@ pub(crate) struct Inner {
     pub respawns: AtomicU64,
     /// Workers in a row that exited before becoming ready.
     failed_starts: std::sync::atomic::AtomicU32,
+    /// Re-emits workers' log records; stopped after the workers at drop.
+    logs: Mutex<Option<crate::logfwd::Receiver>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -127,9 +129,17 @@ impl Inner {
         let tasks = Ring::create(&seg, limit as u32, payload)?;
         let results = Ring::create(&seg, limit as u32, payload)?;
         let workers = config.workers as u32;
+        let (log_ring, log_dropped) = crate::logfwd::create(&seg)?;
         let block = seg.alloc(control::footprint(workers))?;
-        let layout =
-            Layout { control: block.offset, workers, task_ring: tasks.offset(), result_ring: results.offset() };
+        let layout = Layout {
+            control: block.offset,
+            workers,
+            task_ring: tasks.offset(),
+            result_ring: results.offset(),
+            log_ring: log_ring.offset(),
+            log_dropped,
+            log_level: crate::logfwd::filter_code(log::max_level()),
+        };
         let mut key_bytes = [0u8; 8];
         shm::random_bytes(&mut key_bytes).map_err(Error::Spawn)?;
         let key = u64::from_ne_bytes(key_bytes);
@@ -145,6 +155,7 @@ impl Inner {
             }
         };
         control::init(&seg, block.offset, &layout, init_hdr.as_ref())?;
+        let logs = crate::logfwd::Receiver::start(&seg, log_ring, log_dropped).map_err(Error::Spawn)?;
         let inner = Arc::new(Inner {
             seg,
             tasks,
@@ -161,6 +172,7 @@ impl Inner {
             routed: Condvar::new(),
             respawns: AtomicU64::new(0),
             failed_starts: std::sync::atomic::AtomicU32::new(0),
+            logs: Mutex::new(Some(logs)),
         });
         for i in 0..workers {
             inner.spawn_worker(i)?;
@@ -667,6 +679,8 @@ impl Drop for Inner {
         self.clear_tasks();
         self.tasks.close();
         self.join(Some(self.config.shutdown_timeout));
+        // Last: what the workers logged before exiting is re-emitted first.
+        drop(lock(&self.logs).take());
     }
 }
 

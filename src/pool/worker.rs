@@ -43,6 +43,7 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
     let results = Ring::open(&seg, layout.result_ring)?;
     slot.pid.store(process::current_pid(), Ordering::Relaxed);
     let _ = POOL_SEGMENT.set(seg.clone());
+    crate::logfwd::install_forwarder(&seg, layout.log_ring, layout.log_dropped, layout.log_level);
     install_panic_hook();
 
     let mut state: WorkerState = None;
