@@ -386,6 +386,8 @@ fn percentile(sorted: &[Duration], percent: f64) -> Duration {
 fn measure_latency(params: &Params) -> BoxResult<Vec<Latency>> {
     progress("shmpool latency");
     let mut rows = vec![shmpool_latency(params)?];
+    progress("shmpool remote call latency");
+    rows.push(remote_latency(params)?);
     for transport in [Transport::Pipe, Transport::Unix] {
         progress(&format!("{} latency", transport.label()));
         rows.push(peer_latency(params, transport)?);
@@ -525,7 +527,57 @@ fn measure_throughput(params: &Params, cores: usize) -> BoxResult<Vec<Throughput
     }
     progress("crossbeam throughput");
     rows.extend(crossbeam_throughput(params)?);
+    progress("shmpool channel throughput");
+    rows.push(channel_throughput(params)?);
     Ok(rows)
+}
+
+/// A remote object for the call round trip: squares what it is given.
+struct Squarer {
+    calls: u64,
+}
+
+fn make_squarer(_: ()) -> Squarer {
+    Squarer { calls: 0 }
+}
+
+fn square_call(s: &mut Squarer, x: u64) -> u64 {
+    s.calls += 1;
+    x * x
+}
+
+/// `Remote::call` round trips: the Kkit-style remote object RPC.
+fn remote_latency(params: &Params) -> BoxResult<Latency> {
+    let remote = shmpool::Remote::spawn(make_squarer, ())?;
+    let samples = time_round_trips(params, |i| {
+        let r = remote.call(square_call, i)?;
+        Ok(check_reply(i, r)?)
+    })?;
+    Ok(Latency::from_samples("shmpool Remote::call", samples))
+}
+
+/// A channel child: receives a count, then streams the squares of 0..count.
+fn stream_squares(chan: shmpool::Channel<u64, u64>, _: ()) {
+    let Ok(n) = chan.recv() else { return };
+    for x in 0..n {
+        if chan.send(&(x * x)).is_err() {
+            return;
+        }
+    }
+}
+
+/// One-way channel throughput: a child streams messages, one `send` each.
+fn channel_throughput(params: &Params) -> BoxResult<Throughput> {
+    median_run(params, "shmpool channel, one-way, 1 message per send".into(), Delivery::OneByOne, |tasks| {
+        let chan = shmpool::start(stream_squares, ())?;
+        let start = Instant::now();
+        chan.send(&tasks)?;
+        let mut replies = Vec::with_capacity(tasks as usize);
+        for _ in 0..tasks {
+            replies.push(chan.recv()?);
+        }
+        Ok((start.elapsed(), replies))
+    })
 }
 
 /// Runs `run` `params.runs` times on the number of tasks for `delivery`,
