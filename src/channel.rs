@@ -132,6 +132,7 @@ pub fn start<S: Message, R: Message, A: Message>(
         queue_capacity: 4,
         segment_size: 64 << 20,
         respawn: false,
+        on_death: crate::OnWorkerDeath::Report,
         shutdown_timeout: Duration::from_secs(5),
         ..Config::default()
     };
@@ -330,7 +331,7 @@ impl<S: Message, R: Message> Channel<S, R> {
             Outcome::Pending(ticket) => match ticket.wait() {
                 Ok(()) => ChannelError::Closed,
                 Err(TaskError::Panicked { message }) => ChannelError::Panicked { message },
-                Err(TaskError::WorkerDied { pid }) => ChannelError::Dead { pid },
+                Err(TaskError::WorkerDied { pid }) | Err(TaskError::TimedOut { pid }) => ChannelError::Dead { pid },
                 Err(TaskError::PoolGone) => ChannelError::Dead { pid: c.pid },
                 Err(e) => ChannelError::Codec(e.to_string()),
             },

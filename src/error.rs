@@ -20,6 +20,12 @@ pub enum TaskError {
         /// The dead worker's pid.
         pid: u32,
     },
+    /// The task ran longer than the pool's task timeout; its worker was
+    /// killed (and replaced).
+    TimedOut {
+        /// The killed worker's pid.
+        pid: u32,
+    },
     /// The task was removed from the queue by `clear_tasks` before it ran.
     Cancelled,
     /// The argument or result could not be archived (too large for the
@@ -36,6 +42,7 @@ impl fmt::Display for TaskError {
         match self {
             TaskError::Panicked { message } => write!(f, "task panicked: {message}"),
             TaskError::WorkerDied { pid } => write!(f, "worker process {pid} died while running the task"),
+            TaskError::TimedOut { pid } => write!(f, "task exceeded the task timeout; its worker {pid} was killed"),
             TaskError::Cancelled => write!(f, "task was cleared from the queue before it ran"),
             TaskError::Encode(e) => write!(f, "could not archive the task's value: {e}"),
             TaskError::Decode(e) => write!(f, "task's archive is invalid: {e}"),

@@ -43,6 +43,7 @@ pub mod service;
 pub use channel::{start, Channel, ChannelError, ChannelId, Exchange};
 pub use codec::Message;
 pub use error::{Error, GetError, PutError, TaskError};
+pub use pool::core::OnWorkerDeath;
 pub use pool::{pool_segment, MapIter, Pool, PoolBuilder, Ticket, Worker, WorkerPool, WorkerPoolBuilder};
 pub use remote::{wait_all, Pending, Remote, RemoteError};
 pub use segment::{Segment, SegmentError};

@@ -86,6 +86,7 @@ impl<T: 'static> Remote<T> {
             queue_capacity: 64,
             segment_size: 64 << 20,
             respawn: false,
+            on_death: crate::OnWorkerDeath::Report,
             shutdown_timeout: Duration::from_secs(2),
             ..Config::default()
         };
@@ -155,7 +156,7 @@ fn to_remote_error(e: Error, pid: u32) -> RemoteError {
 fn from_task_error(e: TaskError, pid: u32) -> RemoteError {
     match e {
         TaskError::Panicked { message } => RemoteError::Panicked { message },
-        TaskError::WorkerDied { pid } => RemoteError::Dead { pid },
+        TaskError::WorkerDied { pid } | TaskError::TimedOut { pid } => RemoteError::Dead { pid },
         TaskError::PoolGone | TaskError::Cancelled => RemoteError::Dead { pid },
         TaskError::Encode(e) | TaskError::Decode(e) => RemoteError::Codec(e),
     }

@@ -266,6 +266,9 @@ fn serve_loop(
         let bytes = &crate::pool::core::as_bytes(&frame)[..len];
         let mut reply = Reply { seg: &seg, scratch: &mut scratch, inline_max, status: 0, body: Body::None };
         let hdr = run_one(&seg, bytes, key, &mut state, &mut reply);
+        if hdr.body == task::BODY_BLOCK {
+            let _ = seg.release(hdr.block);
+        }
         let mut out = FrameHeader { stream: hdr.stream, seq: hdr.seq, status: reply.status, ..Default::default() };
         reply.body.describe(&mut out);
         let body = reply.body;

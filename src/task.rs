@@ -25,6 +25,7 @@ pub(crate) const ST_BAD_INPUT: u32 = 2;
 pub(crate) const ST_ENCODE: u32 = 3;
 pub(crate) const ST_CANCELLED: u32 = 4;
 pub(crate) const ST_WORKER_DIED: u32 = 5;
+pub(crate) const ST_TIMED_OUT: u32 = 6;
 
 /// The fixed part of a task or result message.
 #[repr(C)]
@@ -331,6 +332,7 @@ pub(crate) fn decode_result<R: Message>(status: u32, bytes: &[u8]) -> Result<R, 
         ST_ENCODE => Err(TaskError::Encode(message())),
         ST_CANCELLED => Err(TaskError::Cancelled),
         ST_WORKER_DIED => Err(TaskError::WorkerDied { pid: codec::decode::<u32>(bytes).unwrap_or(0) }),
+        ST_TIMED_OUT => Err(TaskError::TimedOut { pid: codec::decode::<u32>(bytes).unwrap_or(0) }),
         _ => Err(TaskError::Decode(format!("unknown result status {status}"))),
     }
 }

@@ -32,7 +32,7 @@ fn hold_and_die(handle: BufferHandle) -> u64 {
 
 #[test]
 fn a_handoff_sends_a_handle_not_the_bytes() {
-    let pool = Pool::builder().workers(1).build().unwrap();
+    let pool = Pool::builder().workers(1).on_worker_death(shmpool::OnWorkerDeath::Report).build().unwrap();
     let seg = pool.segment().clone();
     let mut buf = seg.buffer(64 << 20).unwrap();
     for (i, b) in buf.as_mut_slice().unwrap().iter_mut().enumerate() {
@@ -61,7 +61,7 @@ fn a_handoff_sends_a_handle_not_the_bytes() {
 
 #[test]
 fn a_buffer_is_freed_with_its_last_holder() {
-    let pool = Pool::builder().workers(1).build().unwrap();
+    let pool = Pool::builder().workers(1).on_worker_death(shmpool::OnWorkerDeath::Report).build().unwrap();
     let seg = pool.segment().clone();
     let before = seg.live_buffers().unwrap();
     let mut buf = seg.buffer(1 << 20).unwrap();
@@ -82,7 +82,7 @@ fn a_buffer_is_freed_with_its_last_holder() {
 
 #[test]
 fn a_buffer_held_by_a_killed_process_is_reclaimed() {
-    let pool = Pool::builder().workers(1).build().unwrap();
+    let pool = Pool::builder().workers(1).on_worker_death(shmpool::OnWorkerDeath::Report).build().unwrap();
     let seg = pool.segment().clone();
     let before = seg.live_buffers().unwrap();
     let mut buf = seg.buffer(4 << 20).unwrap();
@@ -118,7 +118,7 @@ fn a_stale_handle_is_refused() {
 
 #[test]
 fn the_owner_writes_again_once_every_reader_is_done() {
-    let pool = Pool::builder().workers(1).build().unwrap();
+    let pool = Pool::builder().workers(1).on_worker_death(shmpool::OnWorkerDeath::Report).build().unwrap();
     let seg = pool.segment().clone();
     let mut buf = seg.buffer(4096).unwrap();
     buf.as_mut_slice().unwrap().fill(2);

@@ -170,7 +170,7 @@ fn contend(args: (String, u8)) -> (bool, Option<u32>, bool, bool) {
 
 #[test]
 fn timeouts_report_the_holder_and_call_the_deadlock_handler() {
-    let pool = Pool::builder().workers(1).build().unwrap();
+    let pool = Pool::builder().workers(1).on_worker_death(shmpool::OnWorkerDeath::Report).build().unwrap();
     let worker = pool.submit(pid_of, ()).unwrap().wait().unwrap();
     for kind in KINDS {
         let name = format!("locktest-timeout-{}-{}", code(kind), std::process::id());
@@ -204,7 +204,7 @@ fn hold_and_die(args: (String, u8, bool)) -> u32 {
 
 #[test]
 fn a_holder_killed_with_sigkill_hands_the_lock_on_with_owner_died() {
-    let pool = Pool::builder().workers(1).build().unwrap();
+    let pool = Pool::builder().workers(1).on_worker_death(shmpool::OnWorkerDeath::Report).build().unwrap();
     for kind in KINDS {
         let name = format!("locktest-kill-{}-{}", code(kind), std::process::id());
         let seg = Segment::create(&name, 1 << 20).unwrap();
@@ -228,7 +228,7 @@ fn a_holder_killed_with_sigkill_hands_the_lock_on_with_owner_died() {
 
 #[test]
 fn a_reader_killed_with_sigkill_does_not_block_writers() {
-    let pool = Pool::builder().workers(1).build().unwrap();
+    let pool = Pool::builder().workers(1).on_worker_death(shmpool::OnWorkerDeath::Report).build().unwrap();
     let name = format!("locktest-reader-{}", std::process::id());
     let seg = Segment::create(&name, 1 << 20).unwrap();
     let l = seg.rwlock("lock").unwrap();
@@ -263,7 +263,7 @@ fn try_auth(name: String) -> String {
 
 #[test]
 fn only_operators_may_take_an_auth_lock() {
-    let pool = Pool::builder().workers(1).build().unwrap();
+    let pool = Pool::builder().workers(1).on_worker_death(shmpool::OnWorkerDeath::Report).build().unwrap();
     let name = format!("locktest-auth-{}", std::process::id());
     let seg = Segment::create(&name, 1 << 20).unwrap();
     let l = seg.auth_lock("lock").unwrap();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shmpool::{GetError, Pool, PutError, TaskError, Worker, WorkerPool};
+use shmpool::{GetError, OnWorkerDeath, Pool, PutError, TaskError, Worker, WorkerPool};
 
 fn square(x: u64) -> u64 {
     x * x
@@ -288,7 +288,8 @@ fn die(code: i32) -> u64 {
 
 #[test]
 fn a_dead_worker_reports_worker_died_and_is_replaced() {
-    let pool = Pool::builder().workers(1).build().unwrap();
+    // Reported at once:
+    let pool = Pool::builder().workers(1).on_worker_death(OnWorkerDeath::Report).build().unwrap();
     let before = pool.worker_pids();
     match pool.submit(die, 7).unwrap().wait() {
         Err(TaskError::WorkerDied { pid }) => assert_eq!(vec![pid], before),
@@ -298,6 +299,15 @@ fn a_dead_worker_reports_worker_died_and_is_replaced() {
     assert_eq!(pool.submit(square, 6u64).unwrap().wait(), Ok(36));
     assert_eq!(pool.respawns(), 1);
     assert_ne!(pool.worker_pids(), before);
+    assert_eq!(pool.requeued(), 0);
+
+    // Requeued (the default): run three times in all, killing a worker each
+    // time, then reported.
+    let pool = Pool::builder().workers(1).build().unwrap();
+    assert!(matches!(pool.submit(die, 7).unwrap().wait(), Err(TaskError::WorkerDied { .. })));
+    assert_eq!(pool.requeued(), 2);
+    assert_eq!(pool.respawns(), 3);
+    assert_eq!(pool.submit(square, 5u64).unwrap().wait(), Ok(25));
 }
 
 #[test]
@@ -349,7 +359,11 @@ impl Worker for FlakyInit {
 fn a_worker_that_cannot_restart_ends_in_an_error_not_a_respawn_loop() {
     let marker = std::env::temp_dir().join(format!("shmpool-flaky-{}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
-    let pool = WorkerPool::<FlakyInit>::builder().workers(1).build(marker.to_string_lossy().into_owned()).unwrap();
+    let pool = WorkerPool::<FlakyInit>::builder()
+        .workers(1)
+        .on_worker_death(OnWorkerDeath::Report)
+        .build(marker.to_string_lossy().into_owned())
+        .unwrap();
     pool.put(0).unwrap();
     assert_eq!(pool.get(), Ok(0));
     std::fs::write(&marker, b"x").unwrap();

@@ -59,8 +59,22 @@ pub(crate) struct WorkerSlot {
     /// (stream, seq) in `held`. SYNC: pairs are written before `held_n`
     /// (Release); the parent reads `held_n` (Acquire) after the worker died.
     pub held_n: AtomicU32,
-    _pad: u32,
+    /// Index (in the held batch) of the task running now.
+    pub busy_index: AtomicU32,
     pub held: [AtomicU64; 2 * MAX_BATCH],
+    /// Offset of this worker's copies of the frames it holds (`held_n` of
+    /// them, `frame_stride` bytes apart): a dead worker's tasks can be run
+    /// again from them.
+    pub held_frames: AtomicU64,
+    pub frame_stride: AtomicU64,
+    /// The worker's current ring claims, `(pos << 8) | n` (0: none): a slot
+    /// left claimed by a dead worker is told from a live worker's.
+    pub pop_claim: AtomicU64,
+    pub push_claim: AtomicU64,
+    /// CLOCK_MONOTONIC nanoseconds: last sign of life, and when the running
+    /// task started (0: idle).
+    pub heartbeat: AtomicU64,
+    pub busy_since: AtomicU64,
 }
 
 // SAFETY: `#[repr(C)]`, atomics only.
@@ -115,7 +129,7 @@ pub(crate) fn init(
         let s = slot(seg, offset, layout.workers, i)?;
         s.pid.store(0, Ordering::Relaxed);
         s.state.store(W_STARTING, Ordering::Relaxed);
-        s.held_n.store(0, Ordering::Relaxed);
+        reset(s);
     }
     std::sync::atomic::fence(Ordering::Release);
     Ok(())
@@ -149,6 +163,20 @@ pub(crate) fn open(seg: &Segment, offset: u64) -> Result<(Layout, Option<FrameHe
         log_level: c.log_level,
     };
     Ok((layout, init))
+}
+
+/// Clears a slot for a new worker process.
+pub(crate) fn reset(s: &WorkerSlot) {
+    s.pid.store(0, Ordering::Relaxed);
+    s.state.store(W_STARTING, Ordering::Relaxed);
+    s.held_n.store(0, Ordering::Relaxed);
+    s.busy_index.store(0, Ordering::Relaxed);
+    s.held_frames.store(0, Ordering::Relaxed);
+    s.frame_stride.store(0, Ordering::Relaxed);
+    s.pop_claim.store(0, Ordering::Relaxed);
+    s.push_claim.store(0, Ordering::Relaxed);
+    s.heartbeat.store(0, Ordering::Relaxed);
+    s.busy_since.store(0, Ordering::Release);
 }
 
 /// Worker `index`'s slot.

@@ -35,6 +35,26 @@ pub(crate) struct Config {
     pub shutdown_timeout: Duration,
     /// Replace workers that die (pools); a remote object's process is not.
     pub respawn: bool,
+    /// What becomes of the tasks a dead worker held.
+    pub on_death: OnWorkerDeath,
+    /// A task running longer than this is hung: its worker is killed.
+    pub task_timeout: Option<Duration>,
+}
+
+/// What happens to the tasks a worker held when it died (killed, crashed,
+/// exited, or killed for exceeding the task timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnWorkerDeath {
+    /// Run them again on another worker, up to `max_attempts` runs in all
+    /// (at-least-once: a task may run again if its worker died after
+    /// finishing it, before its answer was out); then `WorkerDied`. A task
+    /// that exceeded the task timeout is not run again: `TimedOut`.
+    Requeue {
+        /// Runs in all, the first included.
+        max_attempts: u32,
+    },
+    /// Answer them at once with `TaskError::WorkerDied` (or `TimedOut`).
+    Report,
 }
 
 impl Default for Config {
@@ -47,6 +67,8 @@ impl Default for Config {
             spin: SpinPolicy::DEFAULT,
             shutdown_timeout: Duration::from_secs(2),
             respawn: true,
+            on_death: OnWorkerDeath::Requeue { max_attempts: 3 },
+            task_timeout: None,
         }
     }
 }
@@ -94,6 +116,8 @@ pub(crate) struct Inner {
     routing: Mutex<Routing>,
     routed: Condvar,
     pub respawns: AtomicU64,
+    /// Tasks run again after their worker died.
+    pub requeued: AtomicU64,
     /// Workers in a row that exited before becoming ready.
     failed_starts: std::sync::atomic::AtomicU32,
     /// Re-emits workers' log records; stopped after the workers at drop.
@@ -171,6 +195,7 @@ impl Inner {
             routing: Mutex::new(Routing::default()),
             routed: Condvar::new(),
             respawns: AtomicU64::new(0),
+            requeued: AtomicU64::new(0),
             failed_starts: std::sync::atomic::AtomicU32::new(0),
             logs: Mutex::new(Some(logs)),
         });
@@ -183,9 +208,7 @@ impl Inner {
 
     fn spawn_worker(&self, index: u32) -> Result<(), Error> {
         let slot = control::slot(&self.seg, self.layout.control, self.layout.workers, index)?;
-        slot.state.store(control::W_STARTING, Ordering::Relaxed);
-        slot.pid.store(0, Ordering::Relaxed);
-        slot.held_n.store(0, Ordering::Relaxed);
+        control::reset(slot);
         let cfg = WorkerConfig {
             fd: self.seg.raw_fd(),
             control: self.layout.control,
@@ -421,8 +444,12 @@ impl Inner {
             }
             if now >= next_check {
                 next_check = now + HEALTH_CHECK;
-                // No worker left: results already in the ring still count.
+                // No worker left: results already in the ring, or answers
+                // supervise just put in the stash, still count.
                 if !self.supervise() && self.results.is_empty() {
+                    if stream.is_some_and(|s| lock(&self.routing).stash.contains_key(&s)) {
+                        return Ok(0);
+                    }
                     return Err(RecvError::Gone);
                 }
                 if let Some(s) = stream {
@@ -560,6 +587,23 @@ impl Inner {
     pub fn supervise(&self) -> bool {
         let mut children = lock(&self.children);
         let mut alive = 0;
+        let mut timed_out = vec![false; children.len()];
+        if let Some(limit) = self.config.task_timeout {
+            let now = process::monotonic_ns();
+            for (i, child) in children.iter_mut().enumerate() {
+                let Some(c) = child.as_mut() else { continue };
+                let Ok(slot) = control::slot(&self.seg, self.layout.control, self.layout.workers, i as u32) else {
+                    continue;
+                };
+                let since = slot.busy_since.load(Ordering::Acquire);
+                if since != 0 && now.saturating_sub(since) > limit.as_nanos() as u64 {
+                    // Hung: kill it; it is reaped just below.
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    timed_out[i] = true;
+                }
+            }
+        }
         for (i, child) in children.iter_mut().enumerate() {
             let Some(c) = child.as_mut() else { continue };
             match c.try_wait() {
@@ -576,7 +620,7 @@ impl Inner {
                     } else {
                         self.failed_starts.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.answer_held(i as u32, pid);
+                    self.recover(i as u32, pid, timed_out[i]);
                     // Buffers it held references to may now be free.
                     let _ = self.seg.reclaim_buffers();
                 }
@@ -601,14 +645,97 @@ impl Inner {
         alive > 0 || self.in_flight.load(Ordering::Relaxed) == 0
     }
 
-    fn answer_held(&self, index: u32, pid: u32) {
+    /// Deals with what the dead worker `index` (pid `pid`) held: ring slots
+    /// it claimed, and its tasks, which are run again or answered according
+    /// to the pool's [`OnWorkerDeath`]. `timed_out`: it was killed because
+    /// its current task exceeded the task timeout.
+    fn recover(&self, index: u32, pid: u32, timed_out: bool) {
         let Ok(slot) = control::slot(&self.seg, self.layout.control, self.layout.workers, index) else { return };
+        // Slots a consumer or producer claimed and never finished: the dead
+        // worker's, unless a live worker's claim covers them. A live worker
+        // between its claim and recording it is given a moment to record.
+        let stuck_results = self.results.unpublished();
+        let stuck_tasks = self.tasks.unreleased();
+        if !stuck_results.is_empty() || !stuck_tasks.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let live_claims = |field: fn(&control::WorkerSlot) -> &AtomicU64| -> Vec<(u64, u64)> {
+            (0..self.layout.workers)
+                .filter(|&i| i != index)
+                .filter_map(|i| control::slot(&self.seg, self.layout.control, self.layout.workers, i).ok())
+                .map(|s| field(s).load(Ordering::Acquire))
+                .filter(|&c| c != 0)
+                .map(|c| (c >> 8, c & 0xFF))
+                .collect()
+        };
+        let covered = |claims: &[(u64, u64)], pos: u64| claims.iter().any(|&(p, n)| pos >= p && pos < p + n);
+        let push_claims = live_claims(|s| &s.push_claim);
+        for pos in stuck_results {
+            if !covered(&push_claims, pos) {
+                self.results.poison_unpublished(pos);
+            }
+        }
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        let pop_claims = live_claims(|s| &s.pop_claim);
+        for pos in stuck_tasks {
+            if !covered(&pop_claims, pos) {
+                self.tasks.steal_unreleased(pos, |bytes| frames.push(bytes.to_vec()));
+            }
+        }
+        // The frames it had taken, from its held area in the segment.
         let n = (slot.held_n.swap(0, Ordering::Acquire) as usize).min(MAX_BATCH);
+        let area = slot.held_frames.load(Ordering::Acquire);
+        let stride = slot.frame_stride.load(Ordering::Acquire);
+        let busy = timed_out.then(|| slot.busy_index.load(Ordering::Acquire) as usize);
+        let mut busy_task = None;
         for k in 0..n {
-            let stream = slot.held[2 * k].load(Ordering::Relaxed);
-            let seq = slot.held[2 * k + 1].load(Ordering::Relaxed);
-            self.land(1);
-            self.synthesize(stream, seq, task::ST_WORKER_DIED, pid);
+            let Ok(p) = self.seg.ptr(area + k as u64 * stride, stride) else { continue };
+            // SAFETY: the dead worker's held area, in bounds (checked); its
+            // writer is gone, so nothing changes it while we copy.
+            let bytes = unsafe { std::slice::from_raw_parts(p, stride as usize) };
+            if let Some(h) = FrameHeader::read(bytes) {
+                if busy == Some(k) {
+                    busy_task = Some((h.stream, h.seq));
+                }
+                frames.push(bytes.to_vec());
+            }
+        }
+        if area != 0 {
+            let _ = self.seg.release(area);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for bytes in frames {
+            let Some(mut h) = FrameHeader::read(&bytes) else { continue };
+            if !seen.insert((h.stream, h.seq)) {
+                continue;
+            }
+            let attempts = h.status + 1;
+            let requeue = match self.config.on_death {
+                OnWorkerDeath::Requeue { max_attempts } => attempts < max_attempts,
+                OnWorkerDeath::Report => false,
+            };
+            if busy_task == Some((h.stream, h.seq)) {
+                self.land(1);
+                discard_body(&self.seg, &h);
+                self.synthesize(h.stream, h.seq, task::ST_TIMED_OUT, pid);
+            } else if requeue && !self.is_closed() {
+                h.status = attempts;
+                let inline = &bytes[HEADER..HEADER + (h.len as usize).min(bytes.len() - HEADER)];
+                let inline = if h.body == task::BODY_INLINE { inline } else { &[][..] };
+                match self.tasks.push_many_with(1, None, self.config.spin, |_, dst| h.write(dst, inline)) {
+                    Ok(_) => {
+                        self.requeued.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        self.land(1);
+                        self.synthesize(h.stream, h.seq, task::ST_WORKER_DIED, pid);
+                    }
+                }
+            } else {
+                self.land(1);
+                discard_body(&self.seg, &h);
+                self.synthesize(h.stream, h.seq, task::ST_WORKER_DIED, pid);
+            }
         }
     }
 
@@ -681,6 +808,13 @@ impl Drop for Inner {
         self.join(Some(self.config.shutdown_timeout));
         // Last: what the workers logged before exiting is re-emitted first.
         drop(lock(&self.logs).take());
+    }
+}
+
+/// Frees the arena block of a task that will not run again.
+fn discard_body(seg: &Segment, h: &FrameHeader) {
+    if h.body == task::BODY_BLOCK {
+        let _ = seg.release(h.block);
     }
 }
 

@@ -84,6 +84,20 @@ macro_rules! builder_options {
             self
         }
 
+        /// What happens to the tasks of a worker that dies (default: run them
+        /// again, 3 runs in all, then `TaskError::WorkerDied`).
+        pub fn on_worker_death(mut self, policy: $crate::OnWorkerDeath) -> Self {
+            self.config.on_death = policy;
+            self
+        }
+
+        /// A task running longer than this is hung: its worker is killed and
+        /// replaced, and the task ends with `TaskError::TimedOut` (default: none).
+        pub fn task_timeout(mut self, timeout: Duration) -> Self {
+            self.config.task_timeout = Some(timeout);
+            self
+        }
+
         /// How long dropping the pool waits for running tasks before it kills
         /// their workers (default 2 s).
         pub fn shutdown_timeout(mut self, t: Duration) -> Self {
@@ -225,6 +239,11 @@ impl Pool {
     /// Workers started to replace dead ones so far.
     pub fn respawns(&self) -> u64 {
         self.inner.respawns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Tasks run again after their worker died, so far.
+    pub fn requeued(&self) -> u64 {
+        self.inner.requeued.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

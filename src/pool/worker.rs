@@ -64,29 +64,39 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
 
     let stride = tasks.payload_capacity().div_ceil(16) * 16;
     let reply_stride = results.payload_capacity().div_ceil(16) * 16;
+    // The frames taken from the ring live in the segment, not in this
+    // process: if it dies, the parent can run them again from there.
+    let held_area = seg.alloc((MAX_BATCH * stride) as u64)?;
+    let held_ptr = seg.ptr(held_area.offset, (MAX_BATCH * stride) as u64)?;
+    slot.frame_stride.store(stride as u64, Ordering::Relaxed);
+    slot.held_frames.store(held_area.offset, Ordering::Release);
     // u128 gives 16-byte alignment: every frame (and the archive 64 bytes in) is aligned.
-    let mut in_buf = vec![0u128; MAX_BATCH * stride / 16];
     let mut out_buf = vec![0u128; MAX_BATCH * reply_stride / 16];
     let mut lens = [0usize; MAX_BATCH];
     let mut out_lens = [0usize; MAX_BATCH];
+    let mut consumed: Vec<u64> = Vec::with_capacity(MAX_BATCH);
     let mut scratch = Scratch::new();
     let inline_max = (results.payload_capacity() - HEADER).min(scratch.0.len());
 
     loop {
+        slot.heartbeat.store(process::monotonic_ns(), Ordering::Relaxed);
         let mut n = 0;
         let deadline = Some(Instant::now() + PARENT_CHECK);
         // Take a fair share of what is queued, so one worker does not hoard
         // slow tasks while others idle; a lone worker takes whole batches.
         let share = (tasks.len() / layout.workers as usize).clamp(1, MAX_BATCH);
-        let got = tasks.pop_many_with(share, deadline, SpinPolicy::DEFAULT, |bytes| {
-            let frames = as_bytes_mut(&mut in_buf);
-            frames[n * stride..n * stride + bytes.len()].copy_from_slice(bytes);
-            lens[n] = bytes.len();
+        let got = tasks.pop_many_recorded(share, deadline, SpinPolicy::DEFAULT, Some(&slot.pop_claim), |_, bytes| {
+            let len = bytes.len().min(stride);
+            // SAFETY: the held area is this worker's own block (allocated
+            // above), `n < MAX_BATCH` frames of `stride` bytes each; the parent
+            // reads it only after this process died.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), held_ptr.add(n * stride), len) };
+            lens[n] = len;
             if let Some(h) = FrameHeader::read(bytes) {
                 slot.held[2 * n].store(h.stream, Ordering::Relaxed);
                 slot.held[2 * n + 1].store(h.seq, Ordering::Relaxed);
-                slot.held_n.store(n as u32 + 1, Ordering::Release);
             }
+            slot.held_n.store(n as u32 + 1, Ordering::Release);
             n += 1;
         });
         match got {
@@ -101,9 +111,17 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
             Err(e) => return Err(e.into()),
         }
         for i in 0..n {
-            let frame = &as_bytes(&in_buf)[i * stride..i * stride + lens[i]];
+            // SAFETY: frame `i` was written above into this worker's held area.
+            let frame = unsafe { std::slice::from_raw_parts(held_ptr.add(i * stride), lens[i]) };
             let mut reply = Reply { seg: &seg, scratch: &mut scratch, inline_max, status: 0, body: Body::None };
+            slot.busy_index.store(i as u32, Ordering::Relaxed);
+            slot.busy_since.store(process::monotonic_ns(), Ordering::Release);
             let hdr = run_one(&seg, frame, cfg.key, &mut state, &mut reply);
+            slot.busy_since.store(0, Ordering::Release);
+            if hdr.body == task::BODY_BLOCK {
+                // Freed only once the answer is out: until then a requeue may need it.
+                consumed.push(hdr.block);
+            }
             let mut out = FrameHeader { stream: hdr.stream, seq: hdr.seq, status: reply.status, ..Default::default() };
             reply.body.describe(&mut out);
             let inline = match reply.body {
@@ -116,12 +134,18 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
         let mut sent = 0;
         while sent < n {
             let deadline = Some(Instant::now() + PARENT_CHECK);
-            let pushed = results.push_many_with(n - sent, deadline, SpinPolicy::DEFAULT, |j, dst| {
-                let k = sent + j;
-                let src = &as_bytes(&out_buf)[k * reply_stride..k * reply_stride + out_lens[k]];
-                dst[..src.len()].copy_from_slice(src);
-                src.len()
-            });
+            let pushed = results.push_many_recorded(
+                n - sent,
+                deadline,
+                SpinPolicy::DEFAULT,
+                Some(&slot.push_claim),
+                |j, dst| {
+                    let k = sent + j;
+                    let src = &as_bytes(&out_buf)[k * reply_stride..k * reply_stride + out_lens[k]];
+                    dst[..src.len()].copy_from_slice(src);
+                    src.len()
+                },
+            );
             match pushed {
                 Ok(k) => sent += k,
                 Err(RingError::Timeout) if process::parent_pid() == cfg.parent => {}
@@ -130,6 +154,9 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
             }
         }
         slot.held_n.store(0, Ordering::Release);
+        for block in consumed.drain(..) {
+            let _ = seg.release(block);
+        }
         slot.done.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
@@ -154,7 +181,7 @@ pub(crate) fn run_one(
     // trampoline of this binary (same image, so the offset names the same code).
     let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(spawn::code_address(hdr.tramp)) };
     let func = spawn::code_address(hdr.func);
-    let ran = task::with_body(seg, &hdr, frame, true, |arg| {
+    let ran = task::with_body(seg, &hdr, frame, false, |arg| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // SAFETY: sealed pair (above): `func` has the type `tramp` expects.
             unsafe { tramp(func, state, arg, reply) }

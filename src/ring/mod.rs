@@ -310,6 +310,59 @@ impl Ring {
         queue::pop_ready(self.cursors(), &SlotSeqs(self))
     }
 
+    /// Positions a consumer claimed but has not released (behind the tail,
+    /// still holding their message): a consumer is reading them, or died.
+    pub(crate) fn unreleased(&self) -> Vec<u64> {
+        let tail = self.cursors().tail.load(Ordering::Acquire);
+        (tail.saturating_sub(self.capacity)..tail)
+            .filter(|&pos| {
+                self.slot_header(pos & (self.capacity - 1)).seq.load(Ordering::Acquire) == pos.wrapping_add(1)
+            })
+            .collect()
+    }
+
+    /// Takes over the unreleased slot at `pos` of a consumer that died:
+    /// hands its message to `read` and releases it. False if it moved on.
+    pub(crate) fn steal_unreleased(&self, pos: u64, read: impl FnOnce(&[u8])) -> bool {
+        let sh = self.slot_header(pos & (self.capacity - 1));
+        if sh.seq.load(Ordering::Acquire) != pos.wrapping_add(1) {
+            return false;
+        }
+        let len = (sh.len.load(Ordering::Relaxed) as usize).min(self.payload_capacity());
+        if sh.flags.load(Ordering::Relaxed) & FLAG_POISONED == 0 {
+            // SAFETY: the slot's claimer is dead (the caller's contract), so
+            // nobody else reads or writes it until we release it below.
+            read(unsafe { std::slice::from_raw_parts(self.payload_ptr(pos), len) });
+        }
+        queue::release(&SlotSeqs(self), pos);
+        self.header().not_full.notify();
+        true
+    }
+
+    /// Positions a producer claimed but has not published (between tail and
+    /// head, still free): a producer is writing them, or died.
+    pub(crate) fn unpublished(&self) -> Vec<u64> {
+        let tail = self.cursors().tail.load(Ordering::Acquire);
+        let head = self.cursors().head.load(Ordering::Acquire) & !queue::CLOSED;
+        (tail..head)
+            .filter(|&pos| self.slot_header(pos & (self.capacity - 1)).seq.load(Ordering::Acquire) == pos)
+            .collect()
+    }
+
+    /// Publishes the claimed slot at `pos` of a producer that died as empty
+    /// (poisoned), so consumers go past it. False if it moved on.
+    pub(crate) fn poison_unpublished(&self, pos: u64) -> bool {
+        let sh = self.slot_header(pos & (self.capacity - 1));
+        if sh.seq.load(Ordering::Acquire) != pos {
+            return false;
+        }
+        sh.len.store(0, Ordering::Relaxed);
+        sh.flags.store(FLAG_POISONED, Ordering::Relaxed);
+        queue::publish(&SlotSeqs(self), pos);
+        self.header().not_empty.notify();
+        true
+    }
+
     /// Closes the ring and wakes every waiter. Queued messages stay poppable.
     pub fn close(&self) {
         queue::close(self.cursors());
@@ -322,12 +375,23 @@ impl Ring {
     ///
     /// `write` must not block. If it panics, the slot is published as empty
     /// (skipped by consumers) and the panic continues.
-    pub fn try_push_many(
+    pub fn try_push_many(&self, max: usize, write: impl FnMut(usize, &mut [u8]) -> usize) -> Result<usize, RingError> {
+        self.try_push_many_recorded(max, None, write)
+    }
+
+    /// [`Ring::try_push_many`] that writes its claim, `(pos << 8) | n`, into
+    /// `record` right after claiming and clears it once published, so that a
+    /// supervisor can tell whose claim a stuck slot is if this process dies.
+    pub(crate) fn try_push_many_recorded(
         &self,
         max: usize,
+        record: Option<&AtomicU64>,
         mut write: impl FnMut(usize, &mut [u8]) -> usize,
     ) -> Result<usize, RingError> {
-        let (pos, n) = queue::claim_push(self.cursors(), &SlotSeqs(self), max.max(1) as u64)?;
+        let (pos, n) = queue::claim_push(self.cursors(), &SlotSeqs(self), max.clamp(1, 255) as u64)?;
+        if let Some(r) = record {
+            r.store((pos << 8) | n, Ordering::Release);
+        }
         let payload = self.payload_capacity();
         for i in 0..n {
             let p = pos.wrapping_add(i);
@@ -341,6 +405,9 @@ impl Ring {
             sh.flags.store(0, Ordering::Relaxed);
             guard.armed = false;
             queue::publish(&SlotSeqs(self), p);
+        }
+        if let Some(r) = record {
+            r.store(0, Ordering::Release);
         }
         self.header().not_empty.notify();
         Ok(n as usize)
@@ -372,10 +439,22 @@ impl Ring {
         max: usize,
         deadline: Option<Instant>,
         spin: SpinPolicy,
+        write: impl FnMut(usize, &mut [u8]) -> usize,
+    ) -> Result<usize, RingError> {
+        self.push_many_recorded(max, deadline, spin, None, write)
+    }
+
+    /// [`Ring::push_many_with`] with a claim record (see [`Ring::try_push_many_recorded`]).
+    pub(crate) fn push_many_recorded(
+        &self,
+        max: usize,
+        deadline: Option<Instant>,
+        spin: SpinPolicy,
+        record: Option<&AtomicU64>,
         mut write: impl FnMut(usize, &mut [u8]) -> usize,
     ) -> Result<usize, RingError> {
         loop {
-            match self.try_push_many(max, &mut write) {
+            match self.try_push_many_recorded(max, record, &mut write) {
                 Err(RingError::WouldBlock) => {}
                 other => return other,
             }
@@ -391,7 +470,22 @@ impl Ring {
     ///
     /// The slice is valid only during the call: the slot is freed after it.
     pub fn try_pop_many(&self, max: usize, mut read: impl FnMut(&[u8])) -> Result<usize, RingError> {
-        let (pos, n) = queue::claim_pop(self.cursors(), &SlotSeqs(self), max.max(1) as u64)?;
+        self.try_pop_many_recorded(max, None, |_, b| read(b))
+    }
+
+    /// [`Ring::try_pop_many`] that writes its claim, `(pos << 8) | n`, into
+    /// `record` right after claiming and clears it once every slot is
+    /// released; `read` also gets each message's position.
+    pub(crate) fn try_pop_many_recorded(
+        &self,
+        max: usize,
+        record: Option<&AtomicU64>,
+        mut read: impl FnMut(u64, &[u8]),
+    ) -> Result<usize, RingError> {
+        let (pos, n) = queue::claim_pop(self.cursors(), &SlotSeqs(self), max.clamp(1, 255) as u64)?;
+        if let Some(r) = record {
+            r.store((pos << 8) | n, Ordering::Release);
+        }
         let payload = self.payload_capacity();
         let mut taken = 0;
         for i in 0..n {
@@ -405,10 +499,13 @@ impl Ring {
                 // published (Acquire in claim_pop), so the payload is complete
                 // and nobody writes it until we release.
                 let bytes = unsafe { std::slice::from_raw_parts(self.payload_ptr(p), len) };
-                read(bytes);
+                read(p, bytes);
                 taken += 1;
             }
             drop(guard);
+        }
+        if let Some(r) = record {
+            r.store(0, Ordering::Release);
         }
         self.header().not_full.notify();
         if taken == 0 {
@@ -438,8 +535,20 @@ impl Ring {
         spin: SpinPolicy,
         mut read: impl FnMut(&[u8]),
     ) -> Result<usize, RingError> {
+        self.pop_many_recorded(max, deadline, spin, None, |_, b| read(b))
+    }
+
+    /// [`Ring::pop_many_with`] with a claim record (see [`Ring::try_pop_many_recorded`]).
+    pub(crate) fn pop_many_recorded(
+        &self,
+        max: usize,
+        deadline: Option<Instant>,
+        spin: SpinPolicy,
+        record: Option<&AtomicU64>,
+        mut read: impl FnMut(u64, &[u8]),
+    ) -> Result<usize, RingError> {
         loop {
-            match self.try_pop_many(max, &mut read) {
+            match self.try_pop_many_recorded(max, record, &mut read) {
                 Err(RingError::WouldBlock) => {}
                 other => return other,
             }
