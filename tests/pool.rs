@@ -397,3 +397,22 @@ fn a_waiting_get_does_not_block_puts() {
     });
     assert_eq!(pool.get(), Ok(1));
 }
+
+fn hang(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_hung_task_times_out_and_its_worker_is_replaced() {
+    let pool = Pool::builder().workers(1).task_timeout(Duration::from_millis(200)).build().unwrap();
+    let before = pool.worker_pids();
+    match pool.submit(hang, 60_000u64).unwrap().wait() {
+        Err(TaskError::TimedOut { pid }) => assert_eq!(vec![pid], before),
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+    // Not run again (it would hang again), and the replacement works.
+    assert_eq!(pool.requeued(), 0);
+    assert_eq!(pool.submit(hang, 1u64).unwrap().wait(), Ok(1));
+    assert_ne!(pool.worker_pids(), before);
+}

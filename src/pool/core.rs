@@ -18,7 +18,7 @@ use crate::task::{self, Body, FrameHeader, Trampoline, HEADER};
 use crate::{Error, TaskError};
 
 /// How long a waiter blocks before it looks at the workers' health.
-const HEALTH_CHECK: Duration = Duration::from_millis(100);
+const HEALTH_CHECK: Duration = Duration::from_millis(50);
 /// Workers in a row that may fail to start before the pool stops respawning.
 const MAX_FAILED_STARTS: u32 = 3;
 /// How long a worker may take to start and initialise.
@@ -608,14 +608,17 @@ impl Inner {
             let Some(c) = child.as_mut() else { continue };
             match c.try_wait() {
                 Ok(None) => alive += 1,
-                Ok(Some(_)) | Err(_) => {
+                status => {
                     let pid = c.id();
                     *child = None;
-                    // A worker that never became ready failed to start (its
-                    // init panicked, say): respawning it forever helps nobody.
+                    // A worker that exited on its own before becoming ready
+                    // failed to start (its init panicked, say): respawning it
+                    // for ever helps nobody. One killed by a signal did not fail.
                     let started = control::slot(&self.seg, self.layout.control, self.layout.workers, i as u32)
                         .is_ok_and(|s| s.state.load(Ordering::Acquire) == W_READY);
-                    if started {
+                    let killed =
+                        matches!(&status, Ok(Some(st)) if std::os::unix::process::ExitStatusExt::signal(st).is_some());
+                    if started || killed {
                         self.failed_starts.store(0, Ordering::Relaxed);
                     } else {
                         self.failed_starts.fetch_add(1, Ordering::Relaxed);
@@ -794,9 +797,9 @@ impl Inner {
         }
     }
 
-    /// Pids of the running workers.
+    /// Pids of the running workers (dead ones not yet reaped left out).
     pub fn worker_pids(&self) -> Vec<u32> {
-        lock(&self.children).iter().flatten().map(|c| c.id()).collect()
+        lock(&self.children).iter().flatten().map(|c| c.id()).filter(|&p| process::is_alive(p)).collect()
     }
 }
 
