@@ -46,7 +46,7 @@ pub use error::{Error, GetError, PutError, TaskError};
 pub use pool::core::OnWorkerDeath;
 pub use pool::{pool_segment, MapIter, Pool, PoolBuilder, Ticket, Worker, WorkerPool, WorkerPoolBuilder};
 pub use remote::{wait_all, Pending, Remote, RemoteError};
-pub use segment::{Segment, SegmentError};
+pub use segment::{cleanup_stale, list_named, NamedSegment, Segment, SegmentError};
 pub use service::{Client, Service, ServiceError};
 pub use shared::{BufferHandle, SharedBuffer, SharedError, SharedList, SharedMap, SharedObject};
 pub use spawn::init;

@@ -313,6 +313,11 @@ impl Segment {
     /// Opens the named segment `name` created by another process.
     pub fn open(name: &str) -> Result<Segment, SegmentError> {
         check_name(name)?;
+        // A segment left behind by a dead creator that nobody maps is not
+        // there to be opened: remove it.
+        if remove_if_stale(name)? {
+            return Err(SegmentError::NotFound(name.to_owned()));
+        }
         let file = shm::shm_open_existing(&format!("{NAME_PREFIX}{name}")).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 SegmentError::NotFound(name.to_owned())
@@ -782,7 +787,77 @@ fn check_name(name: &str) -> Result<(), SegmentError> {
     }
 }
 
-/// Removes `/dev/shm/shmpool.<name>` if its creator is dead; says whether it did.
+/// What is known of a named segment in `/dev/shm`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedSegment {
+    /// Its name (without the `shmpool.` prefix).
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The pid that created it, if its header is readable.
+    pub creator: Option<u32>,
+    /// Whether that creator is alive.
+    pub creator_alive: bool,
+    /// Processes that map it now.
+    pub attached: Vec<u32>,
+}
+
+impl NamedSegment {
+    /// Left behind: its creator is dead (or its header unreadable) and no
+    /// process maps it.
+    pub fn is_stale(&self) -> bool {
+        !self.creator_alive && self.attached.is_empty()
+    }
+}
+
+/// Every shmpool segment in `/dev/shm`, with its creator and who maps it.
+pub fn list_named() -> Result<Vec<NamedSegment>, SegmentError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/dev/shm")? {
+        let Ok(entry) = entry else { continue };
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(|n| n.strip_prefix(NAME_PREFIX)) else { continue };
+        if let Ok(info) = describe(name) {
+            out.push(info);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn describe(name: &str) -> Result<NamedSegment, SegmentError> {
+    let path = format!("{NAME_PREFIX}{name}");
+    let file = shm::shm_open_existing(&path)?;
+    let size = file.metadata()?.len();
+    let creator = match Segment::from_file(file) {
+        Ok(seg) => Some(seg.creator_pid()),
+        Err(_) => None,
+    };
+    Ok(NamedSegment {
+        name: name.to_owned(),
+        size,
+        creator,
+        creator_alive: creator.is_some_and(process::is_alive),
+        attached: process::pids_mapping(&format!("/dev/shm/{path}")),
+    })
+}
+
+/// Removes every stale shmpool segment (creator dead, mapped by nobody)
+/// from `/dev/shm`; returns their names.
+pub fn cleanup_stale() -> Result<Vec<String>, SegmentError> {
+    let mut removed = Vec::new();
+    for seg in list_named()? {
+        if seg.is_stale() && remove_if_stale(&seg.name)? {
+            removed.push(seg.name);
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes `/dev/shm/shmpool.<name>` if it is stale: its creator is dead
+/// and no process maps it (a segment still being created, whose header is
+/// not readable yet, is left alone unless it is over ten seconds old).
+/// Says whether the name is free now.
 fn remove_if_stale(name: &str) -> Result<bool, SegmentError> {
     let path = format!("{NAME_PREFIX}{name}");
     let file = match shm::shm_open_existing(&path) {
@@ -790,13 +865,16 @@ fn remove_if_stale(name: &str) -> Result<bool, SegmentError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
         Err(e) => return Err(e.into()),
     };
-    let stale = match Segment::from_file(file) {
+    let old = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(10)));
+    let creator_dead = match Segment::from_file(file) {
         Ok(seg) => !process::is_alive(seg.creator_pid()),
-        // Not a readable segment of ours: only remove it if it is not a
-        // creator still initialising (NotReady within the wait is treated as stale).
-        Err(SegmentError::NotReady) | Err(SegmentError::Truncated { .. }) => true,
+        Err(SegmentError::NotReady) | Err(SegmentError::Truncated { .. }) => old,
         Err(_) => false,
     };
+    let stale = creator_dead && process::pids_mapping(&format!("/dev/shm/{path}")).is_empty();
     if stale {
         match shm::shm_unlink(&path) {
             Ok(()) => {}

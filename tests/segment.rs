@@ -103,16 +103,3 @@ fn invalid_names_are_refused() {
         assert!(matches!(Segment::create(bad, 1 << 20), Err(SegmentError::InvalidName(_))), "{bad:?}");
     }
 }
-
-#[test]
-fn stale_segment_of_a_dead_creator_is_replaced() {
-    let name = unique("stale");
-    let seg = Segment::create(&name, 1 << 20).unwrap();
-    // Pretend the creator died: point creator_pid (byte 24) at a pid that does not exist.
-    scribble(&name, 24, &(i32::MAX as u32 - 7).to_ne_bytes());
-    std::mem::forget(seg); // leave it behind, as a crashed creator would
-    let again = Segment::create(&name, 1 << 20).expect("stale segment replaced");
-    assert_eq!(again.creator_pid(), std::process::id());
-    drop(again);
-    assert!(!shm_path(&name).exists());
-}
