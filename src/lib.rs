@@ -25,6 +25,8 @@
 
 pub mod codec;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod logfwd;
 mod primitive;
 pub mod ring;
