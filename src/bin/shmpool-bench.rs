@@ -355,9 +355,13 @@ struct Latency {
     median: Duration,
     p90: Duration,
     p99: Duration,
+    p999: Duration,
     max: Duration,
     /// Timed round trips.
     samples: usize,
+    /// CPU time both sides used per round trip (all their threads), when
+    /// measured: spinning shows up here, not as speed.
+    cpu_per_trip: Option<Duration>,
 }
 
 impl Latency {
@@ -368,10 +372,42 @@ impl Latency {
             median: percentile(&samples, 50.0),
             p90: percentile(&samples, 90.0),
             p99: percentile(&samples, 99.0),
+            p999: percentile(&samples, 99.9),
             max: samples.last().copied().unwrap_or_default(),
             samples: samples.len(),
+            cpu_per_trip: None,
         }
     }
+
+    /// Records `cpu` used over `trips` round trips.
+    fn with_cpu(mut self, cpu: Duration, trips: usize) -> Self {
+        self.cpu_per_trip = Some(cpu / trips.max(1) as u32);
+        self
+    }
+}
+
+/// CPU time of every thread of process `pid` (0: this process), from
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds on CPU, first field).
+fn process_cpu(pid: u32) -> Duration {
+    let dir = if pid == 0 { "/proc/self/task".to_owned() } else { format!("/proc/{pid}/task") };
+    let ns: u64 = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Duration::from_nanos(ns)
+}
+
+/// Runs `f` and returns its result and the CPU time `pids` (0: this
+/// process) used meanwhile.
+fn measure_cpu<T>(pids: &[u32], f: impl FnOnce() -> T) -> (T, Duration) {
+    let before: Vec<Duration> = pids.iter().map(|&p| process_cpu(p)).collect();
+    let out = f();
+    let used = pids.iter().zip(before).map(|(&p, b)| process_cpu(p).saturating_sub(b)).sum();
+    (out, used)
 }
 
 /// Nearest-rank percentile of sorted samples.
@@ -388,6 +424,8 @@ fn measure_latency(params: &Params) -> BoxResult<Vec<Latency>> {
     let mut rows = vec![shmpool_latency(params)?];
     progress("shmpool remote call latency");
     rows.push(remote_latency(params)?);
+    progress("shmpool latency without spinning");
+    rows.push(shmpool_blocking_latency(params)?);
     for transport in [Transport::Pipe, Transport::Unix] {
         progress(&format!("{} latency", transport.label()));
         rows.push(peer_latency(params, transport)?);
@@ -413,36 +451,54 @@ fn time_round_trips(params: &Params, mut round_trip: impl FnMut(u64) -> BoxResul
 }
 
 fn shmpool_latency(params: &Params) -> BoxResult<Latency> {
-    let pool = build_pool(1)?;
-    let samples = time_round_trips(params, |_| {
-        pool.submit(empty, ())?.wait()?;
-        Ok(())
-    })?;
-    Ok(Latency::from_samples("shmpool submit + wait", samples))
+    shmpool_latency_with(params, build_pool(1)?, "shmpool submit + wait")
+}
+
+/// The same with no spinning on either side: every hand-off sleeps on a futex.
+fn shmpool_blocking_latency(params: &Params) -> BoxResult<Latency> {
+    let pool = shmpool::Pool::builder().workers(1).queue_capacity(WINDOW).spin(Duration::ZERO).build()?;
+    shmpool_latency_with(params, pool, "shmpool, no spinning (futex only)")
+}
+
+fn shmpool_latency_with(params: &Params, pool: shmpool::Pool, name: &str) -> BoxResult<Latency> {
+    let mut pids = vec![0];
+    pids.extend(pool.worker_pids());
+    let (samples, cpu) = measure_cpu(&pids, || {
+        time_round_trips(params, |_| {
+            pool.submit(empty, ())?.wait()?;
+            Ok(())
+        })
+    });
+    Ok(Latency::from_samples(name, samples?).with_cpu(cpu, params.latency_warm_up + params.latency_iterations))
 }
 
 fn peer_latency(params: &Params, transport: Transport) -> BoxResult<Latency> {
     let mut peer = Peer::spawn(transport)?;
-    let samples = time_round_trips(params, |i| Ok(peer.round_trip(i)?))?;
+    let pids = [0, peer.child.id()];
+    let (samples, cpu) = measure_cpu(&pids, || time_round_trips(params, |i| Ok(peer.round_trip(i)?)));
     peer.finish()?;
-    Ok(Latency::from_samples(transport.label(), samples))
+    Ok(Latency::from_samples(transport.label(), samples?)
+        .with_cpu(cpu, params.latency_warm_up + params.latency_iterations))
 }
 
 fn crossbeam_latency(params: &Params) -> BoxResult<Latency> {
     let (request_tx, request_rx) = bounded(1);
     let (reply_tx, reply_rx) = bounded(1);
-    let samples = thread::scope(|s| {
-        s.spawn(move || echo_squares(request_rx, reply_tx));
-        let samples = time_round_trips(params, |i| {
-            request_tx.send(i)?;
-            check_reply(i, reply_rx.recv()?)?;
-            Ok(())
-        });
-        // Closing the request channel ends the echo thread, error or not.
-        drop(request_tx);
-        samples
-    })?;
-    Ok(Latency::from_samples("crossbeam channel, thread", samples))
+    let (samples, cpu) = measure_cpu(&[0], || {
+        thread::scope(|s| {
+            s.spawn(move || echo_squares(request_rx, reply_tx));
+            let samples = time_round_trips(params, |i| {
+                request_tx.send(i)?;
+                check_reply(i, reply_rx.recv()?)?;
+                Ok(())
+            });
+            // Closing the request channel ends the echo thread, error or not.
+            drop(request_tx);
+            samples
+        })
+    });
+    Ok(Latency::from_samples("crossbeam channel, thread", samples?)
+        .with_cpu(cpu, params.latency_warm_up + params.latency_iterations))
 }
 
 /// Body of the crossbeam echo thread: squares requests until the request
@@ -549,11 +605,15 @@ fn square_call(s: &mut Squarer, x: u64) -> u64 {
 /// `Remote::call` round trips: the Kkit-style remote object RPC.
 fn remote_latency(params: &Params) -> BoxResult<Latency> {
     let remote = shmpool::Remote::spawn(make_squarer, ())?;
-    let samples = time_round_trips(params, |i| {
-        let r = remote.call(square_call, i)?;
-        Ok(check_reply(i, r)?)
-    })?;
-    Ok(Latency::from_samples("shmpool Remote::call", samples))
+    let pids = [0, remote.pid()];
+    let (samples, cpu) = measure_cpu(&pids, || {
+        time_round_trips(params, |i| {
+            let r = remote.call(square_call, i)?;
+            Ok(check_reply(i, r)?)
+        })
+    });
+    Ok(Latency::from_samples("shmpool Remote::call", samples?)
+        .with_cpu(cpu, params.latency_warm_up + params.latency_iterations))
 }
 
 /// A channel child: receives a count, then streams the squares of 0..count.
@@ -979,20 +1039,23 @@ impl Report<'_> {
         );
         let width = name_width(self.latency.iter().map(|row| row.name.as_str()));
         out += &format!(
-            "  {:<width$}  {:>10}  {:>10}  {:>10}  {:>10}  vs shmpool (median)\n",
-            "", "median", "p90", "p99", "max"
+            "  {:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  vs shmpool (median)\n",
+            "", "median", "p90", "p99", "p99.9", "max", "CPU/trip"
         );
         for row in self.latency {
             out += &format!(
-                "  {:<width$}  {:>10}  {:>10}  {:>10}  {:>10}  {}\n",
+                "  {:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {}\n",
                 row.name,
                 format_duration(row.median),
                 format_duration(row.p90),
                 format_duration(row.p99),
+                format_duration(row.p999),
                 format_duration(row.max),
+                row.cpu_per_trip.map_or("-".to_owned(), format_duration),
                 describe_ratio(self.latency_ratio(row)),
             );
         }
+        out += "  CPU/trip: CPU time of both processes (all threads) per round trip, warm-up included\n";
 
         out += &format!(
             "\nThroughput, trivial tasks (square a u64), median of {} runs \
@@ -1203,12 +1266,14 @@ impl Report<'_> {
             .map(|row| {
                 format!(
                     "      {{\"name\": {}, \"median_ns\": {}, \"p90_ns\": {}, \"p99_ns\": {}, \
-                     \"max_ns\": {}, \"time_vs_shmpool\": {}}}",
+                     \"p999_ns\": {}, \"max_ns\": {}, \"cpu_per_trip_ns\": {}, \"time_vs_shmpool\": {}}}",
                     json_string(&row.name),
                     row.median.as_nanos(),
                     row.p90.as_nanos(),
                     row.p99.as_nanos(),
+                    row.p999.as_nanos(),
                     row.max.as_nanos(),
+                    row.cpu_per_trip.map_or("null".to_owned(), |c| c.as_nanos().to_string()),
                     json_number(self.latency_ratio(row)),
                 )
             })

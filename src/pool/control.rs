@@ -30,6 +30,8 @@ pub(crate) struct Control {
     log_dropped: u64,
     /// The parent's `log::max_level()` when the pool started.
     log_level: u64,
+    /// How long workers spin before sleeping, in nanoseconds.
+    spin_ns: u64,
     /// The stateful worker's init: `tramp` is an `InitTrampoline`, the body a
     /// block holding the archived `Init` (never freed while the pool lives).
     init: InitRecord,
@@ -90,6 +92,7 @@ pub(crate) struct Layout {
     pub log_ring: u64,
     pub log_dropped: u64,
     pub log_level: u64,
+    pub spin_ns: u64,
 }
 
 /// Bytes a control block for `workers` workers needs.
@@ -122,6 +125,7 @@ pub(crate) fn init(
             log_ring: layout.log_ring,
             log_dropped: layout.log_dropped,
             log_level: layout.log_level,
+            spin_ns: layout.spin_ns,
             init: record,
         });
     }
@@ -161,6 +165,7 @@ pub(crate) fn open(seg: &Segment, offset: u64) -> Result<(Layout, Option<FrameHe
         log_ring: c.log_ring,
         log_dropped: c.log_dropped,
         log_level: c.log_level,
+        spin_ns: c.spin_ns,
     };
     Ok((layout, init))
 }

@@ -163,6 +163,7 @@ impl Inner {
             log_ring: log_ring.offset(),
             log_dropped,
             log_level: crate::logfwd::filter_code(log::max_level()),
+            spin_ns: config.spin.spin.as_nanos().min(u64::MAX as u128) as u64,
         };
         let mut key_bytes = [0u8; 8];
         shm::random_bytes(&mut key_bytes).map_err(Error::Spawn)?;

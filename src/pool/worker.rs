@@ -77,6 +77,8 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
     let mut consumed: Vec<u64> = Vec::with_capacity(MAX_BATCH);
     let mut scratch = Scratch::new();
     let inline_max = (results.payload_capacity() - HEADER).min(scratch.0.len());
+    // The parent's choice: spin this long before sleeping (0: never spin).
+    let spin = SpinPolicy { spin: std::time::Duration::from_nanos(layout.spin_ns) };
 
     loop {
         slot.heartbeat.store(process::monotonic_ns(), Ordering::Relaxed);
@@ -85,7 +87,7 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
         // Take a fair share of what is queued, so one worker does not hoard
         // slow tasks while others idle; a lone worker takes whole batches.
         let share = (tasks.len() / layout.workers as usize).clamp(1, MAX_BATCH);
-        let got = tasks.pop_many_recorded(share, deadline, SpinPolicy::DEFAULT, Some(&slot.pop_claim), |_, bytes| {
+        let got = tasks.pop_many_recorded(share, deadline, spin, Some(&slot.pop_claim), |_, bytes| {
             let len = bytes.len().min(stride);
             // SAFETY: the held area is this worker's own block (allocated
             // above), `n < MAX_BATCH` frames of `stride` bytes each; the parent
