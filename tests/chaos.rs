@@ -75,3 +75,58 @@ fn a_map_survives_twenty_sigkills_with_every_result_exactly_once_in_order() {
     assert_eq!(pool.submit(work, 7u64).unwrap().wait(), Ok(work(7)));
     assert!(pool.is_alive());
 }
+
+fn inc(x: u64) -> u64 {
+    x + 1
+}
+
+/// Fast tasks and frequent kills: workers often die right after publishing
+/// their answers, the case where a task must not be answered twice.
+#[test]
+fn an_unordered_map_of_fast_tasks_survives_frequent_kills() {
+    const TASKS: u64 = 300_000;
+    // Watchdog: a hang is a failure, not a stuck CI job.
+    let finished = std::sync::Arc::new(AtomicBool::new(false));
+    {
+        let finished = finished.clone();
+        std::thread::spawn(move || {
+            for _ in 0..1200 {
+                std::thread::sleep(Duration::from_millis(100));
+                if finished.load(Ordering::Acquire) {
+                    return;
+                }
+            }
+            eprintln!("chaos watchdog: the map hung for 120 s");
+            std::process::abort();
+        });
+    }
+    let pool = Pool::builder()
+        .workers(3)
+        .queue_capacity(60)
+        .on_worker_death(OnWorkerDeath::Requeue { max_attempts: 50 })
+        .build()
+        .unwrap();
+    let done = AtomicBool::new(false);
+    let mut got: Vec<u64> = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut n = 0u64;
+            while !done.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(15));
+                let pids = pool.worker_pids();
+                if let Some(&victim) = pids.get((n % 3) as usize % pids.len().max(1)) {
+                    // SAFETY: signalling a child process of ours by pid.
+                    unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+                }
+                n += 1;
+            }
+        });
+        let got = pool.map_unordered(inc, 0..TASKS).unwrap().collect::<Result<Vec<_>, _>>();
+        done.store(true, Ordering::Release);
+        got.expect("no task may fail")
+    });
+    finished.store(true, Ordering::Release);
+    got.sort_unstable();
+    assert_eq!(got.len() as u64, TASKS, "every result exactly once");
+    assert!(got.iter().enumerate().all(|(i, &v)| v == i as u64 + 1), "a result missing or doubled");
+    assert_eq!(pool.submit(inc, 1u64).unwrap().wait(), Ok(2));
+}

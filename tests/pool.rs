@@ -371,10 +371,14 @@ fn a_worker_that_cannot_restart_ends_in_an_error_not_a_respawn_loop() {
     pool.put(0).unwrap();
     let first = pool.get();
     assert!(matches!(first, Err(GetError::Task(TaskError::WorkerDied { .. }))), "{first:?}");
-    // The second task can never run: an error, not a hang.
+    // The second task can never run: an error, not a hang (WorkerDied if the
+    // dead worker had taken it in the same batch, PoolGone if it was queued).
     let second = pool.get_timeout(Duration::from_secs(60));
     let _ = std::fs::remove_file(&marker);
-    assert_eq!(second, Err(GetError::Task(TaskError::PoolGone)));
+    assert!(
+        matches!(second, Err(GetError::Task(TaskError::PoolGone)) | Err(GetError::Task(TaskError::WorkerDied { .. }))),
+        "{second:?}"
+    );
 }
 
 #[test]

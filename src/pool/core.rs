@@ -118,6 +118,11 @@ pub(crate) struct Inner {
     pub respawns: AtomicU64,
     /// Tasks run again after their worker died.
     pub requeued: AtomicU64,
+    /// Per worker, the (stream, seq) of the last results received from it:
+    /// a dead worker's held task found here was answered and is not run again.
+    recent: Vec<Recent>,
+    /// CLOCK_MONOTONIC ns of the last supervision (see `supervision_due`).
+    last_supervised: AtomicU64,
     /// Workers in a row that exited before becoming ready.
     failed_starts: std::sync::atomic::AtomicU32,
     /// Re-emits workers' log records; stopped after the workers at drop.
@@ -197,6 +202,8 @@ impl Inner {
             routed: Condvar::new(),
             respawns: AtomicU64::new(0),
             requeued: AtomicU64::new(0),
+            last_supervised: AtomicU64::new(process::monotonic_ns()),
+            recent: (0..workers).map(|_| Recent::default()).collect(),
             failed_starts: std::sync::atomic::AtomicU32::new(0),
             logs: Mutex::new(Some(logs)),
         });
@@ -350,11 +357,18 @@ impl Inner {
     ) -> Result<(), (usize, Error)> {
         let mut sent = 0;
         while sent < hdrs.len() {
-            let pushed = self.tasks.push_many_with(hdrs.len() - sent, None, self.config.spin, |j, dst| {
+            let chunk = Some(Instant::now() + HEALTH_CHECK);
+            let pushed = self.tasks.push_many_with(hdrs.len() - sent, chunk, self.config.spin, |j, dst| {
                 hdrs[sent + j].write(dst, inline(sent + j))
             });
             match pushed {
                 Ok(k) => sent += k,
+                Err(RingError::Timeout) => {
+                    // A slot held by a dead worker frees up once it is reaped.
+                    if self.supervision_due() {
+                        self.supervise();
+                    }
+                }
                 Err(e) => {
                     for h in &hdrs[sent..] {
                         if h.body == task::BODY_BLOCK {
@@ -437,14 +451,15 @@ impl Inner {
         deadline: Option<Instant>,
         on: &mut dyn FnMut(&FrameHeader, &[u8]),
     ) -> Result<usize, RecvError> {
-        let mut next_check = Instant::now() + HEALTH_CHECK;
         loop {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Err(RecvError::Timeout);
             }
-            if now >= next_check {
-                next_check = now + HEALTH_CHECK;
+            let next_check = now + HEALTH_CHECK;
+            // Due by the pool's clock, not this call's: results that keep
+            // flowing must not keep supervision from running.
+            if self.supervision_due() {
                 // No worker left: results already in the ring, or answers
                 // supervise just put in the stash, still count.
                 if !self.supervise() && self.results.is_empty() {
@@ -466,6 +481,9 @@ impl Inner {
             let got = self.results.pop_many_with(MAX_BATCH * 2, Some(until), self.config.spin, |bytes| {
                 popped += 1;
                 let Some(hdr) = FrameHeader::read(bytes) else { return };
+                if let Some(r) = usize::try_from(hdr.func - 1).ok().and_then(|w| self.recent.get(w)) {
+                    r.record(hdr.stream, hdr.seq);
+                }
                 if Some(hdr.stream) == stream {
                     mine += 1;
                     let delivered = task::with_body(&self.seg, &hdr, bytes, true, |archive| on(&hdr, archive));
@@ -493,6 +511,15 @@ impl Inner {
                 Err(_) => return Err(RecvError::Gone),
             }
         }
+    }
+
+    /// Whether `HEALTH_CHECK` has passed since the last supervision; if so,
+    /// this caller is the one to run it now.
+    fn supervision_due(&self) -> bool {
+        let now = process::monotonic_ns();
+        let last = self.last_supervised.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= HEALTH_CHECK.as_nanos() as u64
+            && self.last_supervised.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     fn route(&self, routing: &mut Routing, item: Stashed) {
@@ -598,10 +625,11 @@ impl Inner {
                 };
                 let since = slot.busy_since.load(Ordering::Acquire);
                 if since != 0 && now.saturating_sub(since) > limit.as_nanos() as u64 {
-                    // Hung: kill it; it is reaped just below.
+                    // Hung: kill it; it is reaped just below. If it moved on
+                    // to another task meanwhile, that one is not to blame.
                     let _ = c.kill();
                     let _ = c.wait();
-                    timed_out[i] = true;
+                    timed_out[i] = slot.busy_since.load(Ordering::Acquire) == since;
                 }
             }
         }
@@ -686,10 +714,21 @@ impl Inner {
                 self.tasks.steal_unreleased(pos, |bytes| frames.push(bytes.to_vec()));
             }
         }
-        // The frames it had taken, from its held area in the segment.
+        // The frames it had taken, from its held area in the segment. The
+        // stride is ours to know, not the segment's to say.
         let n = (slot.held_n.swap(0, Ordering::Acquire) as usize).min(MAX_BATCH);
         let area = slot.held_frames.load(Ordering::Acquire);
-        let stride = slot.frame_stride.load(Ordering::Acquire);
+        let stride = (self.tasks.payload_capacity().div_ceil(16) * 16) as u64;
+        // Results it published: in the ring still, or received already.
+        let mut answered: std::collections::HashSet<(u64, u64)> = std::collections::HashSet::new();
+        self.results.peek_all(|bytes| {
+            if let Some(h) = FrameHeader::read(bytes) {
+                if h.func == index as i64 + 1 {
+                    answered.insert((h.stream, h.seq));
+                }
+            }
+        });
+        let recent = self.recent.get(index as usize);
         let busy = timed_out.then(|| slot.busy_index.load(Ordering::Acquire) as usize);
         let mut busy_task = None;
         for k in 0..n {
@@ -698,6 +737,10 @@ impl Inner {
             // writer is gone, so nothing changes it while we copy.
             let bytes = unsafe { std::slice::from_raw_parts(p, stride as usize) };
             if let Some(h) = FrameHeader::read(bytes) {
+                if answered.contains(&(h.stream, h.seq)) || recent.is_some_and(|r| r.contains(h.stream, h.seq)) {
+                    // Answered before it died: neither run again nor answered twice.
+                    continue;
+                }
                 if busy == Some(k) {
                     busy_task = Some((h.stream, h.seq));
                 }
@@ -722,16 +765,19 @@ impl Inner {
                 self.land(1);
                 discard_body(&self.seg, &h);
                 self.synthesize(h.stream, h.seq, task::ST_TIMED_OUT, pid);
-            } else if requeue && !self.is_closed() {
+            } else if requeue && !self.is_closed() && fits(&h, &bytes, &self.tasks) {
                 h.status = attempts;
-                let inline = &bytes[HEADER..HEADER + (h.len as usize).min(bytes.len() - HEADER)];
-                let inline = if h.body == task::BODY_INLINE { inline } else { &[][..] };
-                match self.tasks.push_many_with(1, None, self.config.spin, |_, dst| h.write(dst, inline)) {
+                let inline =
+                    if h.body == task::BODY_INLINE { &bytes[HEADER..HEADER + h.len as usize] } else { &[][..] };
+                // Never wait here (the children lock is held): the task stays
+                // in flight, so the ring has room for it unless it is corrupt.
+                match self.tasks.try_push_many(1, |_, dst| h.write(dst, inline)) {
                     Ok(_) => {
                         self.requeued.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(_) => {
                         self.land(1);
+                        discard_body(&self.seg, &h);
                         self.synthesize(h.stream, h.seq, task::ST_WORKER_DIED, pid);
                     }
                 }
@@ -813,6 +859,41 @@ impl Drop for Inner {
         // Last: what the workers logged before exiting is re-emitted first.
         drop(lock(&self.logs).take());
     }
+}
+
+/// The last results received from one worker (a small ring of ids).
+struct Recent {
+    next: AtomicUsize,
+    ids: [AtomicU64; 2 * RECENT],
+}
+
+/// Results remembered per worker: more than a batch.
+const RECENT: usize = 2 * MAX_BATCH;
+
+impl Default for Recent {
+    fn default() -> Self {
+        Recent { next: AtomicUsize::new(0), ids: std::array::from_fn(|_| AtomicU64::new(u64::MAX)) }
+    }
+}
+
+impl Recent {
+    fn record(&self, stream: u64, seq: u64) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % RECENT;
+        self.ids[2 * i].store(stream, Ordering::Relaxed);
+        self.ids[2 * i + 1].store(seq, Ordering::Relaxed);
+    }
+
+    fn contains(&self, stream: u64, seq: u64) -> bool {
+        (0..RECENT).any(|i| {
+            self.ids[2 * i].load(Ordering::Relaxed) == stream && self.ids[2 * i + 1].load(Ordering::Relaxed) == seq
+        })
+    }
+}
+
+/// Whether an inline frame copy is whole and fits a task slot again.
+fn fits(h: &FrameHeader, bytes: &[u8], tasks: &Ring) -> bool {
+    let len = HEADER as u64 + h.len;
+    h.body != task::BODY_INLINE || (len <= bytes.len() as u64 && len <= tasks.payload_capacity() as u64)
 }
 
 /// Frees the arena block of a task that will not run again.

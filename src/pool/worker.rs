@@ -124,7 +124,15 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
                 // Freed only once the answer is out: until then a requeue may need it.
                 consumed.push(hdr.block);
             }
-            let mut out = FrameHeader { stream: hdr.stream, seq: hdr.seq, status: reply.status, ..Default::default() };
+            // `func` names the answering worker (index + 1): the parent tells
+            // answered tasks from unanswered ones if this worker dies.
+            let mut out = FrameHeader {
+                stream: hdr.stream,
+                seq: hdr.seq,
+                status: reply.status,
+                func: cfg.index as i64 + 1,
+                ..Default::default()
+            };
             reply.body.describe(&mut out);
             let inline = match reply.body {
                 Body::Inline(len) => &scratch.0[..len],

@@ -310,6 +310,32 @@ impl Ring {
         queue::pop_ready(self.cursors(), &SlotSeqs(self))
     }
 
+    /// Hands a copy of every published, unclaimed message to `f` without
+    /// taking it (a message claimed meanwhile is skipped: its sequence number
+    /// is read before and after the copy).
+    pub(crate) fn peek_all(&self, mut f: impl FnMut(&[u8])) {
+        let tail = self.cursors().tail.load(Ordering::Acquire);
+        let head = self.cursors().head.load(Ordering::Acquire) & !queue::CLOSED;
+        let end = head.min(tail.saturating_add(self.capacity));
+        let mut copy = vec![0u8; self.payload_capacity()];
+        for pos in tail..end {
+            let sh = self.slot_header(pos & (self.capacity - 1));
+            if sh.seq.load(Ordering::Acquire) != pos.wrapping_add(1) {
+                continue;
+            }
+            let len = (sh.len.load(Ordering::Relaxed) as usize).min(copy.len());
+            // SAFETY: in bounds; a volatile byte-wise copy of a slot another
+            // thread may claim meanwhile, validated by re-reading `seq` below.
+            for (i, b) in copy[..len].iter_mut().enumerate() {
+                *b = unsafe { self.payload_ptr(pos).add(i).read_volatile() };
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            if sh.seq.load(Ordering::Relaxed) == pos.wrapping_add(1) {
+                f(&copy[..len]);
+            }
+        }
+    }
+
     /// Positions a consumer claimed but has not released (behind the tail,
     /// still holding their message): a consumer is reading them, or died.
     pub(crate) fn unreleased(&self) -> Vec<u64> {
@@ -344,7 +370,8 @@ impl Ring {
     pub(crate) fn unpublished(&self) -> Vec<u64> {
         let tail = self.cursors().tail.load(Ordering::Acquire);
         let head = self.cursors().head.load(Ordering::Acquire) & !queue::CLOSED;
-        (tail..head)
+        // Bounded by the capacity: a corrupt cursor must not mean a long walk.
+        (tail..head.min(tail.saturating_add(self.capacity)))
             .filter(|&pos| self.slot_header(pos & (self.capacity - 1)).seq.load(Ordering::Acquire) == pos)
             .collect()
     }
