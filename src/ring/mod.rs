@@ -324,10 +324,12 @@ impl Ring {
                 continue;
             }
             let len = (sh.len.load(Ordering::Relaxed) as usize).min(copy.len());
-            // SAFETY: in bounds; a volatile byte-wise copy of a slot another
-            // thread may claim meanwhile, validated by re-reading `seq` below.
+            let src = self.payload_ptr(pos);
             for (i, b) in copy[..len].iter_mut().enumerate() {
-                *b = unsafe { self.payload_ptr(pos).add(i).read_volatile() };
+                // SAFETY: `i < len <= payload capacity`, so in bounds; a volatile
+                // byte read of a slot another thread may claim meanwhile,
+                // validated by re-reading `seq` below.
+                *b = unsafe { src.add(i).read_volatile() };
             }
             std::sync::atomic::fence(Ordering::Acquire);
             if sh.seq.load(Ordering::Relaxed) == pos.wrapping_add(1) {
