@@ -121,6 +121,8 @@ pub(crate) struct Inner {
     /// Per worker, the (stream, seq) of the last results received from it:
     /// a dead worker's held task found here was answered and is not run again.
     recent: Vec<Recent>,
+    /// This process's claim record while `clear_tasks` pops the task ring.
+    clear_claim: AtomicU64,
     /// CLOCK_MONOTONIC ns of the last supervision (see `supervision_due`).
     last_supervised: AtomicU64,
     /// Workers in a row that exited before becoming ready.
@@ -203,6 +205,7 @@ impl Inner {
             respawns: AtomicU64::new(0),
             requeued: AtomicU64::new(0),
             last_supervised: AtomicU64::new(process::monotonic_ns()),
+            clear_claim: AtomicU64::new(0),
             recent: (0..workers).map(|_| Recent::default()).collect(),
             failed_starts: std::sync::atomic::AtomicU32::new(0),
             logs: Mutex::new(Some(logs)),
@@ -593,7 +596,7 @@ impl Inner {
     /// Returns how many were removed.
     pub fn clear_tasks(&self) -> usize {
         let mut cleared = Vec::new();
-        while let Ok(n) = self.tasks.try_pop_many(MAX_BATCH, |bytes| {
+        while let Ok(n) = self.tasks.try_pop_many_recorded(MAX_BATCH, Some(&self.clear_claim), |_, bytes| {
             if let Some(hdr) = FrameHeader::read(bytes) {
                 if hdr.body == task::BODY_BLOCK {
                     let _ = self.seg.release(hdr.block);
@@ -686,16 +689,18 @@ impl Inner {
         // Slots a consumer or producer claimed and never finished: the dead
         // worker's, unless a live worker's claim covers them. A live worker
         // between its claim and recording it is given a moment to record.
+        // Every claim is recorded before it is made (see
+        // `Ring::try_pop_many_recorded`), so a stuck slot no live claim
+        // covers is the dead worker's.
         let stuck_results = self.results.unpublished();
         let stuck_tasks = self.tasks.unreleased();
-        if !stuck_results.is_empty() || !stuck_tasks.is_empty() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
         let live_claims = |field: fn(&control::WorkerSlot) -> &AtomicU64| -> Vec<(u64, u64)> {
+            let parent = self.clear_claim.load(Ordering::Acquire);
             (0..self.layout.workers)
                 .filter(|&i| i != index)
                 .filter_map(|i| control::slot(&self.seg, self.layout.control, self.layout.workers, i).ok())
                 .map(|s| field(s).load(Ordering::Acquire))
+                .chain(std::iter::once(parent))
                 .filter(|&c| c != 0)
                 .map(|c| (c >> 8, c & 0xFF))
                 .collect()

@@ -417,10 +417,23 @@ impl Ring {
         record: Option<&AtomicU64>,
         mut write: impl FnMut(usize, &mut [u8]) -> usize,
     ) -> Result<usize, RingError> {
-        let (pos, n) = queue::claim_push(self.cursors(), &SlotSeqs(self), max.clamp(1, 255) as u64)?;
-        if let Some(r) = record {
-            r.store((pos << 8) | n, Ordering::Release);
-        }
+        // The claim is recorded before each attempt, so a claim is covered
+        // from the moment it can exist until it is published.
+        let mut intent = |pos: u64, n: u64| {
+            if let Some(r) = record {
+                r.store((pos << 8) | n, Ordering::Relaxed);
+            }
+        };
+        let claimed = queue::claim_push_with(self.cursors(), &SlotSeqs(self), max.clamp(1, 255) as u64, &mut intent);
+        let (pos, n) = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(r) = record {
+                    r.store(0, Ordering::Release);
+                }
+                return Err(e.into());
+            }
+        };
         let payload = self.payload_capacity();
         for i in 0..n {
             let p = pos.wrapping_add(i);
@@ -511,10 +524,21 @@ impl Ring {
         record: Option<&AtomicU64>,
         mut read: impl FnMut(u64, &[u8]),
     ) -> Result<usize, RingError> {
-        let (pos, n) = queue::claim_pop(self.cursors(), &SlotSeqs(self), max.clamp(1, 255) as u64)?;
-        if let Some(r) = record {
-            r.store((pos << 8) | n, Ordering::Release);
-        }
+        let mut intent = |pos: u64, n: u64| {
+            if let Some(r) = record {
+                r.store((pos << 8) | n, Ordering::Relaxed);
+            }
+        };
+        let claimed = queue::claim_pop_with(self.cursors(), &SlotSeqs(self), max.clamp(1, 255) as u64, &mut intent);
+        let (pos, n) = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(r) = record {
+                    r.store(0, Ordering::Release);
+                }
+                return Err(e.into());
+            }
+        };
         let payload = self.payload_capacity();
         let mut taken = 0;
         for i in 0..n {

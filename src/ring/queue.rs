@@ -66,6 +66,20 @@ pub fn init(slots: &impl Slots) {
 ///
 /// The caller writes slots `pos..pos + n` and then calls [`publish`] on each.
 pub fn claim_push(c: &Cursors, slots: &impl Slots, max: u64) -> Result<(u64, u64), Refused> {
+    claim_push_with(c, slots, max, &mut |_, _| {})
+}
+
+/// [`claim_push`], calling `intent(pos, n)` before every attempt to claim
+/// `pos..pos + n` (see `Ring`'s claim records).
+///
+/// SYNC: the claiming CAS is Release, so whatever `intent` stored is visible
+/// to anyone who sees the cursor moved (Acquire).
+pub fn claim_push_with(
+    c: &Cursors,
+    slots: &impl Slots,
+    max: u64,
+    intent: &mut impl FnMut(u64, u64),
+) -> Result<(u64, u64), Refused> {
     debug_assert!(max > 0);
     let mask = slots.capacity() - 1;
     let mut head = c.head.load(Ordering::Relaxed);
@@ -104,7 +118,8 @@ pub fn claim_push(c: &Cursors, slots: &impl Slots, max: u64) -> Result<(u64, u64
             head = now;
             continue;
         }
-        match c.head.compare_exchange_weak(head, head.wrapping_add(n), Ordering::Relaxed, Ordering::Relaxed) {
+        intent(head, n);
+        match c.head.compare_exchange_weak(head, head.wrapping_add(n), Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return Ok((head, n)),
             Err(now) => head = now,
         }
@@ -121,6 +136,17 @@ pub fn publish(slots: &impl Slots, pos: u64) {
 ///
 /// The caller reads slots `pos..pos + n` and then calls [`release`] on each.
 pub fn claim_pop(c: &Cursors, slots: &impl Slots, max: u64) -> Result<(u64, u64), Refused> {
+    claim_pop_with(c, slots, max, &mut |_, _| {})
+}
+
+/// [`claim_pop`], calling `intent(pos, n)` before every attempt to claim
+/// `pos..pos + n`; the claiming CAS is Release, as in [`claim_push_with`].
+pub fn claim_pop_with(
+    c: &Cursors,
+    slots: &impl Slots,
+    max: u64,
+    intent: &mut impl FnMut(u64, u64),
+) -> Result<(u64, u64), Refused> {
     debug_assert!(max > 0);
     let mask = slots.capacity() - 1;
     let mut tail = c.tail.load(Ordering::Relaxed);
@@ -159,7 +185,8 @@ pub fn claim_pop(c: &Cursors, slots: &impl Slots, max: u64) -> Result<(u64, u64)
             tail = now;
             continue;
         }
-        match c.tail.compare_exchange_weak(tail, tail.wrapping_add(n), Ordering::Relaxed, Ordering::Relaxed) {
+        intent(tail, n);
+        match c.tail.compare_exchange_weak(tail, tail.wrapping_add(n), Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return Ok((tail, n)),
             Err(now) => tail = now,
         }
