@@ -869,12 +869,21 @@ fn remove_if_stale(name: &str) -> Result<bool, SegmentError> {
         .metadata()
         .and_then(|m| m.modified())
         .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(10)));
+    let checked =
+        file.metadata().map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))?;
     let creator_dead = match Segment::from_file(file) {
         Ok(seg) => !process::is_alive(seg.creator_pid()),
         Err(SegmentError::NotReady) | Err(SegmentError::Truncated { .. }) => old,
         Err(_) => false,
     };
     let stale = creator_dead && process::pids_mapping(&format!("/dev/shm/{path}")).is_empty();
+    // Unlink only the very file that was checked: another process may have
+    // replaced the name meanwhile (a service restarting).
+    let same = std::fs::metadata(format!("/dev/shm/{path}"))
+        .is_ok_and(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)) == checked);
+    if stale && !same {
+        return Ok(false);
+    }
     if stale {
         match shm::shm_unlink(&path) {
             Ok(()) => {}
