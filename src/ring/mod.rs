@@ -338,6 +338,29 @@ impl Ring {
         }
     }
 
+    /// Claims up to `max` slots with `claim`, recording the claim, `(pos << 8)
+    /// | n`, in `record` before each attempt (so a claim is covered from the
+    /// moment it can exist) and clearing it if nothing was claimed.
+    fn claim_recorded(&self, push: bool, max: usize, record: Option<&AtomicU64>) -> Result<(u64, u64), RingError> {
+        let mut intent = |pos: u64, n: u64| {
+            if let Some(r) = record {
+                r.store((pos << 8) | n, Ordering::Relaxed);
+            }
+        };
+        let max = max.clamp(1, 255) as u64;
+        let claimed = if push {
+            queue::claim_push_with(self.cursors(), &SlotSeqs(self), max, &mut intent)
+        } else {
+            queue::claim_pop_with(self.cursors(), &SlotSeqs(self), max, &mut intent)
+        };
+        claimed.map_err(|e| {
+            if let Some(r) = record {
+                r.store(0, Ordering::Release);
+            }
+            RingError::from(e)
+        })
+    }
+
     /// Positions a consumer claimed but has not released (behind the tail,
     /// still holding their message): a consumer is reading them, or died.
     pub(crate) fn unreleased(&self) -> Vec<u64> {
@@ -417,23 +440,7 @@ impl Ring {
         record: Option<&AtomicU64>,
         mut write: impl FnMut(usize, &mut [u8]) -> usize,
     ) -> Result<usize, RingError> {
-        // The claim is recorded before each attempt, so a claim is covered
-        // from the moment it can exist until it is published.
-        let mut intent = |pos: u64, n: u64| {
-            if let Some(r) = record {
-                r.store((pos << 8) | n, Ordering::Relaxed);
-            }
-        };
-        let claimed = queue::claim_push_with(self.cursors(), &SlotSeqs(self), max.clamp(1, 255) as u64, &mut intent);
-        let (pos, n) = match claimed {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(r) = record {
-                    r.store(0, Ordering::Release);
-                }
-                return Err(e.into());
-            }
-        };
+        let (pos, n) = self.claim_recorded(true, max, record)?;
         let payload = self.payload_capacity();
         for i in 0..n {
             let p = pos.wrapping_add(i);
@@ -524,21 +531,7 @@ impl Ring {
         record: Option<&AtomicU64>,
         mut read: impl FnMut(u64, &[u8]),
     ) -> Result<usize, RingError> {
-        let mut intent = |pos: u64, n: u64| {
-            if let Some(r) = record {
-                r.store((pos << 8) | n, Ordering::Relaxed);
-            }
-        };
-        let claimed = queue::claim_pop_with(self.cursors(), &SlotSeqs(self), max.clamp(1, 255) as u64, &mut intent);
-        let (pos, n) = match claimed {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(r) = record {
-                    r.store(0, Ordering::Release);
-                }
-                return Err(e.into());
-            }
-        };
+        let (pos, n) = self.claim_recorded(false, max, record)?;
         let payload = self.payload_capacity();
         let mut taken = 0;
         for i in 0..n {
