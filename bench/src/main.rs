@@ -60,6 +60,12 @@
 //! The pipe and socket peers are this binary itself, re-executed with the
 //! hidden arguments `--peer pipe`, `--peer unix` or `--peer sink BYTES`.
 
+mod common;
+mod floor;
+mod oneway;
+mod peers;
+mod report;
+
 use std::collections::VecDeque;
 use std::error::Error;
 use std::fs::File;
@@ -133,10 +139,14 @@ fn square(x: u64) -> u64 {
 
 fn main() -> BoxResult<()> {
     shmpool::init();
+    procspawn::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(PEER_FLAG) {
+        let rest = args.get(2..).unwrap_or(&[]);
         return match args.get(1).map(String::as_str) {
             Some(SINK) => run_sink(args.get(2).map(String::as_str)),
+            Some(role) if role.starts_with("oneway-") => oneway::run_peer(role, rest),
+            Some(role) if role.starts_with("rt-") => peers::run_peer(role, rest),
             transport => run_peer(transport),
         };
     }
@@ -252,6 +262,13 @@ impl Mode {
 struct Options {
     mode: Mode,
     json: Option<PathBuf>,
+    only: Option<Vec<String>>,
+}
+
+impl Options {
+    fn wants(&self, section: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.iter().any(|s| s == section))
+    }
 }
 
 enum Action {
@@ -260,13 +277,17 @@ enum Action {
 }
 
 fn parse_args(args: &[String]) -> Result<Action, String> {
-    let mut options = Options { mode: Mode::Quick, json: None };
+    let mut options = Options { mode: Mode::Quick, json: None, only: None };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => return Ok(Action::Help),
             "--quick" => options.mode = Mode::Quick,
             "--full" => options.mode = Mode::Full,
+            "--only" => {
+                let list = args.next().ok_or("--only needs a list of sections")?;
+                options.only = Some(list.split(',').map(str::to_owned).collect());
+            }
             "--json" => {
                 let path = args.next().ok_or("--json needs a file name")?;
                 options.json = Some(PathBuf::from(path));
@@ -286,13 +307,44 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
 fn run(options: &Options) -> BoxResult<()> {
     let params = options.mode.params();
     let machine = Machine::detect();
-    let latency = measure_latency(&params)?;
-    let throughput = measure_throughput(&params, machine.cores)?;
-    let payload = measure_payload(&params)?;
-    let idle = measure_idle_cpu()?;
-    let locks = measure_locks(&params)?;
-    let map = measure_map(&params)?;
-    let handoff = measure_handoff(&params)?;
+    let latency = if options.wants("latency") { measure_latency(&params)? } else { Vec::new() };
+    let throughput = if options.wants("throughput") { measure_throughput(&params, machine.cores)? } else { Vec::new() };
+    let payload = if options.wants("payload") { measure_payload(&params)? } else { Vec::new() };
+    let idle = if options.wants("idle") {
+        measure_idle_cpu()?
+    } else {
+        IdleCpu { window: Duration::ZERO, parent: Duration::ZERO, worker: Duration::ZERO }
+    };
+    let locks = if options.wants("locks") { measure_locks(&params)? } else { Vec::new() };
+    let map = if options.wants("map") { measure_map(&params)? } else { Vec::new() };
+    let handoff = if options.wants("handoff") { measure_handoff(&params)? } else { Vec::new() };
+    let mode = match options.mode {
+        Mode::Quick => common::Mode::Quick,
+        Mode::Full => common::Mode::Full,
+    };
+    let floor =
+        floor::Floor { round_trip: common::Latency::from_histogram("floor", &common::histogram()), memcpy: Vec::new() };
+    let mut sections = Vec::new();
+    if options.wants("oneway") {
+        let oneway = oneway::measure(mode)?;
+        sections = oneway::sections(&oneway, &floor);
+    }
+    let mut peer_latency = if options.wants("peers") { peers::latency(mode)? } else { Vec::new() };
+    let peer_throughput = if options.wants("peers") { peers::throughput(mode, machine.cores)? } else { Vec::new() };
+    let python_handoff = if options.wants("peers") { peers::python_handoff(mode, &HANDOFF_SIZES)? } else { Vec::new() };
+    let mut extra = report::Section::new("peers", "Peers (temporary wiring)", common::Latency::columns());
+    for row in peer_latency.drain(..) {
+        extra.row(row.name.clone(), row.cells());
+    }
+    for (size, row) in HANDOFF_SIZES.iter().zip(python_handoff) {
+        if let Some(row) = row {
+            extra.row(format!("{} {}", row.name, format_bytes(*size)), row.cells());
+        }
+    }
+    for row in peer_throughput {
+        extra.note(format!("{}: {} {:.0} tasks/s", row.name, row.delivery.name(), row.tasks_per_second()));
+    }
+    sections.push(extra);
     let report = Report {
         mode: options.mode,
         params: &params,
@@ -306,6 +358,9 @@ fn run(options: &Options) -> BoxResult<()> {
         handoff: &handoff,
     };
     print!("{}", report.table());
+    for section in &sections {
+        print!("{}", section.table());
+    }
     if let Some(path) = &options.json {
         std::fs::write(path, report.json())?;
         println!("\nJSON written to {}", path.display());

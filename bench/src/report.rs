@@ -1,0 +1,207 @@
+//! The report: sections of rows, printed as aligned tables or written as JSON.
+//!
+//! Every measuring module returns [`Section`]s; this module knows nothing of
+//! what they measure. A cell carries its value in a base unit (nanoseconds,
+//! per second, bytes) so that the JSON holds plain numbers and the table
+//! chooses how to show them.
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::common::{format_bandwidth, format_bytes, format_nanos, format_rate, Machine, Mode};
+
+/// A column after the name column: its header and its key in the JSON.
+#[derive(Clone, Debug)]
+pub struct Column {
+    pub header: &'static str,
+    pub key: &'static str,
+}
+
+impl Column {
+    pub const fn new(header: &'static str, key: &'static str) -> Self {
+        Column { header, key }
+    }
+}
+
+/// One value of a row.
+#[derive(Clone, Debug)]
+pub enum Cell {
+    /// A time, in nanoseconds.
+    Nanos(f64),
+    /// Operations per second.
+    Rate(f64),
+    /// Bytes per second.
+    Bandwidth(f64),
+    /// A size in bytes.
+    Bytes(u64),
+    /// A count.
+    Count(u64),
+    /// A time relative to a reference row's: above 1 the row is slower.
+    /// Printed as "3.20x slower" or "1.50x faster".
+    Slower(f64),
+    /// A plain factor, printed as "3.2x".
+    Factor(f64),
+    Text(String),
+    /// Not measured (shown as "-", null in the JSON).
+    Empty,
+}
+
+impl Cell {
+    pub fn time(duration: Duration) -> Cell {
+        Cell::Nanos(duration.as_secs_f64() * 1e9)
+    }
+
+    /// `row / reference` as [`Cell::Slower`], or empty when either is unknown.
+    pub fn slower(row: Option<f64>, reference: Option<f64>) -> Cell {
+        match (row, reference) {
+            (Some(row), Some(reference)) if reference > 0.0 && row.is_finite() => Cell::Slower(row / reference),
+            _ => Cell::Empty,
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Cell::Nanos(ns) => format_nanos(*ns),
+            Cell::Rate(rate) => format_rate(*rate),
+            Cell::Bandwidth(rate) => format_bandwidth(*rate),
+            Cell::Bytes(bytes) => format_bytes(*bytes as usize),
+            Cell::Count(count) => count.to_string(),
+            Cell::Slower(ratio) if (ratio - 1.0).abs() < 1e-9 => "reference".to_owned(),
+            Cell::Slower(ratio) if *ratio >= 1.0 => format!("{ratio:.2}x slower"),
+            Cell::Slower(ratio) => format!("{:.2}x faster", 1.0 / ratio),
+            Cell::Factor(factor) => format!("{factor:.1}x"),
+            Cell::Text(text) => text.clone(),
+            Cell::Empty => "-".to_owned(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let number = |x: f64| if x.is_finite() { json!((x * 1e4).round() / 1e4) } else { Value::Null };
+        match self {
+            Cell::Nanos(x) | Cell::Rate(x) | Cell::Bandwidth(x) | Cell::Slower(x) | Cell::Factor(x) => number(*x),
+            Cell::Bytes(n) | Cell::Count(n) => json!(n),
+            Cell::Text(text) => json!(text),
+            Cell::Empty => Value::Null,
+        }
+    }
+}
+
+/// One row: a name and one cell per column.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub name: String,
+    pub cells: Vec<Cell>,
+}
+
+impl Row {
+    pub fn new(name: impl Into<String>, cells: Vec<Cell>) -> Self {
+        Row { name: name.into(), cells }
+    }
+}
+
+/// One table of the report.
+#[derive(Clone, Debug)]
+pub struct Section {
+    /// Key of the section in the JSON ("latency", "locks", ...).
+    pub id: String,
+    pub title: String,
+    pub columns: Vec<Column>,
+    pub rows: Vec<Row>,
+    /// Lines printed under the table: how to read it, goals met or missed.
+    pub notes: Vec<String>,
+}
+
+impl Section {
+    pub fn new(id: impl Into<String>, title: impl Into<String>, columns: Vec<Column>) -> Self {
+        Section { id: id.into(), title: title.into(), columns, rows: Vec::new(), notes: Vec::new() }
+    }
+
+    pub fn row(&mut self, name: impl Into<String>, cells: Vec<Cell>) {
+        debug_assert_eq!(cells.len(), self.columns.len(), "a row of section {} has the wrong width", self.id);
+        self.rows.push(Row::new(name, cells));
+    }
+
+    pub fn note(&mut self, note: impl Into<String>) {
+        self.notes.push(note.into());
+    }
+
+    /// The section as an aligned text table.
+    pub fn table(&self) -> String {
+        let cells: Vec<Vec<String>> = self.rows.iter().map(|row| row.cells.iter().map(Cell::text).collect()).collect();
+        let name_width = self.rows.iter().map(|row| row.name.chars().count()).max().unwrap_or(0);
+        let widths: Vec<usize> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| {
+                let widest = cells.iter().filter_map(|row| row.get(i)).map(|c| c.chars().count()).max();
+                widest.unwrap_or(0).max(column.header.chars().count())
+            })
+            .collect();
+        let mut out = format!("\n{}\n", self.title);
+        out += &format!("  {:<name_width$}", "");
+        for (column, width) in self.columns.iter().zip(&widths) {
+            out += &format!("  {:>width$}", column.header);
+        }
+        out += "\n";
+        for (row, cells) in self.rows.iter().zip(&cells) {
+            out += &format!("  {:<name_width$}", row.name);
+            for (cell, width) in cells.iter().zip(&widths) {
+                out += &format!("  {cell:>width$}");
+            }
+            out += "\n";
+        }
+        for note in &self.notes {
+            out += &format!("  {note}\n");
+        }
+        out
+    }
+
+    pub fn json(&self) -> Value {
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|row| {
+                let mut object = Map::new();
+                object.insert("name".to_owned(), json!(row.name));
+                for (column, cell) in self.columns.iter().zip(&row.cells) {
+                    object.insert(column.key.to_owned(), cell.json());
+                }
+                Value::Object(object)
+            })
+            .collect();
+        json!({ "title": self.title, "rows": rows, "notes": self.notes })
+    }
+}
+
+/// The whole report: the machine, the mode and every section in order.
+pub struct Report<'a> {
+    pub mode: Mode,
+    pub machine: &'a Machine,
+    pub sections: &'a [Section],
+}
+
+impl Report<'_> {
+    pub fn table(&self) -> String {
+        let mut out = format!("\nshmpool-bench ({} mode) on {}\n", self.mode.name(), self.machine.describe());
+        for section in self.sections {
+            out += &section.table();
+        }
+        out
+    }
+
+    pub fn json(&self) -> String {
+        let mut sections = Map::new();
+        for section in self.sections {
+            sections.insert(section.id.clone(), section.json());
+        }
+        let machine = self.machine;
+        let report = json!({
+            "mode": self.mode.name(),
+            "machine": { "cpu": machine.cpu, "cores": machine.cores, "kernel": machine.kernel },
+            "sections": sections,
+        });
+        serde_json::to_string_pretty(&report).expect("a JSON value serialises") + "\n"
+    }
+}
