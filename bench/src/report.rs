@@ -40,6 +40,8 @@ pub enum Cell {
     /// A time relative to a reference row's: above 1 the row is slower.
     /// Printed as "3.20x slower" or "1.50x faster".
     Slower(f64),
+    /// Marks the row the others are compared with (1 in the JSON).
+    Reference,
     /// A plain factor, printed as "3.2x".
     Factor(f64),
     Text(String),
@@ -67,7 +69,7 @@ impl Cell {
             Cell::Bandwidth(rate) => format_bandwidth(*rate),
             Cell::Bytes(bytes) => format_bytes(*bytes as usize),
             Cell::Count(count) => count.to_string(),
-            Cell::Slower(ratio) if (ratio - 1.0).abs() < 1e-9 => "reference".to_owned(),
+            Cell::Reference => "reference".to_owned(),
             Cell::Slower(ratio) if *ratio >= 1.0 => format!("{ratio:.2}x slower"),
             Cell::Slower(ratio) => format!("{:.2}x faster", 1.0 / ratio),
             Cell::Factor(factor) => format!("{factor:.1}x"),
@@ -81,6 +83,7 @@ impl Cell {
         match self {
             Cell::Nanos(x) | Cell::Rate(x) | Cell::Bandwidth(x) | Cell::Slower(x) | Cell::Factor(x) => number(*x),
             Cell::Bytes(n) | Cell::Count(n) => json!(n),
+            Cell::Reference => json!(1.0),
             Cell::Text(text) => json!(text),
             Cell::Empty => Value::Null,
         }
