@@ -250,3 +250,33 @@ fn floor_section(floor: &floor::Floor) -> Section {
     ));
     section
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Action, String> {
+        parse_args(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_parse_in_both_spellings() {
+        let Ok(Action::Run(options)) = parse(&["--full", "--json=out.json", "--plot", "charts", "--only", "locks,map"])
+        else {
+            panic!("valid arguments were refused");
+        };
+        assert_eq!(options.mode, Mode::Full);
+        assert_eq!(options.json, Some(PathBuf::from("out.json")));
+        assert_eq!(options.plot, Some(PathBuf::from("charts")));
+        assert!(options.wants("locks") && options.wants("map") && !options.wants("latency"));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_with_a_reason() {
+        assert!(parse(&["--only", "latency,nope"]).is_err_and(|e| e.contains("nope")));
+        assert!(parse(&["--json"]).is_err_and(|e| e.contains("--json needs")));
+        assert!(parse(&["--plot="]).is_err());
+        assert!(parse(&["--fast"]).is_err_and(|e| e.contains("--fast")));
+        assert!(matches!(parse(&["-h"]), Ok(Action::Help)));
+    }
+}

@@ -284,3 +284,55 @@ fn bar_chart(title: &str, bars: &[(String, f64, String)], caption: &str) -> Stri
     caption_line(&mut svg, height - 14.0, caption);
     svg + "</svg>\n"
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::common::Delivery;
+
+    fn latency(name: &str, p50_ns: u64) -> Latency {
+        let mut histogram = crate::common::histogram();
+        for k in 1..=1000 {
+            histogram.record(p50_ns * k / 500).expect("in range");
+        }
+        Latency::from_histogram(name, &histogram)
+    }
+
+    #[test]
+    fn log_scale_maps_decades_to_the_ends() {
+        let scale = LogScale::covering([150.0, 42_000.0].into_iter(), 0.0, 300.0);
+        assert_eq!((scale.lo, scale.hi), (100.0, 100_000.0));
+        assert!((scale.at(100.0) - 0.0).abs() < 1e-9);
+        assert!((scale.at(100_000.0) - 300.0).abs() < 1e-9);
+        assert!((scale.at(10_000.0) - 200.0).abs() < 1e-9);
+        assert_eq!(scale.decades().count(), 4);
+    }
+
+    #[test]
+    fn charts_name_every_series_and_the_machine() {
+        let dir = std::env::temp_dir().join(format!("shmpool-bench-plot-test-{}", std::process::id()));
+        let machine = Machine { cpu: "Test CPU <x>".to_owned(), cores: 2, kernel: "6.1".to_owned() };
+        let data = Data {
+            latency: vec![latency("shmpool", 1_000), latency("pipe & co", 10_000)],
+            throughput: vec![Throughput {
+                name: "shmpool, map".to_owned(),
+                delivery: Delivery::Batched,
+                workers: 1,
+                tasks: 1_000,
+                elapsed: Duration::from_millis(1),
+            }],
+            oneway: None,
+        };
+        let written = write_all(&dir, &machine, Mode::Quick, &data).expect("charts are written");
+        assert_eq!(written, ["latency.svg", "throughput.svg"]);
+        let svg = std::fs::read_to_string(dir.join("latency.svg")).expect("readable");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("pipe &amp; co") && svg.contains("Test CPU &lt;x&gt;, 2 cores, Linux 6.1"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        let bars = std::fs::read_to_string(dir.join("throughput.svg")).expect("readable");
+        assert!(bars.contains("1.00 M/s"), "{bars}");
+        std::fs::remove_dir_all(&dir).expect("removed");
+    }
+}

@@ -208,3 +208,49 @@ impl Report<'_> {
         serde_json::to_string_pretty(&report).expect("a JSON value serialises") + "\n"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section() -> Section {
+        let mut section = Section::new("s", "Title", vec![Column::new("time", "ns"), Column::new("vs", "ratio")]);
+        section.row("fast", vec![Cell::Nanos(1500.0), Cell::Reference]);
+        section.row("a slower one", vec![Cell::Nanos(4500.0), Cell::slower(Some(4500.0), Some(1500.0))]);
+        section.row("unmeasured", vec![Cell::Empty, Cell::slower(None, Some(1.0))]);
+        section.note("a note");
+        section
+    }
+
+    #[test]
+    fn table_aligns_columns_and_describes_ratios() {
+        let table = section().table();
+        let lines: Vec<&str> = table.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines[0], "Title");
+        assert!(lines[2].contains("1.5 µs") && lines[2].ends_with("reference"), "{table}");
+        assert!(lines[3].ends_with("3.00x slower"), "{table}");
+        assert!(lines[4].ends_with("-"), "{table}");
+        // Every row is as wide as the header: the columns line up.
+        let width = lines[1].chars().count();
+        assert!(lines[2..5].iter().all(|l| l.chars().count() == width), "{table}");
+        assert_eq!(lines[5], "  a note");
+    }
+
+    #[test]
+    fn json_keys_rows_by_column_in_base_units() {
+        let json = section().json();
+        let rows = json["rows"].as_array().expect("rows");
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0]["name"], "fast");
+        assert_eq!(rows[0]["ns"], 1500.0);
+        assert_eq!(rows[1]["ratio"], 3.0);
+        assert!(rows[2]["ns"].is_null() && rows[2]["ratio"].is_null());
+        assert_eq!(json["notes"][0], "a note");
+    }
+
+    #[test]
+    fn slower_below_one_reads_as_faster() {
+        assert_eq!(Cell::slower(Some(1.0), Some(4.0)).text(), "4.00x faster");
+        assert!(matches!(Cell::slower(Some(1.0), Some(0.0)), Cell::Empty));
+    }
+}
