@@ -209,13 +209,23 @@ impl<G> std::error::Error for LockError<G> {}
 /// A lock cell in a segment, as seen by one process.
 #[derive(Clone)]
 pub(crate) struct LockRef {
-    seg: Segment,
-    offset: u64,
+    /// Keeps the mapping that `cell` points into alive.
+    _seg: Segment,
+    /// The lock's cell, validated (bounds, alignment) once at open: the hot
+    /// paths use it without going through the segment again.
+    cell: std::ptr::NonNull<LockCell>,
     kind: LockKind,
     name: String,
     options: LockOptions,
     spin: std::sync::Arc<AdaptiveSpin>,
 }
+
+// SAFETY: the only non-Send/Sync field is `cell`, a pointer into the mapping
+// that `_seg` (itself Send + Sync) keeps alive; `LockCell` holds only atomics,
+// which any thread of any process may use through a shared reference.
+unsafe impl Send for LockRef {}
+// SAFETY: as for Send.
+unsafe impl Sync for LockRef {}
 
 impl fmt::Debug for LockRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -232,13 +242,13 @@ impl LockRef {
         name: &str,
         options: LockOptions,
     ) -> Result<LockRef, SegmentError> {
-        let found = seg.get::<LockCell>(offset)?.kind()?;
-        if found != kind {
+        let cell = seg.get::<LockCell>(offset)?;
+        if cell.kind()? != kind {
             return Err(SegmentError::TypeMismatch { name: name.to_owned() });
         }
         Ok(LockRef {
-            seg: seg.clone(),
-            offset,
+            _seg: seg.clone(),
+            cell: std::ptr::NonNull::from(cell),
             kind,
             name: name.to_owned(),
             options,
@@ -247,7 +257,10 @@ impl LockRef {
     }
 
     fn cell(&self) -> &LockCell {
-        self.seg.get::<LockCell>(self.offset).expect("lock cell was validated at open")
+        // SAFETY: `cell` came from `Segment::get` at open (in bounds, aligned,
+        // and `LockCell: ShmSafe`, valid for any bytes), and `self._seg` keeps
+        // that mapping alive for as long as `self` lives.
+        unsafe { self.cell.as_ref() }
     }
 
     /// Acquires in `hold` mode (shared falls back to exclusive for kinds

@@ -70,10 +70,18 @@ impl RawMutex {
     /// the result is then [`Acquired::OwnerDied`].
     pub fn lock(&self, deadline: Option<Instant>) -> Result<Acquired, LockTimeout> {
         let me = os::current_pid() & PID_MASK;
+        if self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return Ok(Acquired::Clean);
+        }
+        // Spin briefly, reading: a CAS would take the line from the holder on
+        // every pass, and the holder needs it to unlock. Try again only when
+        // the word reads free.
         for _ in 0..64 {
-            match self.word.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Ok(Acquired::Clean),
-                Err(_) => std::hint::spin_loop(),
+            std::hint::spin_loop();
+            if self.word.load(Ordering::Relaxed) == 0
+                && self.word.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                return Ok(Acquired::Clean);
             }
         }
         let mut next_check: Option<Instant> = None;
