@@ -21,6 +21,8 @@ use crate::common::BoxResult;
 pub const ROLE: &str = "oneway-iceoryx2";
 
 type Service = ipc::Service;
+/// A publish-subscribe service of byte slices.
+type Bytes = PubSubService<Service, [u8], ()>;
 
 /// One end: a publisher on the outgoing service, a subscriber on the
 /// incoming one, and (blocking) a notifier and a listener beside them.
@@ -29,7 +31,7 @@ struct IoxLink {
     publisher: Publisher<Service, [u8], ()>,
     subscriber: Subscriber<Service, [u8], ()>,
     wake: Option<(Notifier<Service>, Listener<Service>)>,
-    _services: (PubSubService<Service, [u8], ()>, PubSubService<Service, [u8], ()>),
+    _services: (Bytes, Bytes),
     _events: Option<(EventService<Service>, EventService<Service>)>,
     _node: Node<Service>,
     size: usize,
@@ -64,10 +66,17 @@ fn node(prefix: &str) -> BoxResult<Node<Service>> {
         .create::<Service>()?)
 }
 
-/// Removes the one file iceoryx2 keeps after its last node is gone (the
-/// domain's node counter). Call once every row of this run has ended and its
-/// child was reaped.
+/// Removes what iceoryx2 leaves of this run: the resources of children that
+/// died (after a failure), then the one file it keeps after its last node is
+/// gone (the domain's node counter). Call once every row of this run has
+/// ended and its child was reaped.
 pub fn remove_domain() -> BoxResult<()> {
+    let cleaner = node(&file_prefix())?;
+    let state = cleaner.blocking_cleanup_dead_nodes(Duration::from_secs(1));
+    drop(cleaner);
+    if state.failed_cleanups > 0 {
+        return Err(format!("iceoryx2 could not clean up {} dead nodes", state.failed_cleanups).into());
+    }
     // SAFETY: the function's contract is that no other process uses the
     // domain; ours is private to this run (its prefix holds our pid), every
     // child of it has exited and been reaped (rows end with `Peer::finish`,
@@ -84,7 +93,7 @@ impl IoxLink {
         let node = node(&file_prefix())?;
         let [ping, pong, ping_event, pong_event] = names(base)?;
         let (window, _) = link::window(size);
-        let pub_sub = |name: &ServiceName| -> BoxResult<PubSubService<Service, [u8], ()>> {
+        let pub_sub = |name: &ServiceName| -> BoxResult<Bytes> {
             Ok(node
                 .service_builder(name)
                 .publish_subscribe::<[u8]>()
@@ -112,7 +121,7 @@ impl IoxLink {
     fn open(base: &str, prefix: &str, size: usize, blocking: bool) -> BoxResult<IoxLink> {
         let node = node(prefix)?;
         let [ping, pong, ping_event, pong_event] = names(base)?;
-        let pub_sub = |name: &ServiceName| -> BoxResult<PubSubService<Service, [u8], ()>> {
+        let pub_sub = |name: &ServiceName| -> BoxResult<Bytes> {
             Ok(node.service_builder(name).publish_subscribe::<[u8]>().open()?)
         };
         // Ours is the other way round: we publish on pong.
@@ -131,7 +140,7 @@ impl IoxLink {
     /// Ports publishing on `services.0` and subscribing to `services.1`.
     fn ports(
         node: Node<Service>,
-        services: (PubSubService<Service, [u8], ()>, PubSubService<Service, [u8], ()>),
+        services: (Bytes, Bytes),
         events: Option<(EventService<Service>, EventService<Service>)>,
         size: usize,
     ) -> BoxResult<IoxLink> {

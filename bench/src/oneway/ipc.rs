@@ -35,7 +35,7 @@ impl Link for IpcLink {
     }
 
     fn recv(&mut self) -> BoxResult<u64> {
-        link::check(&self.rx.recv()?, self.size)
+        link::check(&self.rx.recv().map_err(gone)?, self.size)
     }
 
     fn send_ack(&mut self, n: u64) -> BoxResult<()> {
@@ -43,8 +43,13 @@ impl Link for IpcLink {
     }
 
     fn recv_ack(&mut self) -> BoxResult<u64> {
-        link::ack_of(&self.rx.recv()?)
+        link::ack_of(&self.rx.recv().map_err(gone)?)
     }
+}
+
+/// A receive failed: the other end closed, died, or was killed by its watchdog.
+fn gone(e: ipc_channel::IpcError) -> String {
+    format!("ipc-channel receive failed (peer gone, or stuck and killed by its watchdog): {e}")
 }
 
 /// Both phases with a child process (this binary as `--peer oneway-ipc-channel`).

@@ -33,7 +33,7 @@ pub const FLUSHED: u64 = 1 << 63;
 /// How long a receive waits before it declares the peer lost.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a child process may live at most (its watchdog kills it then).
-const LIFETIME: Duration = Duration::from_secs(120);
+const LIFETIME: Duration = Duration::from_secs(60);
 
 /// One end of a transport, carrying payloads of one size and small
 /// acknowledgements. Every receive fails (never hangs) once [`TIMEOUT`]
@@ -154,7 +154,7 @@ impl Plan {
         Plan {
             warm_up: mode.pick(300, 3_000),
             round_trips: mode.pick(20_000, 200_000),
-            budget: mode.pick(Duration::from_millis(350), Duration::from_secs(3)),
+            budget: mode.pick(Duration::from_millis(500), Duration::from_secs(3)),
             messages: mode.pick(200_000, 2_000_000),
         }
     }
@@ -258,13 +258,12 @@ impl Sender {
             if (self.sent - first) % 64 == 0 && self.sent - first >= self.window && start.elapsed() > budget {
                 break;
             }
-            while self.sent - self.acked >= self.window {
-                let ack = link.recv_ack()?;
-                self.take_ack(ack)?;
-            }
+            self.wait_for_room(link)?;
             link.send(self.sent)?;
             self.sent += 1;
         }
+        // The flush is a message too: it needs room in the window.
+        self.wait_for_room(link)?;
         link.send(FLUSH)?;
         loop {
             let ack = link.recv_ack()?;
@@ -275,6 +274,15 @@ impl Sender {
             }
             self.take_ack(ack)?;
         }
+    }
+
+    /// Waits until fewer than `window` messages are unacknowledged.
+    fn wait_for_room(&mut self, link: &mut dyn Link) -> BoxResult<()> {
+        while self.sent - self.acked >= self.window {
+            let ack = link.recv_ack()?;
+            self.take_ack(ack)?;
+        }
+        Ok(())
     }
 
     fn take_ack(&mut self, ack: u64) -> BoxResult<()> {
@@ -300,7 +308,13 @@ impl Sender {
 pub struct Peer {
     child: Child,
     role: String,
-    watchdog: Option<(Arc<(Mutex<bool>, Condvar)>, JoinHandle<()>)>,
+    watchdog: Option<Watchdog>,
+}
+
+/// The flag that cancels a watchdog, and its thread.
+struct Watchdog {
+    cancel: Arc<(Mutex<bool>, Condvar)>,
+    thread: JoinHandle<()>,
 }
 
 impl Peer {
@@ -322,7 +336,7 @@ impl Peer {
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
         });
-        Ok(Peer { child, role: role.to_owned(), watchdog: Some((cancel, thread)) })
+        Ok(Peer { child, role: role.to_owned(), watchdog: Some(Watchdog { cancel, thread }) })
     }
 
     pub fn pid(&self) -> u32 {
@@ -358,7 +372,7 @@ impl Peer {
     }
 
     fn cancel_watchdog(&mut self) {
-        if let Some((cancel, thread)) = self.watchdog.take() {
+        if let Some(Watchdog { cancel, thread }) = self.watchdog.take() {
             *cancel.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
             cancel.1.notify_all();
             let _ = thread.join();

@@ -2,6 +2,7 @@
 //! and out), or [`SharedBuffer`] handles (written once in place, read in
 //! place), spinning or not.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use shmpool::{BufferHandle, Channel, ChannelError, SharedBuffer};
@@ -57,31 +58,34 @@ struct BufferLink<'a> {
     chan: &'a Channel<Handoff, Handoff>,
     size: usize,
     template: Vec<u8>,
-    /// Used in turn: buffer `i % len` carries message `i`; the window of
-    /// unacknowledged messages is never longer than this.
-    buffers: Vec<SharedBuffer>,
-    next: usize,
+    /// Buffers this end may write, the one freed last on top: it is reused
+    /// first, while it is still in the cache.
+    free: Vec<SharedBuffer>,
+    /// Buffers sent, oldest first: the receiver lets go of them in order.
+    in_flight: VecDeque<SharedBuffer>,
 }
 
 impl<'a> BufferLink<'a> {
     fn new(chan: &'a Channel<Handoff, Handoff>, size: usize, buffers: u64) -> BoxResult<Self> {
-        let buffers = (0..buffers).map(|_| chan.segment().buffer(size as u64)).collect::<Result<_, _>>()?;
-        Ok(BufferLink { chan, size, template: link::template(size), buffers, next: 0 })
+        let free = (0..buffers).map(|_| chan.segment().buffer(size as u64)).collect::<Result<_, _>>()?;
+        Ok(BufferLink { chan, size, template: link::template(size), free, in_flight: VecDeque::new() })
     }
 }
 
 impl Link for BufferLink<'_> {
     fn send(&mut self, seq: u64) -> BoxResult<()> {
-        let count = self.buffers.len();
-        let buffer = &mut self.buffers[self.next % count];
-        self.next += 1;
-        if !buffer.reclaim_write() {
-            return Err("a shared buffer is still held by the receiver after its acknowledgement".into());
+        while self.in_flight.front_mut().is_some_and(SharedBuffer::reclaim_write) {
+            self.free.extend(self.in_flight.pop_front());
         }
+        // The window of unacknowledged messages is shorter than the buffers.
+        let in_flight = self.in_flight.len();
+        let mut buffer =
+            self.free.pop().ok_or_else(|| format!("all {in_flight} shared buffers are still held by the receiver"))?;
         let bytes = buffer.as_mut_slice().ok_or("a reclaimed buffer is not writable")?;
         bytes.copy_from_slice(&self.template);
         link::stamp(bytes, seq);
         let handle = buffer.share()?;
+        self.in_flight.push_back(buffer);
         Ok(self.chan.send(&(seq, Some(handle)))?)
     }
 
