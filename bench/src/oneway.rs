@@ -50,6 +50,7 @@ enum Transport {
     ShmVec,
     ShmVecBlocking,
     ShmBuffer,
+    ShmBufferBlocking,
     IoxPolling,
     IoxBlocking,
     IpcChannel,
@@ -58,10 +59,11 @@ enum Transport {
 const SHMPOOL_PREFIX: &str = "shmpool";
 
 impl Transport {
-    const ALL: [Transport; 6] = [
+    const ALL: [Transport; 7] = [
         Transport::ShmVec,
         Transport::ShmVecBlocking,
         Transport::ShmBuffer,
+        Transport::ShmBufferBlocking,
         Transport::IoxPolling,
         Transport::IoxBlocking,
         Transport::IpcChannel,
@@ -72,6 +74,7 @@ impl Transport {
             Transport::ShmVec => "shmpool channel, Vec<u8>",
             Transport::ShmVecBlocking => "shmpool channel, Vec<u8>, no spinning",
             Transport::ShmBuffer => "shmpool channel, SharedBuffer handle",
+            Transport::ShmBufferBlocking => "shmpool channel, SharedBuffer handle, no spinning",
             Transport::IoxPolling => "iceoryx2 pub-sub, loaned, polling",
             Transport::IoxBlocking => "iceoryx2 pub-sub, loaned, event wait",
             Transport::IpcChannel => "ipc-channel, IpcBytesSender",
@@ -80,7 +83,7 @@ impl Transport {
 
     /// A handle is larger than an 8-byte payload: the buffer rows start at 4 KiB.
     fn runs_at(self, size: usize) -> bool {
-        self != Transport::ShmBuffer || size >= 4 << 10
+        !matches!(self, Transport::ShmBuffer | Transport::ShmBufferBlocking) || size >= 4 << 10
     }
 
     fn run(self, size: usize, plan: &Plan, row: usize) -> BoxResult<(Echoed, Streamed)> {
@@ -88,6 +91,7 @@ impl Transport {
             Transport::ShmVec => shm::vec_rows(size, false, plan),
             Transport::ShmVecBlocking => shm::vec_rows(size, true, plan),
             Transport::ShmBuffer => shm::buffer_rows(size, false, plan),
+            Transport::ShmBufferBlocking => shm::buffer_rows(size, true, plan),
             Transport::IoxPolling => iox::rows(size, false, plan, row),
             Transport::IoxBlocking => iox::rows(size, true, plan, row),
             Transport::IpcChannel => ipc::rows(size, plan),
@@ -231,10 +235,11 @@ fn latency_section(result: &OneWay, floor: &Floor) -> Section {
             _ => "GOAL MISSED",
         };
         verdicts.push(format!("{line}: {verdict}"));
-        if let (Some(a), Some(b)) = (
-            rows.iter().find(|r| r.transport == Transport::ShmVecBlocking.name()),
-            rows.iter().find(|r| r.transport == Transport::IoxBlocking.name()),
-        ) {
+        let blocking_shmpool =
+            rows.iter().filter(|r| r.transport.ends_with("no spinning")).min_by_key(|r| r.latency.p50);
+        if let (Some(a), Some(b)) =
+            (blocking_shmpool, rows.iter().find(|r| r.transport == Transport::IoxBlocking.name()))
+        {
             verdicts.push(format!(
                 "{}: without spinning, shmpool p50 {} (CPU/msg {}) vs iceoryx2 with its event {} (CPU/msg {})",
                 format_bytes(size),
