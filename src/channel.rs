@@ -109,6 +109,8 @@ pub struct Channel<S, R> {
     seg: Segment,
     tx: Ring,
     rx: Ring,
+    /// How this end waits for room or for a message: spin this long, then sleep.
+    spin: SpinPolicy,
     /// The parent's end knows its child; the child's end has `None`.
     child: Option<Child>,
     _types: PhantomData<fn(S) -> R>,
@@ -149,6 +151,7 @@ pub fn start<S: Message, R: Message, A: Message>(
         seg,
         tx: down,
         rx: up,
+        spin: SpinPolicy::DEFAULT,
         child: Some(Child { inner, pid, outcome: Mutex::new(Outcome::Pending(ticket)) }),
         _types: PhantomData,
     })
@@ -182,9 +185,32 @@ unsafe fn run_child<S: Message, R: Message, A: Message>(
         Err(e) => return out.fail(task::ST_BAD_INPUT, &e.to_string()),
     };
     // Dropped (closing `up`) when `f` returns or unwinds.
-    let end = Channel { seg, tx: up, rx: down, child: None, _types: PhantomData };
+    let end = Channel { seg, tx: up, rx: down, spin: SpinPolicy::DEFAULT, child: None, _types: PhantomData };
     f(end, args);
     out.set(ST_OK, &());
+}
+
+impl<S, R> Channel<S, R> {
+    /// This end, waiting at most `spin` (spinning, then yielding) for a
+    /// message or for room before it sleeps on a futex; `Duration::ZERO`
+    /// sleeps at once (no busy waiting: the lowest CPU use, the slowest
+    /// wake-up). The default spins up to 50 µs, adaptively.
+    ///
+    /// Each end chooses for itself: a child that should not spin either calls
+    /// this on the end its function receives.
+    pub fn with_spin(mut self, spin: Duration) -> Self {
+        self.spin = SpinPolicy { spin };
+        self
+    }
+
+    /// The segment the channel lives in: allocate a
+    /// [`SharedBuffer`](crate::SharedBuffer) here and send its
+    /// [`BufferHandle`](crate::BufferHandle) to hand over bytes without
+    /// copying them; the other end opens the handle with its own end's
+    /// segment (the child's end is in the same segment as the parent's).
+    pub fn segment(&self) -> &Segment {
+        &self.seg
+    }
 }
 
 impl<S: Message, R: Message> Channel<S, R> {
@@ -212,7 +238,7 @@ impl<S: Message, R: Message> Channel<S, R> {
         loop {
             let chunk = Instant::now() + PEER_CHECK;
             let until = deadline.map_or(chunk, |d| d.min(chunk));
-            match self.tx.push_many_with(1, Some(until), SpinPolicy::DEFAULT, |_, dst| hdr.write(dst, inline)) {
+            match self.tx.push_many_with(1, Some(until), self.spin, |_, dst| hdr.write(dst, inline)) {
                 Ok(_) => return Ok(()),
                 Err(RingError::Timeout) => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -256,7 +282,7 @@ impl<S: Message, R: Message> Channel<S, R> {
             let chunk = Instant::now() + PEER_CHECK;
             let until = deadline.map_or(chunk, |d| d.min(chunk));
             let mut got = None;
-            let popped = self.rx.pop_many_with(1, Some(until), SpinPolicy::DEFAULT, |bytes| {
+            let popped = self.rx.pop_many_with(1, Some(until), self.spin, |bytes| {
                 got = Some(match FrameHeader::read(bytes) {
                     Some(h) => task::with_body(&self.seg, &h, bytes, true, crate::codec::decode::<R>)
                         .map_err(|e| ChannelError::Codec(e.to_string()))

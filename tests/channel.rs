@@ -125,3 +125,45 @@ fn exchange_ready_polls_and_reports_failures() {
     assert!(matches!(&seen[1], (id, Err(ChannelError::Panicked { .. })) if *id == failing));
     assert!(ex.channel(quiet).is_some());
 }
+
+fn sleepy_doubler(chan: Channel<u64, u64>, _: ()) {
+    let chan = chan.with_spin(Duration::ZERO);
+    while let Ok(x) = chan.recv() {
+        chan.send(&(x * 2)).unwrap();
+    }
+}
+
+#[test]
+fn ends_that_never_spin_still_deliver() {
+    let chan = start(sleepy_doubler, ()).unwrap().with_spin(Duration::ZERO);
+    for i in 0..200u64 {
+        chan.send(&i).unwrap();
+        assert_eq!(chan.recv_timeout(Duration::from_secs(10)), Ok(i * 2));
+    }
+    // Nothing to receive: a sleeping receive still times out.
+    assert_eq!(chan.recv_timeout(Duration::from_millis(20)), Err(ChannelError::Timeout));
+}
+
+/// Opens each buffer handle in the channel's segment and answers its length
+/// and byte sum, dropping the buffer first.
+fn buffer_reader(chan: Channel<(u64, u64), shmpool::BufferHandle>, _: ()) {
+    while let Ok(handle) = chan.recv() {
+        let buffer = handle.open(chan.segment()).unwrap();
+        let sum = buffer.as_slice().iter().map(|&b| b as u64).sum();
+        let len = buffer.len() as u64;
+        drop(buffer);
+        chan.send(&(len, sum)).unwrap();
+    }
+}
+
+#[test]
+fn buffers_travel_by_handle_in_the_channel_segment() {
+    let chan = start(buffer_reader, ()).unwrap();
+    let mut buffer = chan.segment().buffer(1 << 20).unwrap();
+    for round in 1..=3u8 {
+        assert!(buffer.reclaim_write(), "the child dropped its copy before answering");
+        buffer.as_mut_slice().unwrap().fill(round);
+        chan.send(&buffer.share().unwrap()).unwrap();
+        assert_eq!(chan.recv_timeout(Duration::from_secs(10)), Ok((1 << 20, (1u64 << 20) * round as u64)));
+    }
+}
