@@ -73,7 +73,7 @@ impl Params {
             handoff_warm_up: mode.pick(100, 500),
             handoff_iterations: mode.pick(2_000, 10_000),
             handoff_budget: mode.pick(Duration::from_millis(500), Duration::from_secs(2)),
-            python_timeout: mode.pick(Duration::from_secs(120), Duration::from_secs(600)),
+            python_timeout: mode.pick(Duration::from_secs(60), Duration::from_secs(600)),
         }
     }
 }

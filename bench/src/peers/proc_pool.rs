@@ -3,6 +3,7 @@
 //! for every call), joined with a deadline.
 
 use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
 
 use procspawn::{JoinHandle, Pool};
@@ -35,14 +36,25 @@ where
     Ok(handle.join_timeout(PEER_REPLY).map_err(|error| format!("procspawn task: {error}"))?)
 }
 
+/// `pool.spawn(args, f)`: procspawn panics when the worker it hands the
+/// call to has died; that is an error here.
+fn spawn<A, R>(pool: &Pool, args: A, f: fn(A) -> R) -> BoxResult<JoinHandle<R>>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned,
+    R: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    panic::catch_unwind(AssertUnwindSafe(|| pool.spawn(args, f)))
+        .map_err(|_| "procspawn Pool::spawn panicked (a worker died?)".into())
+}
+
 /// The process id of the worker of a one-worker pool.
 pub fn pid(pool: &Pool) -> BoxResult<u32> {
-    join(pool.spawn((), worker_pid))
+    join(spawn(pool, (), worker_pid)?)
 }
 
 /// One round trip: `square(x)` in a worker.
 pub fn call(pool: &Pool, x: u64) -> BoxResult<u64> {
-    join(pool.spawn(x, square))
+    join(spawn(pool, x, square)?)
 }
 
 /// Squares `0..tasks`, one spawn per task, with up to `window` of them in
@@ -55,7 +67,7 @@ pub fn stream_one(pool: &Pool, tasks: u64, window: usize) -> BoxResult<Run> {
         if pending.len() >= window {
             replies.push(join(pending.pop_front().expect("the window is not empty"))?);
         }
-        pending.push_back(pool.spawn(x, square));
+        pending.push_back(spawn(pool, x, square)?);
     }
     for handle in pending {
         replies.push(join(handle)?);
@@ -75,7 +87,7 @@ pub fn stream_chunks(pool: &Pool, tasks: u64, per_spawn: u64, window: usize) -> 
             replies.extend(join(pending.pop_front().expect("the window is not empty"))?);
         }
         let end = tasks.min(next + per_spawn);
-        pending.push_back(pool.spawn((next..end).collect::<Vec<u64>>(), square_chunk));
+        pending.push_back(spawn(pool, (next..end).collect::<Vec<u64>>(), square_chunk)?);
         next = end;
     }
     for handle in pending {

@@ -144,3 +144,34 @@ fn kill_group(leader: u32) {
         libc::kill(-pgid, libc::SIGKILL);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group that overruns its deadline is killed whole: the leader and
+    /// the child it started.
+    #[test]
+    fn overdue_group_is_killed_whole() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "sleep 60 & echo $!; wait"]).stdout(std::process::Stdio::piped());
+        let mut child = Reaped::spawn_group(&mut command, "sh").expect("sh starts");
+        let (stdout, _) = child.take_output();
+        let mut line = String::new();
+        io::BufRead::read_line(&mut io::BufReader::new(stdout.expect("piped")), &mut line).expect("reads");
+        let grandchild: u32 = line.trim().parse().expect("a pid");
+        let error = child.wait_for(Duration::from_millis(200)).expect_err("sh overruns");
+        assert!(error.to_string().contains("did not exit"), "{error}");
+        // The grandchild (reparented, reaped by init) is gone or a zombie.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+            let state = state.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+            if matches!(state, None | Some("Z") | Some("X")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the grandchild {grandchild} survived its group");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
