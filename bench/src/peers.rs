@@ -124,6 +124,7 @@ pub fn throughput(mode: Mode, cores: usize) -> BoxResult<Vec<Throughput>> {
 
     progress("ipc-channel throughput, 1 task per send");
     let mut peer = IpcPeer::<u64>::spawn()?;
+    peer.stream(params.ipc_tasks / 10, 1)?;
     rows.push(median_run(
         "ipc-channel, child process, 1 task per send".to_owned(),
         Delivery::OneByOne,
@@ -136,6 +137,7 @@ pub fn throughput(mode: Mode, cores: usize) -> BoxResult<Vec<Throughput>> {
 
     progress(&format!("ipc-channel throughput, {BATCH} tasks per send"));
     let mut peer = IpcPeer::<Vec<u64>>::spawn()?;
+    peer.stream(params.ipc_batched_tasks / 10, BATCH)?;
     rows.push(median_run(
         format!("ipc-channel, child process, {BATCH} tasks per send"),
         Delivery::Batched,
