@@ -139,6 +139,9 @@ pub fn handoff_section(rows: &[Handoff], floor: &Floor) -> Section {
             if spread <= 2.0 { "" } else { "  GOAL MISSED" }
         ));
     }
+    if rows.iter().any(|row| row.python.is_none()) {
+        section.note("Python \"-\": not measured (no python3, or 1 GiB in quick mode: --full measures it)");
+    }
     section.note("\"slower\": the peer needs that many times the hand-off's time; memcpy: one copy in one process");
     section.note(if lost.is_empty() {
         "goal: shmpool ahead of every peer at every size: met".to_owned()

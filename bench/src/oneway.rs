@@ -198,7 +198,12 @@ fn latency_section(result: &OneWay, floor: &Floor) -> Section {
         for row in &rows {
             let mut cells = vec![Cell::Bytes(size as u64)];
             cells.extend(row.latency.cells());
-            cells.push(Cell::slower(Some(nanos(row.latency.p50)), reference));
+            let is_reference = ours.is_some_and(|r| std::ptr::eq(r, *row));
+            cells.push(if is_reference {
+                Cell::Reference
+            } else {
+                Cell::slower(Some(nanos(row.latency.p50)), reference)
+            });
             cells.push(bound.map_or(Cell::Empty, |(d, _)| Cell::Factor(nanos(row.latency.p50) / nanos(d))));
             section.row(row.transport.clone(), cells);
         }
@@ -301,6 +306,7 @@ fn throughput_section(result: &OneWay) -> Section {
         let (ours, theirs) = (best(true), best(false));
         let reference = ours.map(|r| 1.0 / r.messages_per_second);
         for row in &rows {
+            let is_reference = ours.is_some_and(|r| std::ptr::eq(r, *row));
             section.row(
                 row.transport.clone(),
                 vec![
@@ -308,7 +314,11 @@ fn throughput_section(result: &OneWay) -> Section {
                     Cell::Rate(row.messages_per_second),
                     Cell::Bandwidth(row.messages_per_second * size as f64),
                     row.cpu_per_message.map_or(Cell::Empty, Cell::time),
-                    Cell::slower(Some(1.0 / row.messages_per_second), reference),
+                    if is_reference {
+                        Cell::Reference
+                    } else {
+                        Cell::slower(Some(1.0 / row.messages_per_second), reference)
+                    },
                 ],
             );
         }

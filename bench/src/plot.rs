@@ -172,13 +172,13 @@ fn percentile_chart(title: &str, panels: &[Panel], caption: &str) -> String {
             names.push(&series.name);
         }
     }
-    let width = left + panels.len() as f64 * (panel_w + 30.0) + 20.0;
+    let width = left + panels.len() as f64 * (panel_w + 70.0) + 20.0;
     let legend_top = top + panel_h + 50.0;
     let height = legend_top + 18.0 * names.len() as f64 + 40.0;
     let mut svg = svg_open(width.max(720.0), height, title);
     let labels = ["p50", "p90", "p99", "p99.9", "max"];
     for (i, panel) in panels.iter().enumerate() {
-        let x0 = left + i as f64 * (panel_w + 30.0);
+        let x0 = left + i as f64 * (panel_w + 70.0);
         let y = LogScale::covering(panel.series.iter().flat_map(|s| s.values.iter().copied()), top + panel_h, top);
         let _ = writeln!(
             svg,
