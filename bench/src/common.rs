@@ -312,8 +312,12 @@ pub fn check_squares(tasks: u64, replies: &[u64]) -> std::io::Result<()> {
 pub enum Delivery {
     /// One `submit`, `write` or `send` per task, a window of them in flight.
     OneByOne,
-    /// `pool.map`, or many tasks per `write` or `send`.
+    /// The library groups the tasks: `pool.map`, Python's `Pool.map` with
+    /// its default chunksize.
     Batched,
+    /// The caller groups them: 512 tasks per message (one `Vec<u64>` per
+    /// shmpool task, send or spawn; 4 KiB per pipe write).
+    Chunked,
 }
 
 impl Delivery {
@@ -321,6 +325,7 @@ impl Delivery {
         match self {
             Delivery::OneByOne => "one-by-one",
             Delivery::Batched => "batched",
+            Delivery::Chunked => "512/message",
         }
     }
 }

@@ -27,7 +27,16 @@ impl Floor {
 /// `sizes`.
 pub fn measure(iterations: usize, sizes: &[usize]) -> BoxResult<Floor> {
     progress("floor: cache-line ping-pong between two processes");
-    let round_trip = ping_pong(iterations)?;
+    // The best of three runs: the floor is what the hardware allows, and one
+    // run can land while the other core is taken (seen here: 120 ns in one
+    // run, 760 ns in another).
+    let mut round_trip = ping_pong(iterations / 3)?;
+    for _ in 0..2 {
+        let again = ping_pong(iterations / 3)?;
+        if again.p50 < round_trip.p50 {
+            round_trip = again;
+        }
+    }
     progress("floor: memcpy");
     let memcpy = sizes.iter().map(|&bytes| (bytes, memcpy_time(bytes))).collect();
     Ok(Floor { round_trip, memcpy })

@@ -140,7 +140,7 @@ pub fn throughput(mode: Mode, cores: usize) -> BoxResult<Vec<Throughput>> {
     peer.stream(params.ipc_batched_tasks / 10, BATCH)?;
     rows.push(median_run(
         format!("ipc-channel, child process, {BATCH} tasks per send"),
-        Delivery::Batched,
+        Delivery::Chunked,
         1,
         params.ipc_batched_tasks,
         params.runs,
@@ -166,7 +166,7 @@ pub fn throughput(mode: Mode, cores: usize) -> BoxResult<Vec<Throughput>> {
     progress(&format!("procspawn Pool throughput, {workers}, {BATCH} tasks per spawn"));
     rows.push(median_run(
         format!("procspawn Pool, {workers}, {BATCH} tasks per spawn"),
-        Delivery::Batched,
+        Delivery::Chunked,
         cores,
         params.procspawn_batched_tasks,
         params.runs,
