@@ -496,7 +496,9 @@ fn uncontended_lock(params: &Params, kind: LockUnderTest, lock: &OpenLock, words
     Ok(median(times).as_secs_f64() * 1e9 / pairs.max(1) as f64)
 }
 
-/// The median of `params.lock_runs` runs of [`contended_run`].
+/// `params.lock_runs` runs in which the parent and a pool worker each run
+/// `params.contended_rounds` rounds on the same lock at once (the counter
+/// must end at the total); the median run.
 fn contended_lock(
     params: &Params,
     pool: &shmpool::Pool,
@@ -505,40 +507,26 @@ fn contended_lock(
     lock: &OpenLock,
     words: &LockWords,
 ) -> BoxResult<Contended> {
+    let rounds = params.contended_rounds;
+    let pairs = 2 * rounds;
     let mut times = Vec::with_capacity(params.lock_runs);
     for _ in 0..params.lock_runs {
-        times.push(contended_run(params, pool, segment, kind, lock, words)?.elapsed);
+        words.reset();
+        let ticket = pool.submit(hammer_lock, (segment.to_owned(), kind.code(), rounds))?;
+        wait_for("the lock worker to start", || words.ready.load(Ordering::SeqCst) == 1)?;
+        let start = Instant::now();
+        words.go.store(1, Ordering::SeqCst);
+        lock.rounds(rounds, words.counter)?;
+        ticket.wait()?;
+        times.push(start.elapsed());
+        let count = words.counter.load(Ordering::SeqCst);
+        if count != pairs {
+            return Err(format!(
+                "{}: MUTUAL EXCLUSION FAILED: the counter is {count} after {pairs} locked increments by two processes",
+                kind.label()
+            )
+            .into());
+        }
     }
-    Ok(Contended { pairs: 2 * params.contended_rounds, elapsed: median(times) })
-}
-
-/// The parent and a pool worker each run `params.contended_rounds` rounds on
-/// the same lock at once; the counter must end at the total.
-fn contended_run(
-    params: &Params,
-    pool: &shmpool::Pool,
-    segment: &str,
-    kind: LockUnderTest,
-    lock: &OpenLock,
-    words: &LockWords,
-) -> BoxResult<Contended> {
-    let rounds = params.contended_rounds;
-    words.reset();
-    let ticket = pool.submit(hammer_lock, (segment.to_owned(), kind.code(), rounds))?;
-    wait_for("the lock worker to start", || words.ready.load(Ordering::SeqCst) == 1)?;
-    let start = Instant::now();
-    words.go.store(1, Ordering::SeqCst);
-    lock.rounds(rounds, words.counter)?;
-    ticket.wait()?;
-    let elapsed = start.elapsed();
-    let pairs = 2 * rounds;
-    let count = words.counter.load(Ordering::SeqCst);
-    if count != pairs {
-        return Err(format!(
-            "{}: MUTUAL EXCLUSION FAILED: the counter is {count} after {pairs} locked increments by two processes",
-            kind.label()
-        )
-        .into());
-    }
-    Ok(Contended { pairs, elapsed })
+    Ok(Contended { pairs, elapsed: median(times) })
 }

@@ -42,6 +42,7 @@ mod payload;
 mod peers;
 mod pipes;
 mod plot;
+mod process;
 mod report;
 mod roundtrip;
 

@@ -8,7 +8,6 @@
 
 mod ipc;
 mod proc_pool;
-mod process;
 mod python;
 
 use std::time::Duration;

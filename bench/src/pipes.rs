@@ -5,11 +5,12 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::common::{check_reply, square, BoxResult, Run};
+use crate::process::Reaped;
 
 /// Hidden first argument that turns this binary into a peer.
 pub const PEER_FLAG: &str = "--peer";
@@ -19,6 +20,8 @@ pub const SINK: &str = "sink";
 const MESSAGE: usize = 8;
 /// Size of the read buffers of the peers and of the parent's reply readers.
 const READ_BUFFER: usize = 64 * 1024;
+/// How long a peer may take to exit once its input is closed.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the parent talks to a peer child process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +54,7 @@ impl Transport {
 
 /// A child process running [`run_peer`], seen from the parent.
 pub struct Peer {
-    child: Child,
+    child: Reaped,
     reader: Box<dyn Read + Send>,
     writer: Box<dyn Write + Send>,
 }
@@ -62,15 +65,15 @@ impl Peer {
         command.args([PEER_FLAG, transport.arg()]);
         match transport {
             Transport::Pipe => {
-                let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
-                let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                let mut child = Reaped::spawn(command.stdin(Stdio::piped()).stdout(Stdio::piped()), transport.label())?;
+                let (Some(stdin), (Some(stdout), _)) = (child.take_stdin(), child.take_output()) else {
                     return Err(io::Error::other("child pipes missing"));
                 };
                 Ok(Peer { child, reader: Box::new(stdout), writer: Box::new(stdin) })
             }
             Transport::Unix => {
                 let (ours, theirs) = UnixStream::pair()?;
-                let child = command.stdin(Stdio::from(OwnedFd::from(theirs))).spawn()?;
+                let child = Reaped::spawn(command.stdin(Stdio::from(OwnedFd::from(theirs))), transport.label())?;
                 // The command holds our copy of the child's end; close it.
                 drop(command);
                 Ok(Peer { child, writer: Box::new(ours.try_clone()?), reader: Box::new(ours) })
@@ -104,16 +107,11 @@ impl Peer {
     }
 
     /// Closes the connection, which ends the child, and checks its exit.
-    pub fn finish(self) -> io::Result<()> {
-        let Peer { mut child, reader, writer } = self;
+    pub fn finish(self) -> BoxResult<()> {
+        let Peer { child, reader, writer } = self;
         // Both ends must go: with a socket, they are the same connection.
         drop((reader, writer));
-        let status = child.wait()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!("peer exited with {status}")))
-        }
+        child.finish(EXIT_TIMEOUT)
     }
 }
 
@@ -226,19 +224,17 @@ fn decode_word(bytes: &[u8]) -> u64 {
 /// A `--peer sink` child: reads messages of a fixed size from its stdin pipe
 /// and answers each with its last byte on its stdout pipe.
 pub struct Sink {
-    child: Child,
-    stdin: std::process::ChildStdin,
-    stdout: std::process::ChildStdout,
+    child: Reaped,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
 }
 
 impl Sink {
     pub fn spawn(bytes: usize) -> io::Result<Sink> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args([PEER_FLAG, SINK, &bytes.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args([PEER_FLAG, SINK, &bytes.to_string()]).stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = Reaped::spawn(&mut command, "pipe sink")?;
+        let (Some(stdin), (Some(stdout), _)) = (child.take_stdin(), child.take_output()) else {
             return Err(io::Error::other("child pipes missing"));
         };
         Ok(Sink { child, stdin, stdout })
@@ -258,15 +254,10 @@ impl Sink {
         }
     }
 
-    pub fn finish(self) -> io::Result<()> {
-        let Sink { mut child, stdin, stdout } = self;
+    pub fn finish(self) -> BoxResult<()> {
+        let Sink { child, stdin, stdout } = self;
         drop((stdin, stdout));
-        let status = child.wait()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!("sink exited with {status}")))
-        }
+        child.finish(EXIT_TIMEOUT)
     }
 }
 

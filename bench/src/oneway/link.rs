@@ -14,7 +14,7 @@
 //!    transport's buffer overflows. `FLUSH` asks for an acknowledgement
 //!    flagged [`FLUSHED`] (every earlier one arrives before it); `QUIT` ends.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::common::{self, BoxResult, Mode};
+use crate::process::Reaped;
 
 /// Sentinel sequence numbers, sent as full-size payloads.
 pub const QUIT: u64 = u64::MAX;
@@ -306,7 +307,7 @@ impl Sender {
 /// so that a receive blocked on it (ipc-channel has no timed receive for
 /// bytes) fails instead of hanging.
 pub struct Peer {
-    child: Child,
+    child: Reaped,
     role: String,
     watchdog: Option<Watchdog>,
 }
@@ -320,7 +321,9 @@ struct Watchdog {
 impl Peer {
     pub fn spawn(role: &str, args: &[String]) -> BoxResult<Peer> {
         let exe = std::env::current_exe()?;
-        let child = Command::new(exe).arg("--peer").arg(role).args(args).stdin(Stdio::null()).spawn()?;
+        let mut command = Command::new(exe);
+        command.arg("--peer").arg(role).args(args).stdin(Stdio::null());
+        let child = Reaped::spawn(&mut command, format!("the {role} child"))?;
         let pid = child.id();
         let cancel = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = Arc::clone(&cancel);
@@ -345,9 +348,14 @@ impl Peer {
 
     /// Fails if the child has exited (for receive loops that poll).
     pub fn check_alive(&mut self) -> BoxResult<()> {
-        match self.child.try_wait()? {
+        match self.child.has_exited()? {
             None => Ok(()),
-            Some(status) => Err(format!("the {} child exited early ({status})", self.role).into()),
+            Some(status) => {
+                // Reaped now: its pid may be reused, so the watchdog must not
+                // fire at it any more.
+                self.cancel_watchdog();
+                Err(format!("the {} child exited early ({status})", self.role).into())
+            }
         }
     }
 
@@ -355,19 +363,11 @@ impl Peer {
     /// checks that it succeeded.
     pub fn finish(mut self) -> BoxResult<()> {
         self.cancel_watchdog();
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!("the {} child failed ({status})", self.role).into())
-                };
-            }
-            if Instant::now() > deadline {
-                return Err(format!("the {} child did not exit when told to", self.role).into());
-            }
-            thread::sleep(Duration::from_millis(1));
+        let status = self.child.wait_for(TIMEOUT)?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("the {} child failed ({status})", self.role).into())
         }
     }
 
@@ -382,11 +382,8 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        // Before `child` (a `Reaped`) kills and reaps the child, if unfinished.
         self.cancel_watchdog();
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
 

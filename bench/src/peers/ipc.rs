@@ -13,9 +13,9 @@ use ipc_channel::IpcError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::process::Reaped;
 use super::{PEER_EXIT, PEER_FLAG, PEER_START};
 use crate::common::{square, BoxResult, Run};
+use crate::process::Reaped;
 
 /// Peer role (after `--peer`) of the ipc-channel child.
 pub const ROLE: &str = "rt-ipc";

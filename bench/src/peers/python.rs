@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::process::Reaped;
 use crate::common::{histogram, record, BoxResult, Latency};
+use crate::process::Reaped;
 
 /// The script, written to a temporary file for each use.
 const SCRIPT: &str = include_str!("../../python/pool.py");
