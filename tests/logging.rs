@@ -2,8 +2,11 @@
 //! worker's pid; records dropped because the ring was full are reported.
 //! (Its own test binary: it installs the process's logger.)
 
+mod common;
+
+use common::wait_for;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shmpool::Pool;
 
@@ -39,17 +42,6 @@ fn chatter(n: u64) -> u64 {
         log::info!(target: "chatter", "line {i}");
     }
     n
-}
-
-fn wait_for(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
 }
 
 #[test]

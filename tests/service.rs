@@ -1,7 +1,10 @@
 //! Named services: one process serves an object, other processes connect by
 //! name; client deaths free their slots, a server death is an error.
 
-use std::time::{Duration, Instant};
+mod common;
+
+use common::wait_for;
+use std::time::Duration;
 
 use shmpool::{Pool, Segment, Service, ServiceError};
 
@@ -48,17 +51,6 @@ fn serve_forever(name: String) -> u64 {
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
-}
-
-fn wait_for(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
 }
 
 #[test]
