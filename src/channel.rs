@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::codec::{Message, Scratch};
-use crate::pool::core::{lock, Config, Inner};
-use crate::pool::{submit_to, Ticket};
 use crate::ring::{Ring, RingError};
+use crate::runtime::tramp::{Reply, WorkerState};
+use crate::runtime::{lock, submit_to, Config, Ticket, Workers};
 use crate::segment::Segment;
 use crate::sync::SpinPolicy;
-use crate::task::{self, FrameHeader, Reply, WorkerState, HEADER, ST_OK};
+use crate::wire::{self, FrameHeader, Status};
 use crate::{Error, TaskError};
 
 /// How long a blocked receive sleeps before it checks on its peer.
@@ -82,7 +82,7 @@ impl From<ChannelError> for Error {
 
 /// The parent's view of the child: its process and how its function ended.
 struct Child {
-    inner: Arc<Inner>,
+    inner: Arc<Workers>,
     pid: u32,
     outcome: Mutex<Outcome>,
 }
@@ -138,7 +138,7 @@ pub fn start<S: Message, R: Message, A: Message>(
         shutdown_timeout: Duration::from_secs(5),
         ..Config::default()
     };
-    let inner = Inner::start::<()>(config, None).map_err(|e| ChannelError::Start(e.to_string()))?;
+    let inner = Workers::start::<()>(config, None).map_err(|e| ChannelError::Start(e.to_string()))?;
     let seg = inner.seg.clone();
     let open = |name| Ring::named(&seg, name, RING_SLOTS, SLOT).map_err(|e| ChannelError::Start(e.to_string()));
     let (down, up) = (open("channel.down")?, open("channel.up")?);
@@ -171,23 +171,23 @@ unsafe fn run_child<S: Message, R: Message, A: Message>(
     // SAFETY: per this function's contract.
     let f = unsafe { std::mem::transmute::<usize, fn(Channel<S, R>, A)>(func) };
     let Some(seg) = crate::pool_segment() else {
-        out.fail(task::ST_BAD_INPUT, "channel child without a segment");
+        out.fail(Status::BadInput, "channel child without a segment");
         return;
     };
     let rings =
         (Ring::named(&seg, "channel.up", RING_SLOTS, SLOT), Ring::named(&seg, "channel.down", RING_SLOTS, SLOT));
     let (Ok(up), Ok(down)) = rings else {
-        out.fail(task::ST_BAD_INPUT, "channel rings missing");
+        out.fail(Status::BadInput, "channel rings missing");
         return;
     };
     let args = match crate::codec::decode::<A>(arg) {
         Ok(a) => a,
-        Err(e) => return out.fail(task::ST_BAD_INPUT, &e.to_string()),
+        Err(e) => return out.fail(Status::BadInput, &e.to_string()),
     };
     // Dropped (closing `up`) when `f` returns or unwinds.
     let end = Channel { seg, tx: up, rx: down, spin: SpinPolicy::DEFAULT, child: None, _types: PhantomData };
     f(end, args);
-    out.set(ST_OK, &());
+    out.set(Status::Ok, &());
 }
 
 impl<S, R> Channel<S, R> {
@@ -226,19 +226,13 @@ impl<S: Message, R: Message> Channel<S, R> {
 
     fn send_until(&self, value: &S, deadline: Option<Instant>) -> Result<(), ChannelError> {
         let mut scratch = Scratch::new();
-        let inline_max = self.tx.payload_capacity() - HEADER;
-        let body = task::encode_body(&self.seg, value, &mut scratch, inline_max)
+        let frame = wire::encode(&self.seg, FrameHeader::default(), value, &mut scratch, self.tx.payload_capacity())
             .map_err(|e| ChannelError::Codec(e.to_string()))?;
-        let mut hdr = FrameHeader::default();
-        body.describe(&mut hdr);
-        let inline = match body {
-            task::Body::Inline(n) => &scratch.0[..n],
-            _ => &[][..],
-        };
+        let body = frame.body;
         loop {
             let chunk = Instant::now() + PEER_CHECK;
             let until = deadline.map_or(chunk, |d| d.min(chunk));
-            match self.tx.push_many_with(1, Some(until), self.spin, |_, dst| hdr.write(dst, inline)) {
+            match self.tx.push_many_with(1, Some(until), self.spin, |_, dst| frame.write(dst)) {
                 Ok(_) => return Ok(()),
                 Err(RingError::Timeout) => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -284,7 +278,7 @@ impl<S: Message, R: Message> Channel<S, R> {
             let mut got = None;
             let popped = self.rx.pop_many_with(1, Some(until), self.spin, |bytes| {
                 got = Some(match FrameHeader::read(bytes) {
-                    Some(h) => task::with_body(&self.seg, &h, bytes, true, crate::codec::decode::<R>)
+                    Some(h) => wire::with_body(&self.seg, &h, bytes, true, crate::codec::decode::<R>)
                         .map_err(|e| ChannelError::Codec(e.to_string()))
                         .and_then(|r| r.map_err(|e| ChannelError::Codec(e.to_string()))),
                     None => Err(ChannelError::Codec("message shorter than its header".into())),

@@ -2,25 +2,26 @@
 //! come from shared memory, reachable from outside the crate. Not API.
 
 use crate::codec::{Message, Scratch};
+use crate::runtime::tramp::Reply;
 use crate::segment::Segment;
-use crate::task::{self, Body, FrameHeader, Reply};
+use crate::wire::{self, FrameHeader};
 use crate::TaskError;
 
 /// Decodes a result frame as the pool's receive path does: header, body
 /// (inline or arena block), status and archive of an `R`.
 pub fn decode_result_slot<R: Message>(seg: &Segment, slot: &[u8]) -> Result<Result<R, TaskError>, TaskError> {
     let hdr = FrameHeader::read(slot).ok_or_else(|| TaskError::Decode("short frame".into()))?;
-    task::with_body(seg, &hdr, slot, false, |bytes| task::decode_result::<R>(hdr.status, bytes))
+    wire::with_body(seg, &hdr, slot, false, |bytes| wire::decode_result::<R>(hdr.status, bytes))
 }
 
 /// Runs a task frame as a worker does, sealed with `key`: a forged or
 /// corrupt frame must be refused, never executed. Returns the reply status.
 pub fn run_task_slot(seg: &Segment, slot: &[u8], key: u64) -> u32 {
     let mut scratch = Scratch::new();
-    let mut reply = Reply { seg, scratch: &mut scratch, inline_max: 128, status: 0, body: Body::None };
+    let mut reply = Reply::new(seg, &mut scratch, 128 + wire::HEADER);
     let mut state = None;
-    crate::pool::worker::run_one(seg, slot, key, &mut state, &mut reply);
-    let status = reply.status;
+    crate::runtime::executor::run_one(seg, slot, key, &mut state, &mut reply);
+    let status = reply.status as u32;
     reply.body.discard(seg);
     status
 }

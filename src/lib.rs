@@ -27,15 +27,15 @@ pub mod codec;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-mod logfwd;
 mod primitive;
 pub mod ring;
+mod runtime;
 pub mod segment;
 pub mod shared;
-mod spawn;
 pub mod sync;
 pub mod sys;
-mod task;
+pub mod wait;
+mod wire;
 
 pub mod channel;
 mod pool;
@@ -45,13 +45,15 @@ pub mod service;
 pub use channel::{start, Channel, ChannelError, ChannelId, Exchange};
 pub use codec::Message;
 pub use error::{Error, GetError, PutError, TaskError};
-pub use pool::core::OnWorkerDeath;
-pub use pool::{pool_segment, MapIter, Pool, PoolBuilder, Ticket, Worker, WorkerPool, WorkerPoolBuilder};
+pub use pool::{MapIter, Pool, PoolBuilder, Worker, WorkerPool, WorkerPoolBuilder};
 pub use remote::{wait_all, Pending, Remote, RemoteError};
+pub use runtime::bootstrap::init;
+pub use runtime::executor::pool_segment;
+pub use runtime::Ticket;
+pub use runtime::{build_id, OnWorkerDeath};
 pub use segment::{cleanup_stale, list_named, NamedSegment, Segment, SegmentError};
 pub use service::{Client, Service, ServiceError};
 pub use shared::{BufferHandle, SharedBuffer, SharedError, SharedList, SharedMap, SharedObject};
-pub use spawn::init;
 pub use sync::LockKind;
 
 /// The archived form of `T`: what a task that takes its argument in place sees.

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::Message;
-use crate::pool::core::{Config, Inner};
-use crate::pool::{submit_to, Ticket};
-use crate::task;
+use crate::runtime::{submit_to, tramp, Config, Ticket, Workers};
 use crate::{Error, TaskError};
 
 /// Why a call on a remote object failed.
@@ -66,7 +64,7 @@ impl From<RemoteError> for Error {
 ///
 /// Dropping the handle (or [`Remote::close`]) stops the process.
 pub struct Remote<T> {
-    inner: Arc<Inner>,
+    inner: Arc<Workers>,
     pid: u32,
     _object: PhantomData<fn() -> T>,
 }
@@ -90,8 +88,8 @@ impl<T: 'static> Remote<T> {
             shutdown_timeout: Duration::from_secs(2),
             ..Config::default()
         };
-        let tramp = task::init_remote::<A, T> as task::InitTrampoline as usize;
-        let inner = Inner::start(config, Some((tramp, creator as usize, &args))).map_err(|e| match e {
+        let tramp = tramp::init_remote::<A, T> as tramp::InitTrampoline as usize;
+        let inner = Workers::start(config, Some((tramp, creator as usize, &args))).map_err(|e| match e {
             Error::WorkerInit { message } => RemoteError::Start(message),
             other => RemoteError::Start(other.to_string()),
         })?;
@@ -106,7 +104,7 @@ impl<T: 'static> Remote<T> {
 
     /// Reads from the object: `f(&object)` in the remote process.
     pub fn get<R: Message>(&self, f: fn(&T) -> R) -> Result<R, RemoteError> {
-        let ticket = submit_to(&self.inner, f as usize, task::read_remote::<T, R>, &()).map_err(|e| self.error(e))?;
+        let ticket = submit_to(&self.inner, f as usize, tramp::read_remote::<T, R>, &()).map_err(|e| self.error(e))?;
         Pending { ticket, pid: self.pid }.wait()
     }
 
@@ -114,7 +112,7 @@ impl<T: 'static> Remote<T> {
     /// error, as a value) comes from [`Pending::wait`] or [`wait_all`].
     pub fn call_async<A: Message, R: Message>(&self, f: fn(&mut T, A) -> R, arg: A) -> Result<Pending<R>, RemoteError> {
         let ticket =
-            submit_to(&self.inner, f as usize, task::call_remote::<T, A, R>, &arg).map_err(|e| self.error(e))?;
+            submit_to(&self.inner, f as usize, tramp::call_remote::<T, A, R>, &arg).map_err(|e| self.error(e))?;
         Ok(Pending { ticket, pid: self.pid })
     }
 

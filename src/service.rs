@@ -14,14 +14,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::codec::{Message, Scratch};
-use crate::pool::core::lock;
-use crate::pool::worker::run_one;
 use crate::ring::{Ring, RingError};
+use crate::runtime::code::{self, SealKind};
+use crate::runtime::executor::run_one;
+use crate::runtime::lock;
+use crate::runtime::tramp::{self, Reply, Trampoline, WorkerState};
 use crate::segment::{Segment, SegmentError, ShmSafe};
-use crate::spawn::{self, SealKind};
 use crate::sync::SpinPolicy;
 use crate::sys::{process, shm};
-use crate::task::{self, Body, FrameHeader, Reply, Trampoline, WorkerState, HEADER};
+use crate::wait::Deadline;
+use crate::wire::{self, FrameBuf, FrameHeader};
 use crate::TaskError;
 
 /// Clients connected at once.
@@ -186,7 +188,7 @@ impl<T: 'static> Service<T> {
                             serve_loop(seg, header, requests, responses, stop, Box::new(object));
                         }
                         Err(p) => {
-                            let _ = built_tx.send(Err(crate::pool::worker::payload_text(&*p)));
+                            let _ = built_tx.send(Err(crate::runtime::executor::payload_text(&*p)));
                         }
                     }
                 })
@@ -244,15 +246,13 @@ fn serve_loop(
     let key = h.key.load(Ordering::Relaxed);
     let mut state: WorkerState = Some(object);
     let mut scratch = Scratch::new();
-    let inline_max = responses[0].payload_capacity() - HEADER;
-    let mut frame = vec![0u128; (SLOT_BYTES as usize).div_ceil(16)];
+    // Sized from the ring: whatever a client could put in a slot fits.
+    let mut frame = FrameBuf::for_ring(&requests, 1);
     let mut next_check = Instant::now() + CHECK;
     while !stop.load(Ordering::Acquire) {
         let mut len = 0;
         let got = requests.pop_many_with(1, Some(Instant::now() + CHECK), SpinPolicy::DEFAULT, |bytes| {
-            let buf = crate::pool::core::as_bytes_mut(&mut frame);
-            buf[..bytes.len()].copy_from_slice(bytes);
-            len = bytes.len();
+            len = frame.fill(0, bytes);
         });
         if Instant::now() >= next_check {
             next_check = Instant::now() + CHECK;
@@ -263,29 +263,19 @@ fn serve_loop(
             Err(RingError::Timeout) => continue,
             Err(_) => return,
         }
-        let bytes = &crate::pool::core::as_bytes(&frame)[..len];
-        let mut reply = Reply { seg: &seg, scratch: &mut scratch, inline_max, status: 0, body: Body::None };
+        let bytes = &frame.slot(0)[..len];
+        let mut reply = Reply::new(&seg, &mut scratch, responses[0].payload_capacity());
         let hdr = run_one(&seg, bytes, key, &mut state, &mut reply);
-        if hdr.body == task::BODY_BLOCK {
-            let _ = seg.release(hdr.block);
-        }
-        let mut out = FrameHeader { stream: hdr.stream, seq: hdr.seq, status: reply.status, ..Default::default() };
-        reply.body.describe(&mut out);
-        let body = reply.body;
-        let inline = match body {
-            Body::Inline(n) => &scratch.0[..n],
-            _ => &[][..],
-        };
+        wire::discard(&seg, &hdr);
+        let out = reply.header(&hdr, 0);
         let Some(ring) = responses.get(hdr.stream as usize) else {
-            body.discard(&seg);
+            reply.body.discard(&seg);
             continue;
         };
         // A client that stopped reading must not stall the others.
-        if ring
-            .push_many_with(1, Some(Instant::now() + CHECK), SpinPolicy::DEFAULT, |_, dst| out.write(dst, inline))
-            .is_err()
-        {
-            body.discard(&seg);
+        let deadline = Some(Deadline::after(CHECK).slice(CHECK));
+        if ring.push_many_with(1, deadline, SpinPolicy::DEFAULT, |_, dst| out.write(dst, reply.inline())).is_err() {
+            reply.body.discard(&seg);
         }
     }
 }
@@ -368,7 +358,7 @@ impl<T: 'static> Service<T> {
 impl<T: 'static> Client<T> {
     /// Calls `f(&mut object, arg)` in the serving process.
     pub fn call<A: Message, R: Message>(&self, f: fn(&mut T, A) -> R, arg: A) -> Result<R, ServiceError> {
-        self.request(f as usize, task::call_remote::<T, A, R>, &arg, None)
+        self.request(f as usize, tramp::call_remote::<T, A, R>, &arg, None)
     }
 
     /// [`Client::call`], giving up after `timeout`.
@@ -378,12 +368,12 @@ impl<T: 'static> Client<T> {
         arg: A,
         timeout: Duration,
     ) -> Result<R, ServiceError> {
-        self.request(f as usize, task::call_remote::<T, A, R>, &arg, Some(Instant::now() + timeout))
+        self.request(f as usize, tramp::call_remote::<T, A, R>, &arg, Some(Instant::now() + timeout))
     }
 
     /// Reads from the object: `f(&object)` in the serving process.
     pub fn get<R: Message>(&self, f: fn(&T) -> R) -> Result<R, ServiceError> {
-        self.request(f as usize, task::read_remote::<T, R>, &(), None)
+        self.request(f as usize, tramp::read_remote::<T, R>, &(), None)
     }
 
     fn request<A: Message, R: Message>(
@@ -396,19 +386,14 @@ impl<T: 'static> Client<T> {
         let _one_at_a_time = lock(&self.calling);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let mut scratch = Scratch::new();
-        let body = task::encode_body(&self.seg, arg, &mut scratch, self.requests.payload_capacity() - HEADER)
-            .map_err(failed)?;
         let mut hdr = FrameHeader { stream: self.slot as u64, seq, ..Default::default() };
-        hdr.func = spawn::code_offset(func);
-        hdr.tramp = spawn::code_offset(tramp as usize);
-        hdr.check = spawn::seal(SealKind::Task, hdr.func, hdr.tramp, self.key);
-        body.describe(&mut hdr);
-        let inline = match body {
-            Body::Inline(n) => &scratch.0[..n],
-            _ => &[][..],
-        };
-        if let Err(e) = self.requests.push_many_with(1, deadline, SpinPolicy::DEFAULT, |_, dst| hdr.write(dst, inline))
-        {
+        hdr.func = code::code_offset(func);
+        hdr.tramp = code::code_offset(tramp as usize);
+        hdr.check = code::seal(SealKind::Task, hdr.func, hdr.tramp, self.key);
+        let frame =
+            wire::encode(&self.seg, hdr, arg, &mut scratch, self.requests.payload_capacity()).map_err(failed)?;
+        let body = frame.body;
+        if let Err(e) = self.requests.push_many_with(1, deadline, SpinPolicy::DEFAULT, |_, dst| frame.write(dst)) {
             body.discard(&self.seg);
             return Err(match e {
                 RingError::Timeout => ServiceError::Timeout,
@@ -424,10 +409,10 @@ impl<T: 'static> Client<T> {
                 let Some(h) = FrameHeader::read(bytes) else { return };
                 if h.seq == seq {
                     answer = Some(
-                        task::with_body(&self.seg, &h, bytes, true, |b| task::decode_result::<R>(h.status, b))
+                        wire::with_body(&self.seg, &h, bytes, true, |b| wire::decode_result::<R>(h.status, b))
                             .unwrap_or_else(Err),
                     );
-                } else if h.body == task::BODY_BLOCK {
+                } else if h.body == wire::BODY_BLOCK {
                     // An answer to a call that timed out earlier: discard it.
                     let _ = self.seg.release(h.block);
                 }

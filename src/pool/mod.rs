@@ -6,10 +6,7 @@
 //! input in submission order ([`Pool::map`]) or completion order
 //! ([`Pool::map_unordered`]).
 
-pub(crate) mod control;
-pub(crate) mod core;
 mod stateful;
-pub(crate) mod worker;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -17,13 +14,14 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use self::core::{Config, Inner, RecvError, Reservation};
 use crate::codec::{Message, Scratch};
-use crate::task::{self, FrameHeader, Trampoline, HEADER};
+use crate::runtime::tramp::{self, Trampoline};
+use crate::runtime::Ticket;
+use crate::runtime::{submit_to, Config, RecvError, Reservation, Workers};
+use crate::wire::{self, FrameBuf, FrameHeader, HEADER};
 use crate::{Error, TaskError};
 
 pub use stateful::{Worker, WorkerPool, WorkerPoolBuilder};
-pub use worker::pool_segment;
 
 /// A pool of worker processes running plain functions.
 ///
@@ -31,7 +29,7 @@ pub use worker::pool_segment;
 /// the shutdown timeout, then kills), and reaps every worker; the segment is
 /// a memfd, so nothing is left behind.
 pub struct Pool {
-    inner: Arc<Inner>,
+    inner: Arc<Workers>,
 }
 
 impl fmt::Debug for Pool {
@@ -113,7 +111,7 @@ impl PoolBuilder {
 
     /// Starts the workers; returns once every one is ready.
     pub fn build(self) -> Result<Pool, Error> {
-        let inner = Inner::start::<()>(self.config, None)?;
+        let inner = Workers::start::<()>(self.config, None)?;
         Ok(Pool { inner })
     }
 }
@@ -126,7 +124,7 @@ impl Pool {
 
     /// Runs `f(arg)` in a worker. Waits while the queue is full.
     pub fn submit<A: Message, R: Message>(&self, f: fn(A) -> R, arg: A) -> Result<Ticket<R>, Error> {
-        self.submit_raw(f as usize, task::call_owned::<A, R>, &arg)
+        self.submit_raw(f as usize, tramp::call_owned::<A, R>, &arg)
     }
 
     /// Runs `f` in a worker on the archived `arg`, read in place in shared
@@ -137,7 +135,7 @@ impl Pool {
         f: fn(&crate::Archived<A>) -> R,
         arg: &A,
     ) -> Result<Ticket<R>, Error> {
-        self.submit_raw(f as usize, task::call_archived::<A, R>, arg)
+        self.submit_raw(f as usize, tramp::call_archived::<A, R>, arg)
     }
 
     fn submit_raw<A: Message, R: Message>(&self, func: usize, tramp: Trampoline, arg: &A) -> Result<Ticket<R>, Error> {
@@ -154,7 +152,7 @@ impl Pool {
         R: Message,
         I: IntoIterator<Item = A>,
     {
-        self.map_raw(f as usize, task::call_owned::<A, R>, input.into_iter(), true)
+        self.map_raw(f as usize, tramp::call_owned::<A, R>, input.into_iter(), true)
     }
 
     /// Like [`Pool::map`], but yields results as they complete.
@@ -164,7 +162,7 @@ impl Pool {
         R: Message,
         I: IntoIterator<Item = A>,
     {
-        self.map_raw(f as usize, task::call_owned::<A, R>, input.into_iter(), false)
+        self.map_raw(f as usize, tramp::call_owned::<A, R>, input.into_iter(), false)
     }
 
     fn map_raw<I, R>(&self, func: usize, tramp: Trampoline, input: I, ordered: bool) -> Result<MapIter<'_, I, R>, Error>
@@ -176,7 +174,6 @@ impl Pool {
         if self.inner.is_closed() {
             return Err(Error::Closed);
         }
-        let stride = self.inner.inline_max().div_ceil(16) * 16;
         Ok(MapIter {
             inner: &self.inner,
             func,
@@ -192,8 +189,7 @@ impl Pool {
             ready: VecDeque::new(),
             done: VecDeque::new(),
             done_base: 0,
-            buf: vec![0u128; MAP_BATCH * stride / 16],
-            stride,
+            staged: FrameBuf::new(self.inner.inline_max(), MAP_BATCH),
             scratch: Scratch::new(),
             _result: PhantomData,
         })
@@ -250,93 +246,8 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         // No new work. Tickets and maps still alive keep the workers until
-        // they are done; the last handle shuts them down (see `Inner::drop`).
+        // they are done; the last handle shuts them down (see `Workers::drop`).
         self.inner.close();
-    }
-}
-
-/// Frames and pushes one task for `func` run by `tramp`, waiting while the
-/// queue is full; the ticket receives its result.
-pub(crate) fn submit_to<A: Message, R: Message>(
-    inner: &Arc<Inner>,
-    func: usize,
-    tramp: Trampoline,
-    arg: &A,
-) -> Result<Ticket<R>, Error> {
-    let reserved = inner.reserve(1, None)?;
-    // Given back on every way out but a pushed task, panics included.
-    let mut reservation = Reservation::new(inner, reserved);
-    let stream = inner.new_stream();
-    task::with_scratch(|scratch| {
-        let (hdr, body) = inner.frame(stream, 0, func, tramp, arg, scratch).map_err(Error::Task)?;
-        let inline = match body {
-            task::Body::Inline(n) => &scratch.0[..n],
-            _ => &[][..],
-        };
-        inner.push_frames(&[hdr], |_| inline).map_err(|(_, e)| e)
-    })?;
-    reservation.left = 0;
-    Ok(Ticket { inner: Arc::clone(inner), stream, done: false, _result: PhantomData })
-}
-
-/// The result of one submitted task, to be waited for.
-///
-/// Dropping a ticket without waiting discards the result when it arrives.
-#[must_use = "a ticket does nothing unless waited for"]
-pub struct Ticket<R> {
-    inner: Arc<Inner>,
-    stream: u64,
-    done: bool,
-    _result: PhantomData<fn() -> R>,
-}
-
-impl<R> fmt::Debug for Ticket<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ticket").field("stream", &self.stream).field("done", &self.done).finish()
-    }
-}
-
-impl<R: Message> Ticket<R> {
-    /// Waits for the result.
-    pub fn wait(mut self) -> Result<R, TaskError> {
-        self.wait_until(None).unwrap_or(Err(TaskError::PoolGone))
-    }
-
-    /// Waits up to `timeout`; `Err(self)` gives the ticket back if no result came.
-    pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<R, TaskError>, Ticket<R>> {
-        match self.wait_until(Some(Instant::now() + timeout)) {
-            Some(r) => Ok(r),
-            None => Err(self),
-        }
-    }
-
-    fn wait_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, TaskError>> {
-        let mut out = None;
-        loop {
-            let got = self.inner.recv(Some(self.stream), deadline, &mut |hdr: &FrameHeader, bytes: &[u8]| {
-                out = Some(task::decode_result::<R>(hdr.status, bytes));
-            });
-            match got {
-                Ok(_) if out.is_some() => {
-                    self.done = true;
-                    return out;
-                }
-                Ok(_) => {}
-                Err(RecvError::Timeout) => return None,
-                Err(RecvError::Gone) => {
-                    self.done = true;
-                    return Some(Err(TaskError::PoolGone));
-                }
-            }
-        }
-    }
-}
-
-impl<R> Drop for Ticket<R> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.inner.abandon(self.stream, 1);
-        }
     }
 }
 
@@ -355,7 +266,7 @@ const MAP_BATCH: usize = 32;
 ///
 /// Dropping it early discards the results still to come.
 pub struct MapIter<'p, I: Iterator, R> {
-    inner: &'p Arc<Inner>,
+    inner: &'p Arc<Workers>,
     func: usize,
     tramp: Trampoline,
     input: I,
@@ -375,8 +286,7 @@ pub struct MapIter<'p, I: Iterator, R> {
     done: VecDeque<bool>,
     done_base: u64,
     /// Framed tasks waiting to be pushed (16-byte aligned).
-    buf: Vec<u128>,
-    stride: usize,
+    staged: FrameBuf,
     scratch: Box<Scratch>,
     _result: PhantomData<fn() -> R>,
 }
@@ -445,7 +355,7 @@ where
             if room == 0 {
                 return Ok(());
             }
-            let inner: &Inner = self.inner;
+            let inner: &Workers = self.inner;
             // Unused reservations go back on every way out, panics included.
             let mut reservation = Reservation::new(inner, room);
             let mut hdrs: Vec<FrameHeader> = Vec::with_capacity(room);
@@ -458,16 +368,10 @@ where
                 let seq = self.submitted;
                 self.submitted += 1;
                 match self.inner.frame(self.stream, seq, self.func, self.tramp, &item, &mut self.scratch) {
-                    Ok((hdr, body)) => {
+                    Ok(frame) => {
                         let k = hdrs.len();
-                        if let task::Body::Inline(n) = body {
-                            let dst = &mut self::core::as_bytes_mut(&mut self.buf)[k * self.stride..];
-                            dst[..n].copy_from_slice(&self.scratch.0[..n]);
-                            lens[k] = n;
-                        } else {
-                            lens[k] = 0;
-                        }
-                        hdrs.push(hdr);
+                        lens[k] = self.staged.fill(k, frame.inline());
+                        hdrs.push(frame.hdr);
                     }
                     Err(e) => {
                         self.mark_done(seq);
@@ -475,9 +379,8 @@ where
                     }
                 }
             }
-            let buf = self::core::as_bytes(&self.buf);
-            let stride = self.stride;
-            let pushed = inner.push_frames(&hdrs, |k| &buf[k * stride..k * stride + lens[k]]);
+            let staged = &self.staged;
+            let pushed = inner.push_frames(&hdrs, |k| &staged.slot(k)[..lens[k]]);
             if let Err((sent, e)) = pushed {
                 reservation.left -= sent;
                 drop(reservation);
@@ -552,7 +455,7 @@ where
             }
             let mut got: Vec<(u64, Result<R, TaskError>)> = Vec::new();
             let res = self.inner.recv(Some(self.stream), None, &mut |hdr: &FrameHeader, bytes: &[u8]| {
-                got.push((hdr.seq, task::decode_result::<R>(hdr.status, bytes)));
+                got.push((hdr.seq, wire::decode_result::<R>(hdr.status, bytes)));
             });
             for (seq, r) in got {
                 if self.mark_done(seq) {

@@ -11,9 +11,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::builder_options;
-use super::core::{lock, Config, Inner, RecvError, Reservation};
 use crate::codec::Message;
-use crate::task::{self, FrameHeader};
+use crate::runtime::{lock, tramp, Config, RecvError, Reservation, Workers};
+use crate::wire::{self, FrameHeader};
 use crate::{Error, GetError, PutError, TaskError};
 
 /// A stateful worker: built once per worker process, then run per task.
@@ -44,7 +44,7 @@ pub trait Worker: 'static {
 
 /// A pool of stateful workers with a bounded task queue.
 pub struct WorkerPool<W: Worker> {
-    inner: Arc<Inner>,
+    inner: Arc<Workers>,
     stream: u64,
     next_seq: AtomicU64,
     state: Mutex<GetState<W::Output>>,
@@ -104,8 +104,8 @@ impl<W: Worker> WorkerPoolBuilder<W> {
     /// Starts the workers, each built with `W::init(init)`; returns once all
     /// are ready. A panic in `init` is [`Error::WorkerInit`].
     pub fn build(self, init: W::Init) -> Result<WorkerPool<W>, Error> {
-        let tramp = task::init_worker::<W> as task::InitTrampoline as usize;
-        let inner = Inner::start(self.config, Some((tramp, 0, &init)))?;
+        let tramp = tramp::init_worker::<W> as tramp::InitTrampoline as usize;
+        let inner = Workers::start(self.config, Some((tramp, 0, &init)))?;
         let stream = inner.new_stream();
         Ok(WorkerPool {
             inner,
@@ -161,14 +161,10 @@ impl<W: Worker> WorkerPool<W> {
         // gets see puts in the order their numbers were handed out.
         let mut state = lock(&self.state);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let pushed = task::with_scratch(|scratch| {
-            let (hdr, body) =
-                inner.frame(self.stream, seq, 0, task::call_worker::<W>, &task, scratch).map_err(|e| e.to_string())?;
-            let inline = match body {
-                task::Body::Inline(n) => &scratch.0[..n],
-                _ => &[][..],
-            };
-            inner.push_frames(&[hdr], |_| inline).map_err(|(_, e)| e.to_string())
+        let pushed = wire::with_scratch(|scratch| {
+            let frame =
+                inner.frame(self.stream, seq, 0, tramp::call_worker::<W>, &task, scratch).map_err(|e| e.to_string())?;
+            inner.push_frames(&[frame.hdr], |_| frame.inline()).map_err(|(_, e)| e.to_string())
         });
         match pushed {
             Ok(()) => {
@@ -242,7 +238,7 @@ impl<W: Worker> WorkerPool<W> {
             let res = {
                 let _receiving = Receiving(self);
                 self.inner.recv(Some(self.stream), deadline, &mut |hdr: &FrameHeader, bytes: &[u8]| {
-                    got.push((hdr.seq, task::decode_result::<W::Output>(hdr.status, bytes)));
+                    got.push((hdr.seq, wire::decode_result::<W::Output>(hdr.status, bytes)));
                 })
             };
             state = lock(&self.state);

@@ -47,7 +47,7 @@ impl AsKey<String> for &str {
 
 fn archived<K: Message, R>(key: &K, f: impl FnOnce(&[u8]) -> R) -> Result<R, CodecError> {
     // The thread's scratch buffer: no allocation per lookup for keys that fit.
-    crate::task::with_scratch(|scratch| match codec::encode_into(key, &mut scratch.0) {
+    crate::wire::with_scratch(|scratch| match codec::encode_into(key, &mut scratch.0) {
         Ok(n) => Ok(f(&scratch.0[..n])),
         Err(CodecError::TooSmall { .. }) => {
             // Long keys: archive into an aligned heap buffer of the exact size.

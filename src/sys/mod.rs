@@ -5,5 +5,6 @@
 //! files here.
 
 pub mod futex;
+pub mod image;
 pub mod process;
 pub mod shm;

@@ -1,4 +1,4 @@
-//! Worker processes: the current binary, re-executed, becomes a worker.
+//! Bootstrap: the current binary, re-executed, becomes a worker.
 //!
 //! The parent starts `/proc/self/exe` with `SHMPOOL_WORKER` in its
 //! environment and the segment's memfd left open. Before the child's `main`
@@ -6,11 +6,7 @@
 //! the worker loop and exits; [`init`] does the same explicitly for programs
 //! that prefer to say so as the first line of `main`.
 //!
-//! Functions travel as offsets from an anchor function in this image: both
-//! processes run the same binary, so `anchor + offset` is the same function
-//! in the child even though ASLR loads the image elsewhere. Every (function,
-//! trampoline) pair is sealed with a per-pool secret key, so bytes in shared
-//! memory alone cannot make a worker jump to an arbitrary address.
+//! Functions travel as sealed offsets (see [`super::code`]).
 
 use std::fmt;
 
@@ -85,7 +81,7 @@ pub fn init() {
         eprintln!("shmpool: malformed {ENV} value {value:?}; not starting a worker");
         process::exit_now(2);
     };
-    let code = match crate::pool::worker::run(&cfg) {
+    let code = match super::executor::run(&cfg) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("shmpool worker {}: {e}", process::current_pid());
@@ -100,37 +96,6 @@ fn load_time_hook() {
     init();
 }
 
-/// The fixed point function offsets are measured from.
-#[inline(never)]
-fn anchor() {}
-
-/// The offset of the code at `addr` from the anchor.
-pub(crate) fn code_offset(addr: usize) -> i64 {
-    (addr as i64).wrapping_sub(anchor as *const () as usize as i64)
-}
-
-/// The address in this process of the code at `offset` from the anchor.
-pub(crate) fn code_address(offset: i64) -> usize {
-    (anchor as *const () as usize as i64).wrapping_add(offset) as usize
-}
-
-/// What a seal covers: a task's (function, trampoline) pair, or a stateful
-/// pool's init record. A seal of one kind never validates the other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SealKind {
-    Task = 0x7a5c,
-    Init = 0x1417,
-}
-
-/// Seals a (function, trampoline) pair of `kind` with `key`.
-pub(crate) fn seal(kind: SealKind, func: i64, tramp: i64, key: u64) -> u64 {
-    let mut x = (func as u64) ^ (tramp as u64).rotate_left(29) ^ key ^ ((kind as u64) << 48);
-    // splitmix64 finaliser: every input bit affects every output bit.
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31) ^ key.rotate_left(17)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,16 +107,5 @@ mod tests {
         assert_eq!(WorkerConfig::decode("2:7:4096:3:42:00"), None);
         assert_eq!(WorkerConfig::decode("1:7:4096:3:42"), None);
         assert_eq!(WorkerConfig::decode("1:x:4096:3:42:00"), None);
-    }
-
-    #[test]
-    fn offsets_round_trip_and_seal_depends_on_everything() {
-        let f = seal as *const () as usize;
-        assert_eq!(code_address(code_offset(f)), f);
-        let s = seal(SealKind::Task, 10, 20, 30);
-        assert_ne!(s, seal(SealKind::Task, 11, 20, 30));
-        assert_ne!(s, seal(SealKind::Task, 10, 21, 30));
-        assert_ne!(s, seal(SealKind::Task, 10, 20, 31));
-        assert_ne!(s, seal(SealKind::Init, 10, 20, 30));
     }
 }

@@ -8,13 +8,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::codec::{self, Scratch};
 use crate::ring::{Ring, RingError};
 use crate::segment::{Segment, SegmentError};
 use crate::sync::SpinPolicy;
 use crate::sys::process;
+use crate::wait::Deadline;
+use crate::wire::FrameBuf;
 
 /// Records the ring holds before workers start dropping.
 pub(crate) const LOG_SLOTS: u32 = 1024;
@@ -168,16 +170,15 @@ impl Drop for Receiver {
 
 fn receive(seg: &Segment, ring: &Ring, dropped: u64) {
     let mut reported = 0u64;
-    let mut buf = vec![0u128; (LOG_SLOT as usize).div_ceil(16)];
+    let mut buf = FrameBuf::for_ring(ring, 1);
     loop {
         let mut len = 0;
-        let got = ring.pop_many_with(1, Some(Instant::now() + Duration::from_millis(200)), SpinPolicy::SLEEP, |b| {
-            let bytes = crate::pool::core::as_bytes_mut(&mut buf);
-            bytes[..b.len()].copy_from_slice(b);
-            len = b.len();
-        });
+        let got =
+            ring.pop_many_with(1, Deadline::after(Duration::from_millis(200)).instant(), SpinPolicy::SLEEP, |b| {
+                len = buf.fill(0, b);
+            });
         if got.is_ok() {
-            if let Ok(r) = codec::decode::<Record>(&crate::pool::core::as_bytes(&buf)[..len]) {
+            if let Ok(r) = codec::decode::<Record>(&buf.slot(0)[..len]) {
                 emit(&r);
             }
         }

@@ -5,7 +5,7 @@ use std::mem::size_of;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::segment::{Segment, SegmentError, ShmSafe};
-use crate::task::FrameHeader;
+use crate::wire::FrameHeader;
 
 const CONTROL_MAGIC: u32 = 0x504F_4F4C; // "POOL"
 /// Most tasks a worker takes from the ring at once.

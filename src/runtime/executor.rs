@@ -3,17 +3,19 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::bootstrap::WorkerConfig;
+use super::code;
 use super::control::{self, MAX_BATCH, W_INIT_FAILED, W_READY};
-use super::core::{as_bytes, as_bytes_mut};
+use super::tramp::{InitTrampoline, Reply, Trampoline, WorkerState};
 use crate::codec::Scratch;
 use crate::ring::{Ring, RingError};
 use crate::segment::Segment;
-use crate::spawn::{self, WorkerConfig};
 use crate::sync::SpinPolicy;
 use crate::sys::process;
-use crate::task::{self, Body, FrameHeader, InitTrampoline, Reply, Trampoline, WorkerState, HEADER};
+use crate::wait::{self, Deadline, Step};
+use crate::wire::{self, Body, FrameHeader, Status};
 use crate::Error;
 
 /// How long an idle worker sleeps before checking that its parent lives.
@@ -43,7 +45,7 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
     let results = Ring::open(&seg, layout.result_ring)?;
     slot.pid.store(process::current_pid(), Ordering::Relaxed);
     let _ = POOL_SEGMENT.set(seg.clone());
-    crate::logfwd::install_forwarder(&seg, layout.log_ring, layout.log_dropped, layout.log_level);
+    super::logs::install_forwarder(&seg, layout.log_ring, layout.log_dropped, layout.log_level);
     install_panic_hook();
 
     let mut state: WorkerState = None;
@@ -51,7 +53,7 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
         match build_state(&seg, &init, cfg.key) {
             Ok(s) => state = Some(s),
             Err(message) => {
-                if let Ok(Body::Block { offset, len }) = task::encode_block(&seg, &message) {
+                if let Ok(Body::Block { offset, len }) = wire::encode_block(&seg, &message) {
                     slot.error_block.store(offset, Ordering::Relaxed);
                     slot.error_len.store(len, Ordering::Relaxed);
                 }
@@ -63,111 +65,98 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
     slot.state.store(W_READY, Ordering::Release);
 
     let stride = tasks.payload_capacity().div_ceil(16) * 16;
-    let reply_stride = results.payload_capacity().div_ceil(16) * 16;
     // The frames taken from the ring live in the segment, not in this
     // process: if it dies, the parent can run them again from there.
     let held_area = seg.alloc((MAX_BATCH * stride) as u64)?;
     let held_ptr = seg.ptr(held_area.offset, (MAX_BATCH * stride) as u64)?;
     slot.frame_stride.store(stride as u64, Ordering::Relaxed);
     slot.held_frames.store(held_area.offset, Ordering::Release);
-    // u128 gives 16-byte alignment: every frame (and the archive 64 bytes in) is aligned.
-    let mut out_buf = vec![0u128; MAX_BATCH * reply_stride / 16];
     let mut lens = [0usize; MAX_BATCH];
-    let mut out_lens = [0usize; MAX_BATCH];
-    let mut consumed: Vec<u64> = Vec::with_capacity(MAX_BATCH);
     let mut scratch = Scratch::new();
-    let inline_max = (results.payload_capacity() - HEADER).min(scratch.0.len());
     // The parent's choice: spin this long before sleeping (0: never spin).
-    let spin = SpinPolicy { spin: std::time::Duration::from_nanos(layout.spin_ns) };
+    let spin = SpinPolicy { spin: Duration::from_nanos(layout.spin_ns) };
+    let answerer = cfg.index as i64 + 1;
+    let parent_alive = || -> Result<(), ()> {
+        if process::parent_pid() == cfg.parent {
+            Ok(())
+        } else {
+            Err(())
+        }
+    };
 
     loop {
         slot.heartbeat.store(process::monotonic_ns(), Ordering::Relaxed);
         let mut n = 0;
-        let deadline = Some(Instant::now() + PARENT_CHECK);
         // Take a fair share of what is queued, so one worker does not hoard
         // slow tasks while others idle; a lone worker takes whole batches.
         let share = (tasks.len() / layout.workers as usize).clamp(1, MAX_BATCH);
-        let got = tasks.pop_many_recorded(share, deadline, spin, Some(&slot.pop_claim), |_, bytes| {
-            let len = bytes.len().min(stride);
-            // SAFETY: the held area is this worker's own block (allocated
-            // above), `n < MAX_BATCH` frames of `stride` bytes each; the parent
-            // reads it only after this process died.
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), held_ptr.add(n * stride), len) };
-            lens[n] = len;
-            if let Some(h) = FrameHeader::read(bytes) {
-                slot.held[2 * n].store(h.stream, Ordering::Relaxed);
-                slot.held[2 * n + 1].store(h.seq, Ordering::Relaxed);
-            }
-            slot.held_n.store(n as u32 + 1, Ordering::Release);
-            n += 1;
-        });
-        match got {
-            Ok(_) => {}
-            Err(RingError::Timeout) => {
-                if process::parent_pid() != cfg.parent {
-                    return Ok(());
+        let got = wait::in_slices(
+            Deadline::NEVER,
+            PARENT_CHECK,
+            |until| {
+                let popped = tasks.pop_many_recorded(share, Some(until), spin, Some(&slot.pop_claim), |_, bytes| {
+                    let len = bytes.len().min(stride);
+                    // SAFETY: the held area is this worker's own block
+                    // (allocated above), `n < MAX_BATCH` frames of `stride`
+                    // bytes each; the parent reads it only after this process died.
+                    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), held_ptr.add(n * stride), len) };
+                    lens[n] = len;
+                    if let Some(h) = FrameHeader::read(bytes) {
+                        slot.held[2 * n].store(h.stream, Ordering::Relaxed);
+                        slot.held[2 * n + 1].store(h.seq, Ordering::Relaxed);
+                    }
+                    slot.held_n.store(n as u32 + 1, Ordering::Release);
+                    n += 1;
+                });
+                match popped {
+                    Err(RingError::Timeout) => Step::Again,
+                    other => Step::Done(other),
                 }
-                continue;
-            }
-            Err(RingError::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
+            },
+            parent_alive,
+        );
+        match got {
+            Ok(Ok(_)) => {}
+            Ok(Err(RingError::Closed)) | Err(_) => return Ok(()),
+            Ok(Err(e)) => return Err(e.into()),
         }
-        for i in 0..n {
+        for (i, &len) in lens.iter().enumerate().take(n) {
             // SAFETY: frame `i` was written above into this worker's held area.
-            let frame = unsafe { std::slice::from_raw_parts(held_ptr.add(i * stride), lens[i]) };
-            let mut reply = Reply { seg: &seg, scratch: &mut scratch, inline_max, status: 0, body: Body::None };
+            let frame = unsafe { std::slice::from_raw_parts(held_ptr.add(i * stride), len) };
+            let mut reply = Reply::new(&seg, &mut scratch, results.payload_capacity());
             slot.busy_index.store(i as u32, Ordering::Relaxed);
             slot.busy_since.store(process::monotonic_ns(), Ordering::Release);
             let hdr = run_one(&seg, frame, cfg.key, &mut state, &mut reply);
             slot.busy_since.store(0, Ordering::Release);
-            if hdr.body == task::BODY_BLOCK {
-                // Freed only once the answer is out: until then a requeue may need it.
-                consumed.push(hdr.block);
-            }
-            // `func` names the answering worker (index + 1): the parent tells
-            // answered tasks from unanswered ones if this worker dies.
-            let mut out = FrameHeader {
-                stream: hdr.stream,
-                seq: hdr.seq,
-                status: reply.status,
-                func: cfg.index as i64 + 1,
-                ..Default::default()
-            };
-            reply.body.describe(&mut out);
-            let inline = match reply.body {
-                Body::Inline(len) => &scratch.0[..len],
-                _ => &[][..],
-            };
-            let dst = &mut as_bytes_mut(&mut out_buf)[i * reply_stride..(i + 1) * reply_stride];
-            out_lens[i] = out.write(dst, inline);
-        }
-        let mut sent = 0;
-        while sent < n {
-            let deadline = Some(Instant::now() + PARENT_CHECK);
-            let pushed = results.push_many_recorded(
-                n - sent,
-                deadline,
-                SpinPolicy::DEFAULT,
-                Some(&slot.push_claim),
-                |j, dst| {
-                    let k = sent + j;
-                    let src = &as_bytes(&out_buf)[k * reply_stride..k * reply_stride + out_lens[k]];
-                    dst[..src.len()].copy_from_slice(src);
-                    src.len()
+            // `func` names the answering worker: the parent tells answered
+            // tasks from unanswered ones if this worker dies.
+            let out = reply.header(&hdr, answerer);
+            // Each answer goes out as soon as its task ends: a later task of
+            // the batch may wait on what the caller does with this one.
+            let pushed = wait::in_slices(
+                Deadline::NEVER,
+                PARENT_CHECK,
+                |until| {
+                    let write = |_: usize, dst: &mut [u8]| out.write(dst, reply.inline());
+                    match results.push_many_recorded(1, Some(until), SpinPolicy::DEFAULT, Some(&slot.push_claim), write)
+                    {
+                        Err(RingError::Timeout) => Step::Again,
+                        other => Step::Done(other),
+                    }
                 },
+                parent_alive,
             );
             match pushed {
-                Ok(k) => sent += k,
-                Err(RingError::Timeout) if process::parent_pid() == cfg.parent => {}
-                Err(RingError::Timeout) | Err(RingError::Closed) => return Ok(()),
-                Err(e) => return Err(e.into()),
+                Ok(Ok(_)) => {}
+                Ok(Err(RingError::Closed)) | Err(_) => return Ok(()),
+                Ok(Err(e)) => return Err(e.into()),
             }
+            // The argument's block was kept until the answer was out: until
+            // then a requeue may have needed it.
+            wire::discard(&seg, &hdr);
+            slot.done.fetch_add(1, Ordering::Relaxed);
         }
         slot.held_n.store(0, Ordering::Release);
-        for block in consumed.drain(..) {
-            let _ = seg.release(block);
-        }
-        slot.done.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -180,18 +169,18 @@ pub(crate) fn run_one(
     reply: &mut Reply<'_>,
 ) -> FrameHeader {
     let Some(hdr) = FrameHeader::read(frame) else {
-        reply.fail(task::ST_BAD_INPUT, "task frame shorter than its header");
+        reply.fail(Status::BadInput, "task frame shorter than its header");
         return FrameHeader::default();
     };
-    if spawn::seal(spawn::SealKind::Task, hdr.func, hdr.tramp, key) != hdr.check {
-        reply.fail(task::ST_BAD_INPUT, "task seal mismatch: not a task of this pool");
+    if code::seal(code::SealKind::Task, hdr.func, hdr.tramp, key) != hdr.check {
+        reply.fail(Status::BadInput, "task seal mismatch: not a task of this pool");
         return hdr;
     }
     // SAFETY: the seal proves this pair was produced by our parent from a real
     // trampoline of this binary (same image, so the offset names the same code).
-    let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(spawn::code_address(hdr.tramp)) };
-    let func = spawn::code_address(hdr.func);
-    let ran = task::with_body(seg, &hdr, frame, false, |arg| {
+    let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(code::code_address(hdr.tramp)) };
+    let func = code::code_address(hdr.func);
+    let ran = wire::with_body(seg, &hdr, frame, false, |arg| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // SAFETY: sealed pair (above): `func` has the type `tramp` expects.
             unsafe { tramp(func, state, arg, reply) }
@@ -202,21 +191,21 @@ pub(crate) fn run_one(
         Ok(Err(payload)) => {
             let message = take_panic_message(&*payload);
             reply.body.discard(seg);
-            reply.fail(task::ST_PANICKED, &message);
+            reply.fail(Status::Panicked, &message);
         }
-        Err(e) => reply.fail(task::ST_BAD_INPUT, &e.to_string()),
+        Err(e) => reply.fail(Status::BadInput, &e.to_string()),
     }
     hdr
 }
 
 fn build_state(seg: &Segment, init: &FrameHeader, key: u64) -> Result<Box<dyn std::any::Any>, String> {
-    if spawn::seal(spawn::SealKind::Init, init.func, init.tramp, key) != init.check {
+    if code::seal(code::SealKind::Init, init.func, init.tramp, key) != init.check {
         return Err("worker init seal mismatch".into());
     }
     // SAFETY: sealed by our parent: the offset names an InitTrampoline of this binary.
-    let tramp = unsafe { std::mem::transmute::<usize, InitTrampoline>(spawn::code_address(init.tramp)) };
-    let func = if init.func == 0 { 0 } else { spawn::code_address(init.func) };
-    let built = task::with_body(seg, init, &[], false, |arg| {
+    let tramp = unsafe { std::mem::transmute::<usize, InitTrampoline>(code::code_address(init.tramp)) };
+    let func = if init.func == 0 { 0 } else { code::code_address(init.func) };
+    let built = wire::with_body(seg, init, &[], false, |arg| {
         std::panic::catch_unwind(|| {
             // SAFETY: sealed with the trampoline: `func` is the function of
             // the type this trampoline was instantiated for (or unused).

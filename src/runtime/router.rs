@@ -1,0 +1,256 @@
+//! Routing results to their waiters: whichever thread pops the result
+//! ring delivers its own results and stashes the others' for them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::control::MAX_BATCH;
+use super::lock;
+use super::workers::{Workers, HEALTH_CHECK};
+use crate::codec;
+use crate::ring::RingError;
+use crate::sys::process;
+use crate::wire::{self, FrameHeader, OwnedFrame, Status};
+use crate::TaskError;
+
+#[derive(Default)]
+pub(super) struct Routing {
+    /// A thread is popping the result ring; others wait on the condvar.
+    draining: bool,
+    /// Results popped by a thread that was not their owner.
+    stash: HashMap<u64, VecDeque<OwnedFrame>>,
+    /// Streams whose owner went away: results still to come, to be discarded.
+    abandoned: HashMap<u64, u64>,
+}
+
+/// Why a receive returned no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvError {
+    Timeout,
+    /// No worker is left to produce the result.
+    Gone,
+}
+
+impl Workers {
+    /// Receives results of `stream` (all streams' go to the stash with
+    /// `None`), calling `on(header, archive)` for each; returns how many.
+    ///
+    /// Returns as soon as at least one result was handled (or, with `None`,
+    /// any result was popped or routed by another thread).
+    pub fn recv(
+        &self,
+        stream: Option<u64>,
+        deadline: Option<Instant>,
+        on: &mut dyn FnMut(&FrameHeader, &[u8]),
+    ) -> Result<usize, RecvError> {
+        let mut routing = lock(&self.routing);
+        loop {
+            if let Some(s) = stream {
+                if let Some(queue) = routing.stash.get_mut(&s) {
+                    let items: Vec<OwnedFrame> = queue.drain(..).collect();
+                    routing.stash.remove(&s);
+                    drop(routing);
+                    for item in &items {
+                        self.deliver_stashed(item, on);
+                    }
+                    return Ok(items.len());
+                }
+            }
+            if routing.draining {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return Err(RecvError::Timeout);
+                }
+                let wait = deadline.map_or(HEALTH_CHECK, |d| (d - now).min(HEALTH_CHECK));
+                let before = self.in_flight.load(Ordering::Relaxed);
+                routing = self.routed.wait_timeout(routing, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+                if stream.is_none() && self.in_flight.load(Ordering::Relaxed) != before {
+                    return Ok(0);
+                }
+                continue;
+            }
+            routing.draining = true;
+            drop(routing);
+            let drained = {
+                // Clears `draining` and wakes the others even if `on` panics.
+                let _draining = Draining(self);
+                self.drain(stream, deadline, on)
+            };
+            routing = lock(&self.routing);
+            match drained {
+                Ok(n) => {
+                    // Leave the stash check to the next round for `Some`; with
+                    // `None` any progress is enough.
+                    if n > 0 || stream.is_none() {
+                        return Ok(n);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Pops result batches until one for `stream` (or, with `None`, any) came.
+    ///
+    /// Every `HEALTH_CHECK` it also reaps dead workers, whose held tasks are
+    /// answered with `WorkerDied` (they may be this stream's).
+    pub(super) fn drain(
+        &self,
+        stream: Option<u64>,
+        deadline: Option<Instant>,
+        on: &mut dyn FnMut(&FrameHeader, &[u8]),
+    ) -> Result<usize, RecvError> {
+        loop {
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(RecvError::Timeout);
+            }
+            let next_check = now + HEALTH_CHECK;
+            // Due by the pool's clock, not this call's: results that keep
+            // flowing must not keep supervision from running.
+            if self.supervision_due() {
+                // No worker left: results already in the ring, or answers
+                // supervise just put in the stash, still count.
+                if !self.supervise() && self.results.is_empty() {
+                    if stream.is_some_and(|s| lock(&self.routing).stash.contains_key(&s)) {
+                        return Ok(0);
+                    }
+                    return Err(RecvError::Gone);
+                }
+                if let Some(s) = stream {
+                    if lock(&self.routing).stash.contains_key(&s) {
+                        return Ok(0);
+                    }
+                }
+            }
+            let until = deadline.map_or(next_check, |d| d.min(next_check));
+            let mut mine = 0;
+            let mut popped = 0;
+            let mut foreign: Vec<OwnedFrame> = Vec::new();
+            let got = self.results.pop_many_with(MAX_BATCH * 2, Some(until), self.config.spin, |bytes| {
+                popped += 1;
+                let Some(hdr) = FrameHeader::read(bytes) else { return };
+                if let Some(r) = usize::try_from(hdr.func - 1).ok().and_then(|w| self.recent.get(w)) {
+                    r.record(hdr.stream, hdr.seq);
+                }
+                if Some(hdr.stream) == stream {
+                    mine += 1;
+                    let delivered = wire::with_body(&self.seg, &hdr, bytes, true, |archive| on(&hdr, archive));
+                    if let Err(e) = delivered {
+                        // The body was unreadable: deliver the failure, not nothing.
+                        self.deliver_error(&hdr, &e, on);
+                    }
+                } else {
+                    foreign.push(OwnedFrame::copy(hdr, bytes));
+                }
+            });
+            self.land(popped);
+            if !foreign.is_empty() {
+                let mut routing = lock(&self.routing);
+                for item in foreign {
+                    self.route(&mut routing, item);
+                }
+                drop(routing);
+                // Their owners may be waiting on the condvar: tell them now.
+                self.routed.notify_all();
+            }
+            match got {
+                Ok(_) if mine > 0 || stream.is_none() => return Ok(mine),
+                Ok(_) | Err(RingError::Timeout) => {}
+                Err(_) => return Err(RecvError::Gone),
+            }
+        }
+    }
+
+    /// Whether `HEALTH_CHECK` has passed since the last supervision; if so,
+    /// this caller is the one to run it now.
+    pub(super) fn supervision_due(&self) -> bool {
+        let now = process::monotonic_ns();
+        let last = self.last_supervised.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= HEALTH_CHECK.as_nanos() as u64
+            && self.last_supervised.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
+    pub(super) fn route(&self, routing: &mut Routing, item: OwnedFrame) {
+        let s = item.hdr.stream;
+        if let Some(left) = routing.abandoned.get_mut(&s) {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                routing.abandoned.remove(&s);
+            }
+            item.discard(&self.seg);
+            return;
+        }
+        routing.stash.entry(s).or_default().push_back(item);
+    }
+
+    pub(super) fn deliver_stashed(&self, item: &OwnedFrame, on: &mut dyn FnMut(&FrameHeader, &[u8])) {
+        if let Err(e) = item.with_body(&self.seg, |archive| on(&item.hdr, archive)) {
+            self.deliver_error(&item.hdr, &e, on);
+        }
+    }
+
+    pub(super) fn deliver_error(&self, hdr: &FrameHeader, e: &TaskError, on: &mut dyn FnMut(&FrameHeader, &[u8])) {
+        let mut s = codec::Scratch::new();
+        let message = e.to_string();
+        if let Ok(n) = codec::encode_into(&message, &mut s.0) {
+            let h = FrameHeader { status: Status::BadInput as u32, ..*hdr };
+            on(&h, &s.0[..n]);
+        }
+    }
+
+    /// The owner of `stream` will not read its `outstanding` results.
+    pub fn abandon(&self, stream: u64, outstanding: u64) {
+        let mut routing = lock(&self.routing);
+        let mut left = outstanding;
+        if let Some(items) = routing.stash.remove(&stream) {
+            left = left.saturating_sub(items.len() as u64);
+            for item in items {
+                item.discard(&self.seg);
+            }
+        }
+        if left > 0 {
+            routing.abandoned.insert(stream, left);
+        }
+    }
+
+    /// Puts a result that no worker produced (cancelled, worker died) where
+    /// its owner will find it.
+    pub(super) fn synthesize(&self, stream: u64, seq: u64, status: Status, detail: u32) {
+        let hdr = FrameHeader { stream, seq, status: status as u32, ..Default::default() };
+        let item = OwnedFrame::inline(hdr, &detail);
+        let mut routing = lock(&self.routing);
+        self.route(&mut routing, item);
+        drop(routing);
+        self.routed.notify_all();
+    }
+
+    /// Removes every queued task; each owner gets `TaskError::Cancelled`.
+    /// Returns how many were removed.
+    pub fn clear_tasks(&self) -> usize {
+        let mut cleared = Vec::new();
+        while let Ok(n) = self.tasks.try_pop_many_recorded(MAX_BATCH, Some(&self.clear_claim), |_, bytes| {
+            if let Some(hdr) = FrameHeader::read(bytes) {
+                wire::discard(&self.seg, &hdr);
+                cleared.push((hdr.stream, hdr.seq));
+            }
+        }) {
+            self.land(n);
+        }
+        for &(stream, seq) in &cleared {
+            self.synthesize(stream, seq, Status::Cancelled, 0);
+        }
+        cleared.len()
+    }
+}
+
+/// Ends a drain: clears the flag and wakes the other waiters, also on unwind.
+pub(super) struct Draining<'a>(&'a Workers);
+
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.routing).draining = false;
+        self.0.routed.notify_all();
+    }
+}

@@ -1,0 +1,289 @@
+//! Supervision: starting workers, reaping dead ones, running or answering
+//! what they held, killing hung ones.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::bootstrap::{self, WorkerConfig};
+use super::control::{self, MAX_BATCH, W_INIT_FAILED, W_READY};
+use super::lock;
+use super::workers::{OnWorkerDeath, Workers, MAX_FAILED_STARTS, START_TIMEOUT};
+use crate::codec;
+use crate::ring::Ring;
+use crate::sys::process;
+use crate::wire::{self, FrameHeader, Status, HEADER};
+use crate::Error;
+
+impl Workers {
+    pub(super) fn spawn_worker(&self, index: u32) -> Result<(), Error> {
+        let slot = control::slot(&self.seg, self.layout.control, self.layout.workers, index)?;
+        control::reset(slot);
+        let cfg = WorkerConfig {
+            fd: self.seg.raw_fd(),
+            control: self.layout.control,
+            index,
+            parent: process::current_pid(),
+            key: self.key,
+        };
+        let child = process::spawn_self(&[(bootstrap::ENV, cfg.encode())], self.seg.raw_fd()).map_err(Error::Spawn)?;
+        lock(&self.children)[index as usize] = Some(child);
+        Ok(())
+    }
+
+    /// Waits until every worker reports ready; a failed init is an error.
+    pub(super) fn await_ready(&self) -> Result<(), Error> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        for i in 0..self.layout.workers {
+            let slot = control::slot(&self.seg, self.layout.control, self.layout.workers, i)?;
+            loop {
+                match slot.state.load(Ordering::Acquire) {
+                    W_READY => break,
+                    W_INIT_FAILED => {
+                        let hdr = FrameHeader {
+                            body: wire::BODY_BLOCK,
+                            block: slot.error_block.load(Ordering::Relaxed),
+                            len: slot.error_len.load(Ordering::Relaxed),
+                            ..Default::default()
+                        };
+                        let message = wire::with_body(&self.seg, &hdr, &[], true, codec::decode::<String>)
+                            .ok()
+                            .and_then(Result::ok)
+                            .unwrap_or_else(|| "worker init failed".into());
+                        return Err(Error::WorkerInit { message });
+                    }
+                    _ => {}
+                }
+                if let Some(child) = lock(&self.children)[i as usize].as_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(Error::Spawn(std::io::Error::other(format!(
+                            "worker exited during start-up ({status})"
+                        ))));
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::Spawn(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "worker did not start in time",
+                    )));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        Ok(())
+    }
+
+    /// is started. Returns whether any worker is alive (or being started).
+    pub fn supervise(&self) -> bool {
+        let mut children = lock(&self.children);
+        let mut alive = 0;
+        let mut timed_out = vec![false; children.len()];
+        if let Some(limit) = self.config.task_timeout {
+            let now = process::monotonic_ns();
+            for (i, child) in children.iter_mut().enumerate() {
+                let Some(c) = child.as_mut() else { continue };
+                let Ok(slot) = control::slot(&self.seg, self.layout.control, self.layout.workers, i as u32) else {
+                    continue;
+                };
+                let since = slot.busy_since.load(Ordering::Acquire);
+                if since != 0 && now.saturating_sub(since) > limit.as_nanos() as u64 {
+                    // Hung: kill it; it is reaped just below. If it moved on
+                    // to another task meanwhile, that one is not to blame.
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    timed_out[i] = slot.busy_since.load(Ordering::Acquire) == since;
+                }
+            }
+        }
+        for (i, child) in children.iter_mut().enumerate() {
+            let Some(c) = child.as_mut() else { continue };
+            match c.try_wait() {
+                Ok(None) => alive += 1,
+                status => {
+                    let pid = c.id();
+                    *child = None;
+                    // A worker that exited on its own before becoming ready
+                    // failed to start (its init panicked, say): respawning it
+                    // for ever helps nobody. One killed by a signal did not fail.
+                    let started = control::slot(&self.seg, self.layout.control, self.layout.workers, i as u32)
+                        .is_ok_and(|s| s.state.load(Ordering::Acquire) == W_READY);
+                    let killed =
+                        matches!(&status, Ok(Some(st)) if std::os::unix::process::ExitStatusExt::signal(st).is_some());
+                    if started || killed {
+                        self.failed_starts.store(0, Ordering::Relaxed);
+                    } else {
+                        self.failed_starts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.recover(i as u32, pid, timed_out[i]);
+                    // Buffers it held references to may now be free.
+                    let _ = self.seg.reclaim_buffers();
+                }
+            }
+        }
+        for i in 0..children.len() {
+            // Checked under the lock each time: terminate() may have run meanwhile.
+            if children[i].is_some() || self.is_closed() || !self.config.respawn {
+                continue;
+            }
+            if self.failed_starts.load(Ordering::Relaxed) >= MAX_FAILED_STARTS {
+                break;
+            }
+            drop(children);
+            let respawned = self.spawn_worker(i as u32).is_ok();
+            children = lock(&self.children);
+            if respawned {
+                self.respawns.fetch_add(1, Ordering::Relaxed);
+                alive += 1;
+            }
+        }
+        alive > 0 || self.in_flight.load(Ordering::Relaxed) == 0
+    }
+
+    /// Deals with what the dead worker `index` (pid `pid`) held: ring slots
+    /// it claimed, and its tasks, which are run again or answered according
+    /// to the pool's [`OnWorkerDeath`]. `timed_out`: it was killed because
+    /// its current task exceeded the task timeout.
+    pub(super) fn recover(&self, index: u32, pid: u32, timed_out: bool) {
+        let Ok(slot) = control::slot(&self.seg, self.layout.control, self.layout.workers, index) else { return };
+        // Slots a consumer or producer claimed and never finished: the dead
+        // worker's, unless a live worker's claim covers them. A live worker
+        // between its claim and recording it is given a moment to record.
+        // Every claim is recorded before it is made (see
+        // `Ring::try_pop_many_recorded`), so a stuck slot no live claim
+        // covers is the dead worker's.
+        let stuck_results = self.results.unpublished();
+        let stuck_tasks = self.tasks.unreleased();
+        let live_claims = |field: fn(&control::WorkerSlot) -> &AtomicU64| -> Vec<(u64, u64)> {
+            let parent = self.clear_claim.load(Ordering::Acquire);
+            (0..self.layout.workers)
+                .filter(|&i| i != index)
+                .filter_map(|i| control::slot(&self.seg, self.layout.control, self.layout.workers, i).ok())
+                .map(|s| field(s).load(Ordering::Acquire))
+                .chain(std::iter::once(parent))
+                .filter(|&c| c != 0)
+                .map(|c| (c >> 8, c & 0xFF))
+                .collect()
+        };
+        let covered = |claims: &[(u64, u64)], pos: u64| claims.iter().any(|&(p, n)| pos >= p && pos < p + n);
+        let push_claims = live_claims(|s| &s.push_claim);
+        for pos in stuck_results {
+            if !covered(&push_claims, pos) {
+                self.results.poison_unpublished(pos);
+            }
+        }
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        let pop_claims = live_claims(|s| &s.pop_claim);
+        for pos in stuck_tasks {
+            if !covered(&pop_claims, pos) {
+                self.tasks.steal_unreleased(pos, |bytes| frames.push(bytes.to_vec()));
+            }
+        }
+        // The frames it had taken, from its held area in the segment. The
+        // stride is ours to know, not the segment's to say.
+        let n = (slot.held_n.swap(0, Ordering::Acquire) as usize).min(MAX_BATCH);
+        let area = slot.held_frames.load(Ordering::Acquire);
+        let stride = (self.tasks.payload_capacity().div_ceil(16) * 16) as u64;
+        // Results it published: in the ring still, or received already.
+        let mut answered: std::collections::HashSet<(u64, u64)> = std::collections::HashSet::new();
+        self.results.peek_all(|bytes| {
+            if let Some(h) = FrameHeader::read(bytes) {
+                if h.func == index as i64 + 1 {
+                    answered.insert((h.stream, h.seq));
+                }
+            }
+        });
+        let recent = self.recent.get(index as usize);
+        let busy = timed_out.then(|| slot.busy_index.load(Ordering::Acquire) as usize);
+        let mut busy_task = None;
+        for k in 0..n {
+            let Ok(p) = self.seg.ptr(area + k as u64 * stride, stride) else { continue };
+            // SAFETY: the dead worker's held area, in bounds (checked); its
+            // writer is gone, so nothing changes it while we copy.
+            let bytes = unsafe { std::slice::from_raw_parts(p, stride as usize) };
+            if let Some(h) = FrameHeader::read(bytes) {
+                if answered.contains(&(h.stream, h.seq)) || recent.is_some_and(|r| r.contains(h.stream, h.seq)) {
+                    // Answered before it died: neither run again nor answered twice.
+                    continue;
+                }
+                if busy == Some(k) {
+                    busy_task = Some((h.stream, h.seq));
+                }
+                frames.push(bytes.to_vec());
+            }
+        }
+        if area != 0 {
+            let _ = self.seg.release(area);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for bytes in frames {
+            let Some(mut h) = FrameHeader::read(&bytes) else { continue };
+            if !seen.insert((h.stream, h.seq)) {
+                continue;
+            }
+            let attempts = h.status + 1;
+            let requeue = match self.config.on_death {
+                OnWorkerDeath::Requeue { max_attempts } => attempts < max_attempts,
+                OnWorkerDeath::Report => false,
+            };
+            if busy_task == Some((h.stream, h.seq)) {
+                self.land(1);
+                wire::discard(&self.seg, &h);
+                self.synthesize(h.stream, h.seq, Status::TimedOut, pid);
+            } else if requeue && !self.is_closed() && fits(&h, &bytes, &self.tasks) {
+                h.status = attempts;
+                let inline =
+                    if h.body == wire::BODY_INLINE { &bytes[HEADER..HEADER + h.len as usize] } else { &[][..] };
+                // Never wait here (the children lock is held): the task stays
+                // in flight, so the ring has room for it unless it is corrupt.
+                match self.tasks.try_push_many(1, |_, dst| h.write(dst, inline)) {
+                    Ok(_) => {
+                        self.requeued.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        self.land(1);
+                        wire::discard(&self.seg, &h);
+                        self.synthesize(h.stream, h.seq, Status::WorkerDied, pid);
+                    }
+                }
+            } else {
+                self.land(1);
+                wire::discard(&self.seg, &h);
+                self.synthesize(h.stream, h.seq, Status::WorkerDied, pid);
+            }
+        }
+    }
+}
+
+/// The last results received from one worker (a small ring of ids).
+pub(super) struct Recent {
+    next: AtomicUsize,
+    ids: [AtomicU64; 2 * RECENT],
+}
+
+/// Results remembered per worker: more than a batch.
+const RECENT: usize = 2 * MAX_BATCH;
+
+impl Default for Recent {
+    fn default() -> Self {
+        Recent { next: AtomicUsize::new(0), ids: std::array::from_fn(|_| AtomicU64::new(u64::MAX)) }
+    }
+}
+
+impl Recent {
+    pub(super) fn record(&self, stream: u64, seq: u64) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % RECENT;
+        self.ids[2 * i].store(stream, Ordering::Relaxed);
+        self.ids[2 * i + 1].store(seq, Ordering::Relaxed);
+    }
+
+    pub(super) fn contains(&self, stream: u64, seq: u64) -> bool {
+        (0..RECENT).any(|i| {
+            self.ids[2 * i].load(Ordering::Relaxed) == stream && self.ids[2 * i + 1].load(Ordering::Relaxed) == seq
+        })
+    }
+}
+
+/// Whether an inline frame copy is whole and fits a task slot again.
+fn fits(h: &FrameHeader, bytes: &[u8], tasks: &Ring) -> bool {
+    let len = HEADER as u64 + h.len;
+    h.body != wire::BODY_INLINE || (len <= bytes.len() as u64 && len <= tasks.payload_capacity() as u64)
+}

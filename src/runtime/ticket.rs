@@ -1,0 +1,95 @@
+//! Tickets: one submitted task's result, to be waited for, and the one
+//! submission path every API's single calls go through.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::router::RecvError;
+use super::tramp::Trampoline;
+use super::workers::{Reservation, Workers};
+use crate::codec::Message;
+use crate::wire::{self, FrameHeader};
+use crate::{Error, TaskError};
+
+/// Frames and pushes one task for `func` run by `tramp`, waiting while the
+/// queue is full; the ticket receives its result.
+pub(crate) fn submit_to<A: Message, R: Message>(
+    inner: &Arc<Workers>,
+    func: usize,
+    tramp: Trampoline,
+    arg: &A,
+) -> Result<Ticket<R>, Error> {
+    let reserved = inner.reserve(1, None)?;
+    // Given back on every way out but a pushed task, panics included.
+    let mut reservation = Reservation::new(inner, reserved);
+    let stream = inner.new_stream();
+    wire::with_scratch(|scratch| {
+        let frame = inner.frame(stream, 0, func, tramp, arg, scratch).map_err(Error::Task)?;
+        inner.push_frames(&[frame.hdr], |_| frame.inline()).map_err(|(_, e)| e)
+    })?;
+    reservation.left = 0;
+    Ok(Ticket { inner: Arc::clone(inner), stream, done: false, _result: PhantomData })
+}
+
+/// The result of one submitted task, to be waited for.
+///
+/// Dropping a ticket without waiting discards the result when it arrives.
+#[must_use = "a ticket does nothing unless waited for"]
+pub struct Ticket<R> {
+    inner: Arc<Workers>,
+    stream: u64,
+    done: bool,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for Ticket<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket").field("stream", &self.stream).field("done", &self.done).finish()
+    }
+}
+
+impl<R: Message> Ticket<R> {
+    /// Waits for the result.
+    pub fn wait(mut self) -> Result<R, TaskError> {
+        self.wait_until(None).unwrap_or(Err(TaskError::PoolGone))
+    }
+
+    /// Waits up to `timeout`; `Err(self)` gives the ticket back if no result came.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<R, TaskError>, Ticket<R>> {
+        match self.wait_until(Some(Instant::now() + timeout)) {
+            Some(r) => Ok(r),
+            None => Err(self),
+        }
+    }
+
+    fn wait_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, TaskError>> {
+        let mut out = None;
+        loop {
+            let got = self.inner.recv(Some(self.stream), deadline, &mut |hdr: &FrameHeader, bytes: &[u8]| {
+                out = Some(wire::decode_result::<R>(hdr.status, bytes));
+            });
+            match got {
+                Ok(_) if out.is_some() => {
+                    self.done = true;
+                    return out;
+                }
+                Ok(_) => {}
+                Err(RecvError::Timeout) => return None,
+                Err(RecvError::Gone) => {
+                    self.done = true;
+                    return Some(Err(TaskError::PoolGone));
+                }
+            }
+        }
+    }
+}
+
+impl<R> Drop for Ticket<R> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.inner.abandon(self.stream, 1);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The one blocking helper: every wait in the crate has a [`Deadline`]
+//! (which a timeout too large to add turns into "none", never a panic), and
+//! a wait on another process runs in slices, looking at the peer between
+//! them, so a dead or departed peer ends it with a typed outcome.
+
+use std::time::{Duration, Instant};
+
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// When a wait gives up: at an instant, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// No deadline: wait as long as it takes (peers are still watched).
+    pub const NEVER: Deadline = Deadline(None);
+
+    /// `timeout` from now; a timeout too large to add (`Duration::MAX`) is
+    /// no deadline at all.
+    pub fn after(timeout: Duration) -> Deadline {
+        Deadline(Instant::now().checked_add(timeout))
+    }
+
+    /// An optional timeout from now (`None`: never).
+    pub fn within(timeout: Option<Duration>) -> Deadline {
+        timeout.map_or(Deadline::NEVER, Deadline::after)
+    }
+
+    /// Already due: one attempt, no waiting.
+    pub fn now() -> Deadline {
+        Deadline(Some(Instant::now()))
+    }
+
+    /// The instant, if there is one.
+    pub fn instant(self) -> Option<Instant> {
+        self.0
+    }
+
+    /// Whether the deadline has passed.
+    pub fn passed(self) -> bool {
+        self.0.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Time left (`None`: no deadline).
+    pub fn remaining(self) -> Option<Duration> {
+        self.0.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The end of the next slice of a wait: `interval` from now, or the
+    /// deadline if that is sooner.
+    pub fn slice(self, interval: Duration) -> Instant {
+        let now = Instant::now();
+        // A slice too long to add is as good as a year.
+        let next = now.checked_add(interval).or_else(|| now.checked_add(YEAR)).unwrap_or(now);
+        self.0.map_or(next, |d| d.min(next))
+    }
+}
+
+impl From<Option<Instant>> for Deadline {
+    fn from(d: Option<Instant>) -> Self {
+        Deadline(d)
+    }
+}
+
+/// What one slice of a wait came to.
+#[derive(Debug)]
+pub(crate) enum Step<T> {
+    /// Finished (with a success or an error of the caller's own).
+    Done(T),
+    /// Nothing yet: the slice ended.
+    Again,
+}
+
+/// Why a wait ended without its result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Waited<E> {
+    /// The deadline passed.
+    TimedOut,
+    /// The peer check said the wait cannot succeed (peer dead, closed, ...).
+    Peer(E),
+}
+
+/// Waits in slices of at most `interval` until `attempt(until)` is done or
+/// `deadline` passes; after every slice that brought nothing, `check()`
+/// looks at the peer and may end the wait.
+///
+/// `attempt` always runs at least once, so `Deadline::now()` is a "try".
+pub(crate) fn in_slices<T, E>(
+    deadline: Deadline,
+    interval: Duration,
+    mut attempt: impl FnMut(Instant) -> Step<T>,
+    mut check: impl FnMut() -> Result<(), E>,
+) -> Result<T, Waited<E>> {
+    loop {
+        if let Step::Done(t) = attempt(deadline.slice(interval)) {
+            return Ok(t);
+        }
+        if deadline.passed() {
+            return Err(Waited::TimedOut);
+        }
+        check().map_err(Waited::Peer)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_timeouts_mean_no_deadline() {
+        assert_eq!(Deadline::after(Duration::MAX), Deadline::NEVER);
+        assert!(!Deadline::NEVER.passed());
+        assert!(Deadline::NEVER.slice(Duration::MAX) > Instant::now() + Duration::from_secs(3600));
+        assert!(Deadline::now().passed());
+        assert_eq!(Deadline::within(None), Deadline::NEVER);
+    }
+
+    #[test]
+    fn a_wait_tries_once_then_times_out_or_ends_on_the_peer() {
+        let mut tries = 0;
+        let r: Result<(), Waited<&str>> = in_slices(
+            Deadline::now(),
+            Duration::from_millis(1),
+            |_| {
+                tries += 1;
+                Step::Again
+            },
+            || Ok(()),
+        );
+        assert_eq!((r, tries), (Err(Waited::TimedOut), 1));
+        let r: Result<(), Waited<&str>> =
+            in_slices(Deadline::NEVER, Duration::from_millis(1), |_| Step::Again, || Err("gone"));
+        assert_eq!(r, Err(Waited::Peer("gone")));
+        let r: Result<u8, Waited<()>> = in_slices(Deadline::NEVER, Duration::ZERO, |_| Step::Done(7), || Ok(()));
+        assert_eq!(r, Ok(7));
+    }
+}
