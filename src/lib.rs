@@ -34,6 +34,7 @@ pub mod segment;
 pub mod shared;
 pub mod sync;
 pub mod sys;
+mod thread;
 pub mod wait;
 mod wire;
 
@@ -55,6 +56,7 @@ pub use segment::{cleanup_stale, list_named, NamedSegment, Segment, SegmentError
 pub use service::{Client, Service, ServiceError};
 pub use shared::{BufferHandle, SharedBuffer, SharedError, SharedList, SharedMap, SharedObject};
 pub use sync::LockKind;
+pub use thread::{thread, SlaveThread, ThreadHandle};
 
 /// The archived form of `T`: what a task that takes its argument in place sees.
 pub type Archived<T> = rkyv::Archived<T>;
