@@ -32,6 +32,7 @@ pub mod ring;
 mod runtime;
 pub mod segment;
 pub mod shared;
+mod split;
 pub mod sync;
 pub mod sys;
 mod thread;
@@ -55,6 +56,7 @@ pub use runtime::{build_id, OnWorkerDeath};
 pub use segment::{cleanup_stale, list_named, NamedSegment, Segment, SegmentError};
 pub use service::{Client, Service, ServiceError};
 pub use shared::{BufferHandle, SharedBuffer, SharedError, SharedList, SharedMap, SharedObject};
+pub use split::{split, Split, SplitArgs, SplitError};
 pub use sync::LockKind;
 pub use thread::{thread, SlaveThread, ThreadHandle};
 
