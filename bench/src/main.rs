@@ -64,7 +64,7 @@ Options:
   --quick          fewer iterations, under two minutes of measuring (the default)
   --full           more iterations, for steadier figures (several minutes)
   --json FILE      also write the figures to FILE as JSON
-  --plot DIR       also write SVG charts to DIR (created if missing)
+  --plot DIR       also write SVG charts and the tables (tables.md) to DIR
   --only SECTIONS  measure only these, comma-separated, of: latency, throughput,
                    oneway, payload, idle, locks, map, handoff
   -h, --help       print this help
@@ -229,8 +229,19 @@ fn run(options: &Options) -> BoxResult<()> {
     if let Some(dir) = &options.plot {
         let written = plot::write_all(dir, &machine, mode, &plots)?;
         println!("\nCharts written to {}: {}", dir.display(), written.join(", "));
+        // The full tables beside the charts, for the docs the README links.
+        let tables = format!("# shmpool-bench tables ({})\n\n```text\n{}```\n", mode_name(mode), report.table());
+        std::fs::write(dir.join("tables.md"), tables)?;
+        println!("Tables written to {}", dir.join("tables.md").display());
     }
     Ok(())
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Quick => "quick mode",
+        Mode::Full => "full mode",
+    }
 }
 
 /// The raw floors of this run, as a table of their own.
