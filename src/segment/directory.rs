@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::sync::RawMutex;
+
 use super::{check_name, Block, Header, Segment, SegmentError, MAX_NAME};
 
 /// A directory slot. `state` is zero (empty) or `DIR_READY`; the other fields
@@ -20,6 +22,33 @@ pub(super) struct DirEntry {
 }
 
 const DIR_READY: u32 = 1;
+
+/// How long `named` waits for the directory lock before giving up (short
+/// in unit tests, which provoke the timeout).
+const LOCK_WAIT: Duration = if cfg!(test) { Duration::from_millis(100) } else { Duration::from_secs(10) };
+
+/// Unlocks the directory lock when dropped, unwinding included, so that a
+/// panicking `init` does not leave it held by a live process.
+struct Unlock<'a>(&'a RawMutex);
+
+impl Drop for Unlock<'_> {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
+/// Releases a block not yet published when dropped (an `init` that failed or
+/// panicked); forgotten once the block is handed on.
+struct ReleaseUnused<'a> {
+    seg: &'a Segment,
+    offset: u64,
+}
+
+impl Drop for ReleaseUnused<'_> {
+    fn drop(&mut self) {
+        let _ = self.seg.release(self.offset);
+    }
+}
 
 impl Segment {
     /// Finds the directory entry `name`, or creates it with a fresh arena
@@ -39,11 +68,12 @@ impl Segment {
         check_name(name)?;
         // SAFETY: header in bounds (validated at open).
         let hdr = unsafe { &*self.header() };
-        let deadline = Some(Instant::now() + Duration::from_secs(10));
-        hdr.dir_lock.lock(deadline).map_err(|_| SegmentError::Corrupt("directory lock held too long"))?;
-        let result = self.named_locked(hdr, name, kind, fingerprint, len, init);
-        hdr.dir_lock.unlock();
-        result
+        let deadline = Some(Instant::now() + LOCK_WAIT);
+        // A holder that died mid-`named` left at worst an entry not yet
+        // marked ready (overwritten now) and a leaked block: go on either way.
+        hdr.dir_lock.lock(deadline).map_err(|t| SegmentError::LockTimeout { lock: "directory", holder: t.holder })?;
+        let _unlock = Unlock(&hdr.dir_lock);
+        self.named_locked(hdr, name, kind, fingerprint, len, init)
     }
 
     fn named_locked(
@@ -77,10 +107,10 @@ impl Segment {
         }
         let entry = free_slot.ok_or(SegmentError::DirectoryFull)?;
         let block = self.alloc(len)?;
-        if let Err(e) = init(block) {
-            let _ = self.release(block.offset);
-            return Err(e);
-        }
+        // `init` may fail or panic: either way the block goes back.
+        let unused = ReleaseUnused { seg: self, offset: block.offset };
+        init(block)?;
+        std::mem::forget(unused);
         let mut words = [0u64; MAX_NAME / 8];
         for (i, b) in name.bytes().enumerate() {
             words[i / 8] |= (b as u64) << (8 * (i % 8));
@@ -142,5 +172,19 @@ mod tests {
         assert!(matches!(seg.named("bad/name", 1, 1, 8, |_| Ok(())), Err(SegmentError::InvalidName(_))));
         assert_eq!(seg.lookup("x").unwrap(), Some((a, 1, 42)));
         assert!(seg.lookup("y").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_held_directory_lock_times_out_with_a_typed_error() {
+        let seg = Segment::anonymous(1 << 20).unwrap();
+        // SAFETY: header in bounds (validated at creation).
+        let hdr = unsafe { &*seg.header() };
+        assert!(hdr.dir_lock.try_lock());
+        match seg.named("x", 1, 1, 8, |_| Ok(())) {
+            Err(SegmentError::LockTimeout { lock: "directory", holder }) => assert_eq!(holder, std::process::id()),
+            other => panic!("expected LockTimeout, got {other:?}"),
+        }
+        hdr.dir_lock.unlock();
+        assert!(seg.named("x", 1, 1, 8, |_| Ok(())).unwrap().1);
     }
 }

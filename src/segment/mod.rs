@@ -123,6 +123,15 @@ pub enum SegmentError {
     Corrupt(&'static str),
     /// The creator has not finished initialising the segment in time.
     NotReady,
+    /// One of the segment's own locks (`lock` names which: the directory,
+    /// the large-block arena) stayed held by the live process `holder` past
+    /// the deadline: that process is stuck, or holds it for far too long.
+    LockTimeout {
+        /// Which lock.
+        lock: &'static str,
+        /// The pid holding it when the wait gave up.
+        holder: u32,
+    },
     /// The arena cannot satisfy an allocation.
     OutOfMemory {
         /// Bytes asked for.
@@ -166,6 +175,9 @@ impl fmt::Display for SegmentError {
             }
             SegmentError::Corrupt(what) => write!(f, "corrupt segment: {what}"),
             SegmentError::NotReady => write!(f, "segment creator did not finish initialising it"),
+            SegmentError::LockTimeout { lock, holder } => {
+                write!(f, "timed out waiting for the segment's {lock} lock, held by live process {holder}")
+            }
             SegmentError::OutOfMemory { requested, available } => {
                 write!(f, "segment out of memory: requested {requested} bytes, {available} available")
             }
