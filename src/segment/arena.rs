@@ -1,7 +1,16 @@
-//! The arena: size classes, their lock-free free lists, and the bump pointer.
+//! The arena allocator: small blocks in size classes with lock-free free
+//! lists, carved from chunks of the heap; large blocks straight from the heap
+//! (see `heap`), which merges free neighbours.
+//!
+//! A small block is one of the size classes up to [`SMALL_MAX`] bytes,
+//! header included. It is carved lock-free from the current chunk (`small`
+//! in the segment header) or taken from its class's free list, and freed onto
+//! that list: small blocks never merge, their memory stays with their class.
+//! Anything larger is an exact-size heap block.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use super::heap::{self, Use, LARGE_LIVE};
 use super::{Block, Segment, SegmentError, ShmSafe};
 
 /// The smallest arena block, header included.
@@ -10,27 +19,44 @@ const MIN_BLOCK: u64 = 64;
 const BLOCK_HEADER: u64 = 16;
 /// Size classes: four per power of two from 64 bytes up to 2^44.
 pub(super) const CLASSES: usize = 4 * 38;
+/// The largest small block, header included; larger ones come from the heap.
+pub(super) const SMALL_MAX: u64 = 64 << 10;
+/// The largest chunk small blocks are carved from.
+const CHUNK_MAX: u64 = 1 << 20;
 const BLOCK_LIVE: u32 = 0xB10C_0000;
 const BLOCK_FREE: u32 = 0xF4EE_0000;
 const OFFSET_MASK: u64 = (1 << 40) - 1;
 const TAG_ONE: u64 = 1 << 40;
+/// The `small` word: `(next offset / 16) << REM_BITS | (bytes left / 16)`.
+const REM_BITS: u32 = 24;
 
 // SAFETY: `#[repr(C)]`, atomics and padding integers only.
 unsafe impl ShmSafe for BlockHeader {}
 
 #[repr(C)]
 struct BlockHeader {
-    /// `BLOCK_LIVE | class` or `BLOCK_FREE | class`.
+    /// `BLOCK_LIVE | class` or `BLOCK_FREE | class` (small blocks), or a heap
+    /// tag (large blocks: see `heap`).
     tag: AtomicU32,
     _pad: u32,
     /// Next free block (offset / 16) while on a free list.
     next: AtomicU64,
 }
 
+/// A block that passed validation as live.
+#[derive(Debug, Clone, Copy)]
+enum Live {
+    /// A small block: its start (header) and class.
+    Small { start: u64, class: u32 },
+    /// A large block: the start of its heap header.
+    Large { start: u64 },
+}
+
 impl Segment {
     /// Allocates a block of at least `len` bytes from the arena.
     ///
-    /// Lock-free and usable by every process at once. The block's payload is
+    /// Usable by every process at once: small blocks are lock-free, large
+    /// ones (above 64 KiB) take the arena heap's lock. The block's payload is
     /// 16-byte aligned; its content is unspecified.
     pub fn alloc(&self, len: u64) -> Result<Block, SegmentError> {
         self.alloc_inner(len).map(|(block, _)| block)
@@ -51,13 +77,23 @@ impl Segment {
         Ok(block)
     }
 
-    /// The block and whether it comes fresh from the bump pointer (never used).
+    /// The block and whether it was never used before (so it is zero).
     fn alloc_inner(&self, len: u64) -> Result<(Block, bool), SegmentError> {
-        let class = size_class(len).ok_or(SegmentError::OutOfMemory { requested: len, available: self.available() })?;
+        let oom = || SegmentError::OutOfMemory { requested: len, available: self.available() };
+        let class = size_class(len).ok_or_else(oom)?;
         let block_size = class_size(class);
+        if block_size > SMALL_MAX {
+            let n = heap::block_size(len).ok_or_else(oom)?;
+            let taken = self.with_heap(|h| h.alloc(n, Use::Large)).map_err(|e| match e {
+                SegmentError::OutOfMemory { .. } => oom(),
+                e => e,
+            })?;
+            let block = Block { offset: taken.start + heap::HDR, capacity: taken.size - heap::HDR };
+            return Ok((block, taken.fresh));
+        }
         let (start, fresh) = match self.pop_free(class)? {
             Some(off) => (off, false),
-            None => (self.bump(len, block_size)?, true),
+            None => (self.carve(len, block_size)?, true),
         };
         let bh = self.get::<BlockHeader>(start)?;
         bh.tag.store(BLOCK_LIVE | class as u32, Ordering::Relaxed);
@@ -81,7 +117,12 @@ impl Segment {
     /// consumed message, a replaced value under its lock, a last reference)
     /// guarantee the block is no longer used.
     pub(crate) fn release(&self, offset: u64) -> Result<(), SegmentError> {
-        let (start, class) = self.live_block(offset)?;
+        let (start, class) = match self.live_block(offset)? {
+            Live::Small { start, class } => (start, class),
+            // The heap checks the tag again under its lock: of two racing
+            // frees, the second is refused there.
+            Live::Large { start } => return self.with_heap(|h| h.free(start)),
+        };
         let bh = self.get::<BlockHeader>(start)?;
         if bh.tag.compare_exchange(BLOCK_LIVE | class, BLOCK_FREE | class, Ordering::AcqRel, Ordering::Relaxed).is_err()
         {
@@ -103,17 +144,24 @@ impl Segment {
 
     /// The payload capacity of the live block at `offset`, after validation.
     pub fn block_capacity(&self, offset: u64) -> Result<u64, SegmentError> {
-        let (_, class) = self.live_block(offset)?;
-        Ok(class_size(class as usize) - BLOCK_HEADER)
+        match self.live_block(offset)? {
+            Live::Small { class, .. } => Ok(class_size(class as usize) - BLOCK_HEADER),
+            Live::Large { start } => self.large_capacity(start),
+        }
     }
 
     /// Validates that `offset` is the payload of a live arena block.
-    fn live_block(&self, offset: u64) -> Result<(u64, u32), SegmentError> {
+    fn live_block(&self, offset: u64) -> Result<Live, SegmentError> {
         let start = offset.checked_sub(BLOCK_HEADER).ok_or(SegmentError::Corrupt("block offset"))?;
         if start < self.arena_start || start % 16 != 0 {
             return Err(SegmentError::Corrupt("block offset outside the arena"));
         }
         let tag = self.get::<BlockHeader>(start)?.tag.load(Ordering::Acquire);
+        if tag == LARGE_LIVE {
+            let start = offset.checked_sub(heap::HDR).filter(|&s| s >= self.arena_start);
+            let start = start.ok_or(SegmentError::Corrupt("block offset outside the arena"))?;
+            return Ok(Live::Large { start });
+        }
         let class = tag & 0xFFFF;
         if tag & 0xFFFF_0000 != BLOCK_LIVE || class as usize >= CLASSES {
             return Err(SegmentError::Corrupt("not a live arena block"));
@@ -122,7 +170,7 @@ impl Segment {
         if end.is_none_or(|e| e > self.arena_end) {
             return Err(SegmentError::Corrupt("arena block overruns the arena"));
         }
-        Ok((start, class))
+        Ok(Live::Small { start, class })
     }
 
     fn free_heads(&self) -> &[AtomicU64; CLASSES] {
@@ -130,9 +178,9 @@ impl Segment {
         unsafe { &(*self.header()).free }
     }
 
-    fn bump_word(&self) -> &AtomicU64 {
+    fn small_word(&self) -> &AtomicU64 {
         // SAFETY: as in free_heads.
-        unsafe { &(*self.header()).bump }
+        unsafe { &(*self.header()).small }
     }
 
     fn pop_free(&self, class: usize) -> Result<Option<u64>, SegmentError> {
@@ -164,32 +212,80 @@ impl Segment {
         }
     }
 
-    fn bump(&self, requested: u64, block_size: u64) -> Result<u64, SegmentError> {
-        let bump = self.bump_word();
-        let mut cur = bump.load(Ordering::Relaxed);
+    /// Carves a fresh (zero) small block of `block_size` bytes from the
+    /// current chunk, taking a new chunk from the heap when it is used up.
+    fn carve(&self, requested: u64, block_size: u64) -> Result<u64, SegmentError> {
+        let word = self.small_word();
+        // SYNC: Acquire pairs with the Release store of a new chunk in
+        // `refill`, so its zeroed bytes are seen as zero.
+        let mut cur = word.load(Ordering::Acquire);
         loop {
-            let end = cur.checked_add(block_size).filter(|&e| e <= self.arena_end);
-            let Some(end) = end else {
-                return Err(SegmentError::OutOfMemory { requested, available: self.arena_end.saturating_sub(cur) });
-            };
-            if cur < self.arena_start || cur % 16 != 0 {
-                return Err(SegmentError::Corrupt("arena bump pointer"));
+            let (at, left) = (cur >> REM_BITS << 4, (cur & ((1 << REM_BITS) - 1)) << 4);
+            if cur != 0 && (at < self.arena_start || at.checked_add(left).is_none_or(|e| e > self.arena_end)) {
+                return Err(SegmentError::Corrupt("small-block chunk"));
             }
-            match bump.compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return Ok(cur),
+            if block_size > left {
+                self.refill(requested, block_size, cur)?;
+                cur = word.load(Ordering::Acquire);
+                continue;
+            }
+            let new = ((at + block_size) >> 4) << REM_BITS | (left - block_size) >> 4;
+            match word.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Acquire) {
+                Ok(_) => return Ok(at),
                 Err(c) => cur = c,
             }
         }
     }
 
-    /// Bytes never yet handed out by the arena (freed blocks not counted).
+    /// Replaces the chunk `seen` (too short for `block_size`) with a new one
+    /// from the heap, unless another thread has replaced it already. What is
+    /// left of the old chunk is not used again.
+    fn refill(&self, requested: u64, block_size: u64, seen: u64) -> Result<(), SegmentError> {
+        let oom = || SegmentError::OutOfMemory { requested, available: self.available() };
+        let arena = self.arena_end - self.arena_start;
+        let want = (arena / 16).clamp(1 << 10, CHUNK_MAX).max(block_size);
+        self.with_heap(|h| {
+            let word = self.small_word();
+            if word.load(Ordering::Relaxed) != seen {
+                return Ok(());
+            }
+            let exact = heap::block_size(block_size).ok_or_else(oom)?;
+            let taken = match h.alloc(heap::block_size(want).ok_or_else(oom)?, Use::Chunk) {
+                Err(SegmentError::OutOfMemory { .. }) if want > block_size => h.alloc(exact, Use::Chunk),
+                r => r,
+            }
+            .map_err(|e| match e {
+                SegmentError::OutOfMemory { .. } => oom(),
+                e => e,
+            })?;
+            let (at, left) = (taken.start + heap::HDR, taken.size - heap::HDR);
+            if at >> 4 > OFFSET_MASK || left >> 4 >= 1 << REM_BITS {
+                return Err(SegmentError::Corrupt("arena too large for its small-block chunks"));
+            }
+            if !taken.fresh {
+                let p = self.ptr(at, left)?;
+                // SAFETY: the chunk was just taken from the heap under its lock
+                // and is not yet published: nobody else reads or writes it.
+                unsafe { std::ptr::write_bytes(p, 0, left as usize) };
+            }
+            // SYNC: Release publishes the zeroed chunk to `carve`'s Acquire.
+            // A plain store: only a refill (under the heap lock) replaces the
+            // chunk, and a carve racing with it fails its CAS and reloads.
+            word.store((at >> 4) << REM_BITS | left >> 4, Ordering::Release);
+            Ok(())
+        })
+    }
+
+    /// Bytes the arena can still hand out to new blocks: never used, plus
+    /// freed large blocks (possibly fragmented). Freed small blocks, kept for
+    /// reuse in their size class, are not counted.
     pub fn available(&self) -> u64 {
-        self.arena_end.saturating_sub(self.bump_word().load(Ordering::Relaxed))
+        self.heap_available()
     }
 }
 
 /// The size of blocks in class `c`: 64 B, 80 B, 96 B, 112 B, 128 B, 160 B, ...
-fn class_size(c: usize) -> u64 {
+pub(super) fn class_size(c: usize) -> u64 {
     let base = MIN_BLOCK << (c / 4);
     base + (base / 4) * (c % 4) as u64
 }
@@ -250,10 +346,12 @@ mod tests {
         let bh = seg.get::<BlockHeader>(a.offset - BLOCK_HEADER).unwrap();
         bh.tag.store(BLOCK_LIVE | bh.tag.load(Ordering::Relaxed) & 0xFFFF, Ordering::Relaxed);
         assert!(matches!(seg.alloc(100), Err(SegmentError::Corrupt(_))));
-        // A misaligned bump pointer is refused rather than handing out
-        // misaligned blocks.
-        seg.bump_word().fetch_add(8, Ordering::Relaxed);
+        // A chunk pointer outside the arena is refused rather than handing
+        // out blocks there.
+        let word = seg.small_word().load(Ordering::Relaxed);
+        seg.small_word().store(word | (seg.arena_end >> 4) << REM_BITS, Ordering::Relaxed);
         assert!(matches!(seg.alloc(1000), Err(SegmentError::Corrupt(_))));
+        seg.small_word().store(word, Ordering::Relaxed);
         seg.release(b.offset).unwrap();
     }
 }

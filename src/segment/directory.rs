@@ -1,11 +1,9 @@
 //! The directory: named objects in a segment, created once under a lock.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::sync::RawMutex;
-
-use super::{check_name, Block, Header, Segment, SegmentError, MAX_NAME};
+use super::{check_name, Block, Header, Segment, SegmentError, Unlock, LOCK_WAIT, MAX_NAME};
 
 /// A directory slot. `state` is zero (empty) or `DIR_READY`; the other fields
 /// are written under the directory lock before `state` becomes ready.
@@ -22,20 +20,6 @@ pub(super) struct DirEntry {
 }
 
 const DIR_READY: u32 = 1;
-
-/// How long `named` waits for the directory lock before giving up (short
-/// in unit tests, which provoke the timeout).
-const LOCK_WAIT: Duration = if cfg!(test) { Duration::from_millis(100) } else { Duration::from_secs(10) };
-
-/// Unlocks the directory lock when dropped, unwinding included, so that a
-/// panicking `init` does not leave it held by a live process.
-struct Unlock<'a>(&'a RawMutex);
-
-impl Drop for Unlock<'_> {
-    fn drop(&mut self) {
-        self.0.unlock();
-    }
-}
 
 /// Releases a block not yet published when dropped (an `init` that failed or
 /// panicked); forgotten once the block is handed on.

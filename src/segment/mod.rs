@@ -30,11 +30,13 @@ use crate::sys::{process, shm};
 mod admin;
 mod arena;
 mod directory;
+mod heap;
 
 use admin::remove_if_stale;
 pub use admin::{cleanup_stale, list_named, NamedSegment};
 use arena::CLASSES;
 use directory::DirEntry;
+use heap::HeapState;
 
 /// Types that may be placed in a segment and viewed from several processes.
 ///
@@ -55,9 +57,24 @@ unsafe impl<T: ShmSafe> ShmSafe for CachePadded<T> {}
 // SAFETY: an array of ShmSafe elements is ShmSafe.
 unsafe impl<T: ShmSafe, const N: usize> ShmSafe for [T; N] {}
 
+/// How long the segment's own locks (directory, heap) are waited for before
+/// giving up with [`SegmentError::LockTimeout`] (short in unit tests, which
+/// provoke the timeout).
+const LOCK_WAIT: Duration = if cfg!(test) { Duration::from_millis(100) } else { Duration::from_secs(10) };
+
+/// Unlocks a raw lock when dropped, unwinding included, so that a panic under
+/// it does not leave it held by a live process.
+struct Unlock<'a>(&'a RawMutex);
+
+impl Drop for Unlock<'_> {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
 const MAGIC: [u8; 8] = *b"shmpool\0";
 /// The layout version this build writes and accepts.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// How many named objects a segment's directory holds.
 pub const DIRECTORY_ENTRIES: usize = 64;
 /// The longest name of a directory entry, in bytes.
@@ -79,11 +96,16 @@ struct Header {
     state: AtomicU32,
     arena_start: u64,
     arena_end: u64,
-    /// Next unallocated arena byte. Only grows (CAS), never past `arena_end`.
-    bump: CachePadded<AtomicU64>,
-    /// Free list heads per size class: `(tag << 40) | (block offset / 16)`.
+    /// End of the arena heap: `[top, arena_end)` was never handed out.
+    /// Moves (up only) under the heap lock; see `heap`.
+    top: CachePadded<AtomicU64>,
+    /// The chunk small blocks are carved from, lock-free (see `arena`).
+    small: CachePadded<AtomicU64>,
+    /// Free list heads per small size class: `(tag << 40) | (block offset / 16)`.
     /// The tag changes on every pop, which defeats ABA.
     free: [AtomicU64; CLASSES],
+    /// The heap all arena memory comes from: large blocks and small chunks.
+    heap: HeapState,
     /// Guards `dir` writes.
     dir_lock: RawMutex,
     _pad: u32,
@@ -364,7 +386,7 @@ impl Segment {
             (*hdr).creator_pid = process::current_pid();
             (*hdr).arena_start = arena_start;
             (*hdr).arena_end = size;
-            (*hdr).bump.store(arena_start, Ordering::Relaxed);
+            (*hdr).top.store(arena_start, Ordering::Relaxed);
             // SYNC: Release publishes the fields above to openers (Acquire in validate).
             (*hdr).state.store(STATE_READY, Ordering::Release);
         }
