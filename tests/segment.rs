@@ -103,3 +103,28 @@ fn invalid_names_are_refused() {
         assert!(matches!(Segment::create(bad, 1 << 20), Err(SegmentError::InvalidName(_))), "{bad:?}");
     }
 }
+
+#[test]
+fn a_panicking_init_releases_the_directory_lock() {
+    let seg = Segment::anonymous(1 << 20).unwrap();
+    let given = std::cell::Cell::new(None);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        seg.named("boom", 1, 1, 64, |b| {
+            given.set(Some(b));
+            panic!("init fails")
+        })
+        .unwrap();
+    }));
+    assert!(panicked.is_err(), "init's panic reaches the caller");
+    // The lock is free again: the same name is created afresh, and another
+    // name alongside it, each returning rather than timing out.
+    let (block, created) = seg.named("boom", 1, 1, 64, |_| Ok(())).unwrap();
+    assert!(created, "the panicking init published nothing");
+    assert!(block.capacity >= 64);
+    // The block the panicking init was given went back to the arena and was
+    // reused.
+    assert_eq!(Some(block), given.get());
+    let (_, created) = seg.named("other", 2, 2, 8, |_| Ok(())).unwrap();
+    assert!(created);
+    assert!(seg.lookup("boom").unwrap().is_some());
+}
