@@ -1,9 +1,9 @@
-//! Zero-copy buffers: handed to workers by a 40-byte handle, read and written
+//! Zero-copy buffers: handed to workers by a 48-byte handle, read and written
 //! where they lie, freed with their last holder, also when a holder dies.
 
 use std::time::Duration;
 
-use shmpool::{BufferHandle, Pool, TaskError};
+use shmpool::{BufferHandle, Pool, Segment, SharedError, TaskError};
 
 fn sum(handle: BufferHandle) -> u64 {
     let seg = shmpool::pool_segment().unwrap();
@@ -17,7 +17,7 @@ fn fill(args: (BufferHandle, u8)) -> BufferHandle {
     let seg = shmpool::pool_segment().unwrap();
     let mut buf = args.0.open(&seg).unwrap();
     buf.as_mut_slice().expect("ownership moved with the handle").fill(args.1);
-    buf.into_handle()
+    buf.into_handle().unwrap()
 }
 
 /// Opens the buffer and keeps it until the process is killed.
@@ -52,7 +52,7 @@ fn a_handoff_sends_a_handle_not_the_bytes() {
     drop(buf);
     let mut owned = seg.buffer(1 << 20).unwrap();
     owned.as_mut_slice().unwrap().fill(1);
-    let back = pool.submit(fill, (owned.into_handle(), 7u8)).unwrap().wait().unwrap();
+    let back = pool.submit(fill, (owned.into_handle().unwrap(), 7u8)).unwrap().wait().unwrap();
     let mine = back.open(&seg).unwrap();
     assert!(mine.is_writable());
     assert!(mine.as_slice().iter().all(|&b| b == 7));
@@ -109,7 +109,7 @@ fn a_buffer_held_by_a_killed_process_is_reclaimed() {
 fn a_stale_handle_is_refused() {
     let seg = shmpool::Segment::anonymous(8 << 20).unwrap();
     let buf = seg.buffer(1000).unwrap();
-    let handle = buf.into_handle();
+    let handle = buf.into_handle().unwrap();
     let opened = handle.open(&seg).unwrap();
     drop(opened);
     assert_eq!(seg.live_buffers().unwrap(), 0);
@@ -128,4 +128,121 @@ fn the_owner_writes_again_once_every_reader_is_done() {
     assert!(buf.reclaim_write(), "the reader dropped its handle");
     buf.as_mut_slice().unwrap().fill(3);
     assert_eq!(pool.submit(sum, buf.share().unwrap()).unwrap().wait(), Ok(3 * 4096));
+}
+
+/// Opens a handle in a worker: "writable", "read-only", or the error.
+fn try_open(handle: BufferHandle) -> String {
+    let seg = shmpool::pool_segment().unwrap();
+    match handle.open(&seg) {
+        Ok(buf) if buf.is_writable() => "writable".into(),
+        Ok(_) => "read-only".into(),
+        Err(SharedError::HandleUsed) => "used".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A copy of `handle` as another process gets it: archived and deserialised.
+fn copy_of(handle: &BufferHandle) -> BufferHandle {
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(handle).unwrap();
+    rkyv::from_bytes::<BufferHandle, rkyv::rancor::Error>(&bytes).unwrap()
+}
+
+/// Compiles only if `T` is not `Clone` (the second impl makes the call
+/// ambiguous when it is).
+trait NotClone<A> {
+    fn check() {}
+}
+impl<T> NotClone<()> for T {}
+impl<T: Clone> NotClone<u8> for T {}
+
+#[test]
+fn a_handle_is_not_copied() {
+    <BufferHandle as NotClone<_>>::check();
+}
+
+#[test]
+fn a_writable_handle_opens_once() {
+    let seg = Segment::anonymous(8 << 20).unwrap();
+    let buf = seg.buffer(4096).unwrap();
+    let handle = buf.into_handle().unwrap();
+    assert!(handle.is_writable());
+    let copy = copy_of(&handle);
+    let mut first = handle.open(&seg).unwrap();
+    assert!(first.is_writable());
+    first.as_mut_slice().unwrap().fill(9);
+    assert!(matches!(handle.open(&seg), Err(SharedError::HandleUsed)), "the same handle twice");
+    assert!(matches!(copy.open(&seg), Err(SharedError::HandleUsed)), "a deserialised copy of it");
+    // The refused opens took no reference: the buffer goes with its one holder.
+    drop(first);
+    assert_eq!(seg.live_buffers().unwrap(), 0);
+}
+
+#[test]
+fn a_read_only_handle_opens_once_and_each_share_is_its_own() {
+    let seg = Segment::anonymous(8 << 20).unwrap();
+    let mut buf = seg.buffer(4096).unwrap();
+    let h1 = buf.share().unwrap();
+    let h2 = buf.share().unwrap();
+    assert!(!h1.is_writable());
+    let copy = copy_of(&h1);
+    let r1 = h1.open(&seg).unwrap();
+    assert!(!r1.is_writable());
+    assert!(matches!(h1.open(&seg), Err(SharedError::HandleUsed)));
+    assert!(matches!(copy.open(&seg), Err(SharedError::HandleUsed)));
+    let r2 = h2.open(&seg).unwrap();
+    assert!(!buf.reclaim_write(), "two readers are out");
+    drop((r1, r2));
+    assert!(buf.reclaim_write(), "both readers are done and no hand-off is in flight");
+}
+
+#[test]
+fn two_processes_cannot_both_open_one_handoff() {
+    let pool = Pool::builder().workers(1).on_worker_death(shmpool::OnWorkerDeath::Report).build().unwrap();
+    let seg = pool.segment().clone();
+    let mut buf = seg.buffer(1 << 16).unwrap();
+    let handle = buf.share().unwrap();
+    let copy = copy_of(&handle);
+    assert_eq!(pool.submit(try_open, handle).unwrap().wait().unwrap(), "read-only");
+    // The buffer is still live (we hold it): the copy is refused as used.
+    assert_eq!(pool.submit(try_open, copy).unwrap().wait().unwrap(), "used");
+    assert!(buf.reclaim_write(), "the refused open left no reference behind");
+}
+
+#[test]
+fn a_handle_from_another_segment_is_refused() {
+    let a = Segment::anonymous(8 << 20).unwrap();
+    let b = Segment::anonymous(8 << 20).unwrap();
+    // Same layout, same allocation order: the same offset and generation.
+    let in_a = a.buffer(1000).unwrap();
+    let in_b = b.buffer(1000).unwrap();
+    let from_a = in_a.into_handle().unwrap();
+    assert!(matches!(from_a.open(&b), Err(SharedError::ForeignHandle)));
+    let empty = Segment::anonymous(8 << 20).unwrap();
+    assert!(matches!(from_a.open(&empty), Err(SharedError::ForeignHandle)));
+    // Still opens where it belongs.
+    assert!(from_a.open(&a).unwrap().is_writable());
+    drop(in_b);
+}
+
+#[test]
+fn hand_offs_in_flight_are_bounded_with_a_typed_error() {
+    let seg = Segment::anonymous(8 << 20).unwrap();
+    let mut buf = seg.buffer(64).unwrap();
+    let mut handles = Vec::new();
+    let limit = loop {
+        match buf.share() {
+            Ok(h) => handles.push(h),
+            Err(SharedError::TooManyHandoffs { limit }) => break limit,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(handles.len(), limit);
+    // Opening one frees its place for another.
+    let r = handles.pop().unwrap().open(&seg).unwrap();
+    handles.push(buf.share().unwrap());
+    drop(r);
+    for h in handles {
+        drop(h.open(&seg).unwrap());
+    }
+    assert!(buf.reclaim_write());
 }

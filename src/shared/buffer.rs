@@ -12,10 +12,14 @@ const BUFFER_MAGIC: u32 = 0x4255_4646; // "BUFF"
 const FREEING: u32 = 0xDEAD_B0FF;
 /// Processes that can hold one buffer at once.
 const HOLDERS: usize = 16;
+/// Hand-offs (handles made and not yet opened) one buffer can have in flight.
+const TICKETS: usize = 32;
 /// Buffers that can be live in one segment at once.
 const REGISTRY: usize = 1024;
 const REGISTRY_NAME: &str = "shmpool.buffers";
 const KIND_REGISTRY: u32 = 13;
+/// The registry's layout version, its directory fingerprint.
+const REGISTRY_LAYOUT: u64 = 2;
 
 #[repr(C)]
 struct BufferHeader {
@@ -25,8 +29,25 @@ struct BufferHeader {
     generation: AtomicU64,
     len: AtomicU64,
     data: AtomicU64,
-    /// `(pid << 32) | references` per holding process; 0 when free.
+    /// `(pid << 32) | references` per holding process; 0 when free. A handle
+    /// in flight counts as a reference of the process that made it.
     holders: [AtomicU64; HOLDERS],
+    /// Tickets handed out so far (see [`ticket`]).
+    issued: AtomicU64,
+    /// The tickets of the handles in flight, 0 for a free slot:
+    ///
+    /// | value             | meaning                                          |
+    /// |-------------------|--------------------------------------------------|
+    /// | 0                 | free                                             |
+    /// | `ticket(g, s, false)` | a read-only handle was made, not yet opened   |
+    /// | `ticket(g, s, true)`  | the writable handle was made, not yet opened  |
+    ///
+    /// A ticket is not issued twice for one buffer (`seq` counts up; it
+    /// would take 2^31 hand-offs of one buffer to wrap), nor matches one of
+    /// an earlier buffer in the same block (the generation is in it), and
+    /// opening a handle swaps its ticket out (CAS to 0): of every copy of one
+    /// handle, deserialised as often as anyone likes, exactly one opens.
+    tickets: [AtomicU64; TICKETS],
 }
 
 // SAFETY: `#[repr(C)]`, atomics only.
@@ -34,6 +55,9 @@ unsafe impl ShmSafe for BufferHeader {}
 
 #[repr(C)]
 struct Registry {
+    /// Random, nonzero, fixed at creation: tells this segment's buffers from
+    /// another's (both may have generation 1 at the same offset).
+    segment_id: AtomicU64,
     next_generation: AtomicU64,
     buffers: [AtomicU64; REGISTRY],
 }
@@ -41,15 +65,33 @@ struct Registry {
 // SAFETY: `#[repr(C)]`, atomics only.
 unsafe impl ShmSafe for Registry {}
 
-/// What travels to another process instead of the bytes: 40 bytes whatever
+/// What travels to another process instead of the bytes: 48 bytes whatever
 /// the buffer's size. Open it with [`BufferHandle::open`] in the receiver.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// A handle is one hand-off: it is neither `Copy` nor `Clone`, and it opens
+/// once. Every copy of it (an archive can be deserialised many times) names
+/// the same ticket in the buffer's header, and the first open takes that
+/// ticket; a second open of the same hand-off, read-only or writable, is
+/// [`SharedError::HandleUsed`]. So the writable handle moves the one right to
+/// write, and two `&mut [u8]` to one buffer cannot be made from safe code.
+/// A handle opened in another segment is [`SharedError::ForeignHandle`].
+///
+/// ```compile_fail
+/// fn twice(h: shmpool::BufferHandle) -> (shmpool::BufferHandle, shmpool::BufferHandle) {
+///     (h.clone(), h) // a hand-off is not copied
+/// }
+/// ```
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
 pub struct BufferHandle {
     header: u64,
     generation: u64,
     len: u64,
+    /// The registry's `segment_id` of the segment the buffer lives in.
+    segment: u64,
+    /// This hand-off's ticket (see [`BufferHeader::tickets`]); its low bit
+    /// says whether the handle carries the right to write.
+    ticket: u64,
     sender: u32,
-    writable: bool,
 }
 
 /// A byte buffer in shared memory. The handle that may write is the only one
@@ -117,13 +159,37 @@ impl Segment {
 
 fn registry(seg: &Segment) -> Result<&Registry, SharedError> {
     let size = std::mem::size_of::<Registry>() as u64;
-    let (block, _) = seg.named(REGISTRY_NAME, KIND_REGISTRY, 0, size, |b| {
+    let (block, _) = seg.named(REGISTRY_NAME, KIND_REGISTRY, REGISTRY_LAYOUT, size, |b| {
         let p = seg.ptr(b.offset, size)?;
         // SAFETY: a block this process just allocated and has not published.
         unsafe { std::ptr::write_bytes(p, 0, size as usize) };
+        // SYNC: published with the directory entry (under its lock).
+        seg.get::<Registry>(b.offset)?.segment_id.store(new_segment_id(), Ordering::Relaxed);
         Ok(())
     })?;
     Ok(seg.get::<Registry>(block.offset)?)
+}
+
+/// The registry of `seg` if it has one (a segment without one has no buffers).
+fn existing_registry(seg: &Segment) -> Result<Option<&Registry>, SharedError> {
+    match seg.lookup(REGISTRY_NAME)? {
+        None => Ok(None),
+        Some(_) => registry(seg).map(Some),
+    }
+}
+
+/// A random nonzero id for a new registry (the kernel's random source; the
+/// clock and pid if that fails, which is still unique enough per machine).
+fn new_segment_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    let id = match crate::sys::shm::random_bytes(&mut bytes) {
+        Ok(()) => u64::from_ne_bytes(bytes),
+        Err(_) => {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            (t.as_nanos() as u64).rotate_left(17) ^ ((process::current_pid() as u64) << 40)
+        }
+    };
+    id.max(1)
 }
 
 /// Frees the buffer at `header` if no process holds it; says whether it did.
@@ -160,6 +226,10 @@ impl SharedBuffer {
         h.len.store(len, Ordering::Relaxed);
         h.data.store(header + data_at, Ordering::Relaxed);
         h.holders[0].store(holder_word(process::current_pid(), 1), Ordering::Relaxed);
+        h.issued.store(0, Ordering::Relaxed);
+        for t in &h.tickets {
+            t.store(0, Ordering::Relaxed);
+        }
         h.magic.store(BUFFER_MAGIC, Ordering::Release);
         if !registry.buffers.iter().any(|s| s.compare_exchange(0, header, Ordering::AcqRel, Ordering::Relaxed).is_ok())
         {
@@ -188,8 +258,15 @@ impl SharedBuffer {
     pub fn as_slice(&self) -> &[u8] {
         let p = self.seg.ptr(self.data, self.len).expect("buffer bounds validated when opened");
         // SAFETY: in bounds (checked); the buffer lives while this handle
-        // holds a reference; only a writable handle writes, and a writable
-        // handle exists only where no other handle does (see `share`).
+        // holds a reference. Only a writable `SharedBuffer` writes, and while
+        // one exists no other `SharedBuffer` of this buffer does in any
+        // process: it is made by `allocate` (the only reference), by opening
+        // the writable hand-off (whose ticket opens once; `into_handle`
+        // consumed the writer that made it), or by `reclaim_write` (no other
+        // reference and no hand-off in flight); and `share` gives the right to
+        // write up before another reference can exist. While this handle is
+        // read-only, a writer can only be made by `reclaim_write` on the last
+        // reference, which is not this one. So no `&mut [u8]` overlaps this.
         unsafe { std::slice::from_raw_parts(p, self.len as usize) }
     }
 
@@ -199,8 +276,8 @@ impl SharedBuffer {
             return None;
         }
         let p = self.seg.ptr(self.data, self.len).expect("buffer bounds validated when opened");
-        // SAFETY: as in as_slice; a writable handle is the only handle to the
-        // buffer in any process, and `&mut self` makes it the only user here.
+        // SAFETY: as in as_slice: a writable SharedBuffer is the only one of
+        // this buffer in any process, and `&mut self` makes it the only user.
         Some(unsafe { std::slice::from_raw_parts_mut(p, self.len as usize) })
     }
 
@@ -211,6 +288,12 @@ impl SharedBuffer {
             return true;
         }
         let Ok(h) = self.seg.get::<BufferHeader>(self.header) else { return false };
+        // Tickets first: a handle in flight whose maker died no longer counts
+        // in the holders; an opener takes its reference before its ticket
+        // (AcqRel), so once the ticket is seen gone the opener is seen below.
+        if h.tickets.iter().any(|t| t.load(Ordering::Acquire) != 0) {
+            return false;
+        }
         let me = holder_word(process::current_pid(), 1);
         let only_me = h.holders.iter().all(|x| {
             let v = x.load(Ordering::Acquire);
@@ -223,37 +306,72 @@ impl SharedBuffer {
     /// A read-only handle for another process. This handle stops being
     /// writable: from now on several processes may read the bytes (see
     /// [`SharedBuffer::reclaim_write`] once they are done).
+    ///
+    /// Each call is one hand-off, opened once; at most 32 can be in flight
+    /// for one buffer ([`SharedError::TooManyHandoffs`] beyond that).
     pub fn share(&mut self) -> Result<BufferHandle, SharedError> {
+        let me = process::current_pid();
+        // Writable no more from before the reference exists on.
         self.writable = false;
-        self.adjust(process::current_pid(), 1)?;
+        self.adjust(me, 1)?;
+        match self.handoff(false) {
+            Ok(handle) => Ok(handle),
+            Err(e) => {
+                let _ = self.adjust(me, -1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves this handle (and the right to write, if it had it) to another
+    /// process: the receiver opens the returned handle, once.
+    ///
+    /// Fails only when the buffer has 32 hand-offs in flight already
+    /// ([`SharedError::TooManyHandoffs`]); the reference is then dropped.
+    pub fn into_handle(self) -> Result<BufferHandle, SharedError> {
+        let handle = self.handoff(self.writable)?;
+        // Our reference travels with the handle: do not drop it here.
+        std::mem::forget(self);
+        Ok(handle)
+    }
+
+    /// Issues a ticket for a hand-off and the handle that carries it.
+    fn handoff(&self, writable: bool) -> Result<BufferHandle, SharedError> {
+        let h = self.seg.get::<BufferHeader>(self.header)?;
+        let segment = registry(&self.seg)?.segment_id.load(Ordering::Acquire);
+        let seq = h.issued.fetch_add(1, Ordering::Relaxed) + 1;
+        let ticket = ticket(self.generation, seq, writable);
+        // SYNC: the ticket's Release CAS pairs with the opener's AcqRel CAS.
+        if !h.tickets.iter().any(|t| t.compare_exchange(0, ticket, Ordering::AcqRel, Ordering::Relaxed).is_ok()) {
+            return Err(SharedError::TooManyHandoffs { limit: TICKETS });
+        }
         Ok(BufferHandle {
             header: self.header,
             generation: self.generation,
             len: self.len,
+            segment,
+            ticket,
             sender: process::current_pid(),
-            writable: false,
         })
-    }
-
-    /// Moves this handle (and the right to write, if it had it) to another
-    /// process: the receiver opens the returned handle.
-    pub fn into_handle(self) -> BufferHandle {
-        let handle = BufferHandle {
-            header: self.header,
-            generation: self.generation,
-            len: self.len,
-            sender: process::current_pid(),
-            writable: self.writable,
-        };
-        // Our reference travels with the handle: do not drop it here.
-        std::mem::forget(self);
-        handle
     }
 
     /// Adds `delta` references for process `pid`.
     fn adjust(&self, pid: u32, delta: i64) -> Result<(), SharedError> {
         adjust(self.seg.get::<BufferHeader>(self.header)?, pid, delta)
     }
+}
+
+/// The ticket of hand-off number `seq` of the buffer of generation
+/// `generation`: `generation` (low 32 bits) | `seq` (31 bits) | writable
+/// (the low bit). Never 0.
+fn ticket(generation: u64, seq: u64, writable: bool) -> u64 {
+    // seq & 0x7FFF_FFFF is 0 once every 2^31 hand-offs: then bit 1 is set,
+    // so that no ticket is the "free" value 0.
+    let seq = match seq & 0x7FFF_FFFF {
+        0 => 1,
+        s => s,
+    };
+    ((generation & 0xFFFF_FFFF) << 32) | (seq << 1) | writable as u64
 }
 
 fn holder_word(pid: u32, count: u32) -> u64 {
@@ -291,35 +409,62 @@ fn adjust(h: &BufferHeader, pid: u32, delta: i64) -> Result<(), SharedError> {
 
 impl BufferHandle {
     /// Opens the buffer in this process (the receiver's side of a hand-off).
+    ///
+    /// A hand-off opens once: opening this handle again, or any other copy
+    /// of it (a deserialised archive, say), is [`SharedError::HandleUsed`].
+    /// A handle from another segment is [`SharedError::ForeignHandle`].
     pub fn open(&self, seg: &Segment) -> Result<SharedBuffer, SharedError> {
+        match existing_registry(seg)? {
+            Some(r) if r.segment_id.load(Ordering::Acquire) == self.segment => {}
+            _ => return Err(SharedError::ForeignHandle),
+        }
+        if self.ticket == 0 {
+            return Err(SharedError::HandleUsed);
+        }
         let h = seg.get::<BufferHeader>(self.header)?;
         let stale = || SharedError::Segment(SegmentError::Corrupt("buffer handle names a freed buffer"));
-        if h.magic.load(Ordering::Acquire) != BUFFER_MAGIC || h.generation.load(Ordering::Acquire) != self.generation {
+        let live = || {
+            h.magic.load(Ordering::Acquire) == BUFFER_MAGIC && h.generation.load(Ordering::Acquire) == self.generation
+        };
+        if !live() {
             return Err(stale());
         }
-        let me = process::current_pid();
-        adjust(h, me, 1)?;
-        // Re-check after taking our reference: it may have been freed meanwhile.
-        if h.magic.load(Ordering::Acquire) != BUFFER_MAGIC || h.generation.load(Ordering::Acquire) != self.generation {
-            let _ = adjust(h, me, -1);
-            return Err(stale());
-        }
-        // The sender's reference travelled with the handle: it is ours now.
-        adjust(h, self.sender, -1)?;
         let data = h.data.load(Ordering::Acquire);
         let len = h.len.load(Ordering::Acquire);
         if len != self.len || data < self.header || data.checked_add(len).is_none_or(|e| e > seg.size()) {
             return Err(SegmentError::Corrupt("buffer header").into());
         }
         seg.check_range(data, len)?;
+        let me = process::current_pid();
+        adjust(h, me, 1)?;
+        // Re-check after taking our reference: it may have been freed meanwhile.
+        if !live() {
+            let _ = adjust(h, me, -1);
+            return Err(stale());
+        }
+        // Take this hand-off's ticket: only one opener of all copies does.
+        // SYNC: AcqRel, after our reference (see reclaim_write).
+        let took =
+            h.tickets.iter().any(|t| t.compare_exchange(self.ticket, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok());
+        if !took {
+            let _ = adjust(h, me, -1);
+            return Err(SharedError::HandleUsed);
+        }
+        // The sender's reference travelled with the handle: it is ours now.
+        adjust(h, self.sender, -1)?;
         Ok(SharedBuffer {
             seg: seg.clone(),
             header: self.header,
             data,
             len,
             generation: self.generation,
-            writable: self.writable,
+            writable: self.ticket & 1 == 1,
         })
+    }
+
+    /// Whether the handle carries the right to write.
+    pub fn is_writable(&self) -> bool {
+        self.ticket & 1 == 1
     }
 
     /// Length of the buffer in bytes.

@@ -1,9 +1,9 @@
 //! `SharedList<T>`: a growable list of archived values in a segment.
 
 use std::marker::PhantomData;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{access, decode, fingerprint, Core, Entry, Ref, SharedError, KIND_LIST};
+use super::{access, decode, fingerprint, Core, Ref, SharedError, KIND_LIST};
 use crate::codec::Message;
 use crate::segment::{Segment, SegmentError};
 use crate::sync::{LockKind, LockOptions};
@@ -64,41 +64,46 @@ impl<T: Message> SharedList<T> {
 
     /// Appends `value`; returns its index.
     pub fn push(&self, value: &T) -> Result<usize, SharedError> {
-        let (off, len) = self.core.store(value)?;
-        let result = self.push_stored(off, len);
+        let off = self.core.store(value)?;
+        let result = self.push_stored(off);
         if result.is_err() {
             self.core.free(off);
         }
         result
     }
 
-    fn push_stored(&self, off: u64, len: u64) -> Result<usize, SharedError> {
-        let _held = self.core.lock(false)?;
+    fn push_stored(&self, off: u64) -> Result<usize, SharedError> {
+        let held = self.lock_write()?;
         let h = self.core.header();
         let n = h.len.load(Ordering::Relaxed);
-        let cap = h.cap.load(Ordering::Relaxed);
-        let mut old_table = None;
-        if n >= cap {
-            let new_cap = (cap * 2).max(8);
-            let new = self.core.new_table::<Entry>(new_cap)?;
-            let old = self.core.table::<Entry>(h.table.load(Ordering::Relaxed), cap)?;
-            let fresh = self.core.table::<Entry>(new, new_cap)?;
-            for (dst, src) in fresh.iter().zip(old.iter().take(n as usize)) {
-                dst.offset.store(src.offset.load(Ordering::Relaxed), Ordering::Relaxed);
-                dst.len.store(src.len.load(Ordering::Relaxed), Ordering::Relaxed);
-            }
-            old_table = Some(h.table.load(Ordering::Relaxed));
-            // SYNC: the table is published before cap grows (Release).
-            h.table.store(new, Ordering::Release);
-            h.cap.store(new_cap, Ordering::Release);
+        let table_at = h.table.load(Ordering::Relaxed);
+        let mut table = self.core.table::<AtomicU64>(table_at)?;
+        if n > table.len() as u64 {
+            return Err(SegmentError::Corrupt("list longer than its table").into());
         }
-        let table = self.core.table::<Entry>(h.table.load(Ordering::Relaxed), h.cap.load(Ordering::Relaxed))?;
-        let e = &table[n as usize];
-        e.len.store(len, Ordering::Relaxed);
-        e.offset.store(off, Ordering::Relaxed);
+        let mut old_table = None;
+        if n == table.len() as u64 {
+            let new_cap = (n * 2).max(8);
+            let new = self.core.new_table::<AtomicU64>(new_cap)?;
+            let fresh = self.core.table::<AtomicU64>(new)?;
+            for (dst, src) in fresh.iter().zip(table) {
+                dst.store(src.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            super::pause_point("list-grow");
+            // SYNC: Release publishes the new table (its capacity word and
+            // entries, written before); a reader loads it with Acquire. One
+            // store: the table carries its capacity.
+            h.table.store(new, Ordering::Release);
+            old_table = Some(table_at);
+            table = fresh;
+        }
+        table[n as usize].store(off, Ordering::Relaxed);
+        super::pause_point("list-push");
+        // SYNC: the length is the publish point of a push: Release makes the
+        // entry (and the value block it names) visible with it.
         h.len.store(n + 1, Ordering::Release);
         h.version.fetch_add(1, Ordering::Release);
-        drop(_held);
+        drop(held);
         if let Some(old) = old_table {
             self.core.free(old);
         }
@@ -108,21 +113,17 @@ impl<T: Message> SharedList<T> {
     /// Reads element `index` in place (no copy) under the list's lock.
     pub fn get(&self, index: usize) -> Result<Ref<'_, T>, SharedError> {
         let held = self.core.lock(true)?;
-        let (off, len) = self.entry(index)?;
-        let value = access::<T>(self.core.bytes(off, len)?)?;
+        let off = self.entry(index)?;
+        let value = access::<T>(self.core.bytes(off)?)?;
         Ok(Ref { _held: held, value })
     }
 
     /// Replaces element `index` with `value`.
     pub fn set(&self, index: usize, value: &T) -> Result<(), SharedError> {
-        let (off, len) = self.core.store(value)?;
+        let off = self.core.store(value)?;
         let replaced = (|| {
-            let _held = self.core.lock(false)?;
-            let e = self.entry_ref(index)?;
-            let old = e.offset.swap(off, Ordering::AcqRel);
-            e.len.store(len, Ordering::Release);
-            self.core.header().version.fetch_add(1, Ordering::Release);
-            Ok(old)
+            let _held = self.lock_write()?;
+            self.publish(index, off)
         })();
         match replaced {
             Ok(old) => {
@@ -136,20 +137,45 @@ impl<T: Message> SharedList<T> {
         }
     }
 
+    /// Publishes the value block `off` as element `index` with one atomic
+    /// store (lock held); returns the block it replaced.
+    fn publish(&self, index: usize, off: u64) -> Result<u64, SharedError> {
+        let e = self.entry_ref(index)?;
+        super::pause_point("list");
+        // SYNC: Release publishes the block's length and archive, written
+        // before; readers load the entry with Acquire.
+        let old = e.swap(off, Ordering::AcqRel);
+        self.core.header().version.fetch_add(1, Ordering::Release);
+        Ok(old)
+    }
+
     /// Removes and returns element `index`, shifting the later ones down.
+    ///
+    /// Removing the last element is one atomic store (the length). Removing
+    /// another shifts the later offsets one store at a time: a process killed
+    /// in the middle of that leaves one element twice (its block leaks),
+    /// which the next writer to take the lock sees and finishes (readers
+    /// before it see the element twice; no read fails).
     pub fn remove(&self, index: usize) -> Result<T, SharedError> {
         let (off, value) = {
-            let _held = self.core.lock(false)?;
+            let _held = self.lock_write()?;
             let h = self.core.header();
             let n = h.len.load(Ordering::Relaxed);
-            let (off, len) = self.entry(index)?;
-            let value = decode::<T>(self.core.bytes(off, len)?)?;
-            let table = self.core.table::<Entry>(h.table.load(Ordering::Relaxed), h.cap.load(Ordering::Relaxed))?;
-            for i in index..(n as usize - 1) {
-                table[i].offset.store(table[i + 1].offset.load(Ordering::Relaxed), Ordering::Relaxed);
-                table[i].len.store(table[i + 1].len.load(Ordering::Relaxed), Ordering::Relaxed);
+            let off = self.entry(index)?;
+            let value = decode::<T>(self.core.bytes(off)?)?;
+            let table = self.core.table::<AtomicU64>(h.table.load(Ordering::Relaxed))?;
+            let last = n as usize - 1;
+            if index < last {
+                h.pending.store(1, Ordering::Relaxed);
+                for i in index..last {
+                    table[i].store(table[i + 1].load(Ordering::Relaxed), Ordering::Release);
+                    if i == index {
+                        super::pause_point("list-remove");
+                    }
+                }
             }
             h.len.store(n - 1, Ordering::Release);
+            h.pending.store(0, Ordering::Release);
             h.version.fetch_add(1, Ordering::Release);
             (off, value)
         };
@@ -176,24 +202,24 @@ impl<T: Message> SharedList<T> {
     /// Copies every element out, in order, under one hold of the lock.
     pub fn to_vec(&self) -> Result<Vec<T>, SharedError> {
         let _held = self.core.lock(true)?;
-        let h = self.core.header();
-        let n = h.len.load(Ordering::Acquire) as usize;
-        (0..n).map(|i| self.entry(i).and_then(|(off, len)| decode::<T>(self.core.bytes(off, len)?))).collect()
+        let n = self.core.header().len.load(Ordering::Acquire) as usize;
+        (0..n).map(|i| self.entry(i).and_then(|off| decode::<T>(self.core.bytes(off)?))).collect()
     }
 
     /// Runs `f` on element `index` and stores what it returns, atomically
     /// with respect to every other user of the list.
     pub fn update(&self, index: usize, f: impl FnOnce(T) -> T) -> Result<(), SharedError> {
         let old = {
-            let _held = self.core.lock(false)?;
-            let (off, len) = self.entry(index)?;
-            let new = f(decode::<T>(self.core.bytes(off, len)?)?);
-            let (new_off, new_len) = self.core.store(&new)?;
-            let e = self.entry_ref(index)?;
-            e.offset.store(new_off, Ordering::Release);
-            e.len.store(new_len, Ordering::Release);
-            self.core.header().version.fetch_add(1, Ordering::Release);
-            off
+            let _held = self.lock_write()?;
+            let new = f(decode::<T>(self.core.bytes(self.entry(index)?)?)?);
+            let new_off = self.core.store(&new)?;
+            match self.publish(index, new_off) {
+                Ok(old) => old,
+                Err(e) => {
+                    self.core.free(new_off);
+                    return Err(e);
+                }
+            }
         };
         self.core.free(old);
         Ok(())
@@ -206,22 +232,50 @@ impl<T: Message> SharedList<T> {
         &self.core.name
     }
 
-    fn entry_ref(&self, index: usize) -> Result<&Entry, SharedError> {
+    /// Takes the lock to write, first finishing the one write that is not a
+    /// single store if a writer died in it: a remove killed while shifting.
+    fn lock_write(&self) -> Result<super::Held<'_>, SharedError> {
+        let held = self.core.lock(false)?;
+        if self.core.header().pending.load(Ordering::Acquire) != 0 {
+            self.finish_remove()?;
+        }
+        Ok(held)
+    }
+
+    /// A remove killed mid-shift left entries `k-1` and `k` naming the same
+    /// block (every live element has a block of its own): shift the rest
+    /// down and shorten the list, as the remove would have (lock held).
+    fn finish_remove(&self) -> Result<(), SharedError> {
+        let h = self.core.header();
+        let n = h.len.load(Ordering::Relaxed) as usize;
+        let table = self.core.table::<AtomicU64>(h.table.load(Ordering::Relaxed))?;
+        if n > table.len() {
+            return Err(SegmentError::Corrupt("list longer than its table").into());
+        }
+        let twice = (1..n).find(|&k| table[k - 1].load(Ordering::Relaxed) == table[k].load(Ordering::Relaxed));
+        if let Some(k) = twice {
+            for i in k..n - 1 {
+                table[i].store(table[i + 1].load(Ordering::Relaxed), Ordering::Release);
+            }
+            h.len.store(n as u64 - 1, Ordering::Release);
+            h.version.fetch_add(1, Ordering::Release);
+        }
+        h.pending.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    fn entry_ref(&self, index: usize) -> Result<&AtomicU64, SharedError> {
         let h = self.core.header();
         let n = h.len.load(Ordering::Acquire) as usize;
         if index >= n {
             return Err(SharedError::OutOfRange { index, len: n });
         }
-        let cap = h.cap.load(Ordering::Acquire);
-        if n as u64 > cap {
-            return Err(SegmentError::Corrupt("list longer than its table").into());
-        }
-        let table = self.core.table::<Entry>(h.table.load(Ordering::Acquire), cap)?;
-        Ok(&table[index])
+        let table = self.core.table::<AtomicU64>(h.table.load(Ordering::Acquire))?;
+        table.get(index).ok_or_else(|| SegmentError::Corrupt("list longer than its table").into())
     }
 
-    fn entry(&self, index: usize) -> Result<(u64, u64), SharedError> {
-        let e = self.entry_ref(index)?;
-        Ok((e.offset.load(Ordering::Acquire), e.len.load(Ordering::Acquire)))
+    /// The value block of element `index` (lock held).
+    fn entry(&self, index: usize) -> Result<u64, SharedError> {
+        Ok(self.entry_ref(index)?.load(Ordering::Acquire))
     }
 }

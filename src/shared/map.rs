@@ -10,13 +10,13 @@ use crate::sync::{LockKind, LockOptions};
 
 /// One bucket. `key` is 0 when empty, [`TOMBSTONE`] once removed; the other
 /// fields are written before `key` (Release), so a bucket with a key is whole.
+/// `key` and `value` are offsets of blocks that carry their own length, so a
+/// value is replaced with one atomic store.
 #[repr(C)]
 struct Bucket {
     hash: AtomicU64,
     key: AtomicU64,
-    key_len: AtomicU64,
     value: AtomicU64,
-    value_len: AtomicU64,
 }
 
 // SAFETY: `#[repr(C)]`, atomics only.
@@ -127,19 +127,19 @@ impl<K: Message, V: Message> SharedMap<K, V> {
 
     /// Inserts or replaces the value of `key`; says whether it replaced one.
     pub fn insert(&self, key: &K, value: &V) -> Result<bool, SharedError> {
-        let (val_off, val_len) = self.core.store(value)?;
-        let result = self.insert_stored(key, val_off, val_len);
+        let val_off = self.core.store(value)?;
+        let result = self.insert_stored(key, val_off);
         if result.is_err() {
             self.core.free(val_off);
         }
         result
     }
 
-    fn insert_stored(&self, key: &K, val_off: u64, val_len: u64) -> Result<bool, SharedError> {
+    fn insert_stored(&self, key: &K, val_off: u64) -> Result<bool, SharedError> {
         (&key).with_archived(|kb| {
-            let _held = self.core.lock(false)?;
+            let _held = self.lock_write()?;
             let hash = fnv1a(kb);
-            let old = self.place(kb, hash, val_off, val_len)?;
+            let old = self.place(kb, hash, val_off)?;
             drop(_held);
             if let Some(old) = old {
                 self.core.free(old);
@@ -150,19 +150,21 @@ impl<K: Message, V: Message> SharedMap<K, V> {
 
     /// Puts the value into `kb`'s bucket (lock held); returns the replaced
     /// value block, if any.
-    fn place(&self, kb: &[u8], hash: u64, val_off: u64, val_len: u64) -> Result<Option<u64>, SharedError> {
+    fn place(&self, kb: &[u8], hash: u64, val_off: u64) -> Result<Option<u64>, SharedError> {
         let h = self.core.header();
         match self.probe(kb, hash)? {
             Probe::Found(i) => {
                 let b = &self.buckets()?[i];
+                super::pause_point("map");
+                // SYNC: Release publishes the value block (length and
+                // archive, written before); readers load it with Acquire.
                 let old = b.value.swap(val_off, Ordering::AcqRel);
-                b.value_len.store(val_len, Ordering::Release);
                 h.version.fetch_add(1, Ordering::Release);
                 Ok(Some(old))
             }
             Probe::Vacant(slot) => {
                 let n = h.len.load(Ordering::Relaxed);
-                let cap = h.cap.load(Ordering::Relaxed);
+                let cap = self.buckets()?.len() as u64;
                 let slot = match slot {
                     Some(i) if (n + 1) * 10 <= cap * 7 => i,
                     _ => {
@@ -173,18 +175,18 @@ impl<K: Message, V: Message> SharedMap<K, V> {
                         }
                     }
                 };
-                let key_block = self.core.seg.alloc(kb.len() as u64)?;
-                let p = self.core.seg.ptr(key_block.offset, kb.len() as u64)?;
-                // SAFETY: a block this process just allocated, in bounds.
-                unsafe { std::ptr::copy_nonoverlapping(kb.as_ptr(), p, kb.len()) };
+                let key_block = super::store_bytes(&self.core.seg, kb)?;
                 let b = &self.buckets()?[slot];
                 b.hash.store(hash, Ordering::Relaxed);
-                b.key_len.store(kb.len() as u64, Ordering::Relaxed);
                 b.value.store(val_off, Ordering::Relaxed);
-                b.value_len.store(val_len, Ordering::Relaxed);
-                // SYNC: the key is published last: a bucket with a key is whole.
-                b.key.store(key_block.offset, Ordering::Release);
+                // The count changes beside the entry: redone if we die here.
+                h.pending.store(1, Ordering::Relaxed);
+                // SYNC: the key is published last (Release): a bucket with a
+                // key is whole, its key and value blocks included.
+                b.key.store(key_block, Ordering::Release);
+                super::pause_point("map-insert");
                 h.len.store(n + 1, Ordering::Release);
+                h.pending.store(0, Ordering::Release);
                 h.version.fetch_add(1, Ordering::Release);
                 Ok(None)
             }
@@ -198,8 +200,7 @@ impl<K: Message, V: Message> SharedMap<K, V> {
             match self.probe(kb, fnv1a(kb))? {
                 Probe::Found(i) => {
                     let b = &self.buckets()?[i];
-                    let bytes =
-                        self.core.bytes(b.value.load(Ordering::Acquire), b.value_len.load(Ordering::Acquire))?;
+                    let bytes = self.core.bytes(b.value.load(Ordering::Acquire))?;
                     Ok(Some(Ref { _held: held, value: access::<V>(bytes)? }))
                 }
                 Probe::Vacant(_) => Ok(None),
@@ -219,14 +220,17 @@ impl<K: Message, V: Message> SharedMap<K, V> {
     pub fn remove<'k>(&self, key: impl AsKey<K> + 'k) -> Result<Option<V>, SharedError> {
         key.with_archived(|kb| {
             let (value, blocks) = {
-                let _held = self.core.lock(false)?;
+                let _held = self.lock_write()?;
                 let Probe::Found(i) = self.probe(kb, fnv1a(kb))? else { return Ok(None) };
                 let b = &self.buckets()?[i];
-                let (val_off, val_len) = (b.value.load(Ordering::Acquire), b.value_len.load(Ordering::Acquire));
-                let value = decode::<V>(self.core.bytes(val_off, val_len)?)?;
-                let key_off = b.key.swap(TOMBSTONE, Ordering::AcqRel);
+                let val_off = b.value.load(Ordering::Acquire);
+                let value = decode::<V>(self.core.bytes(val_off)?)?;
                 let h = self.core.header();
+                h.pending.store(1, Ordering::Relaxed);
+                // The one store that removes the entry.
+                let key_off = b.key.swap(TOMBSTONE, Ordering::AcqRel);
                 h.len.fetch_sub(1, Ordering::AcqRel);
+                h.pending.store(0, Ordering::Release);
                 h.version.fetch_add(1, Ordering::Release);
                 (value, [key_off, val_off])
             };
@@ -245,20 +249,18 @@ impl<K: Message, V: Message> SharedMap<K, V> {
         V: Clone,
     {
         key.with_archived(|kb| {
-            let held = self.core.lock(false)?;
+            let held = self.lock_write()?;
             let hash = fnv1a(kb);
             let old = match self.probe(kb, hash)? {
                 Probe::Found(i) => {
                     let b = &self.buckets()?[i];
-                    let bytes =
-                        self.core.bytes(b.value.load(Ordering::Acquire), b.value_len.load(Ordering::Acquire))?;
-                    Some(decode::<V>(bytes)?)
+                    Some(decode::<V>(self.core.bytes(b.value.load(Ordering::Acquire))?)?)
                 }
                 Probe::Vacant(_) => None,
             };
             let new = f(old);
-            let (val_off, val_len) = self.core.store(&new)?;
-            match self.place(kb, hash, val_off, val_len) {
+            let val_off = self.core.store(&new)?;
+            match self.place(kb, hash, val_off) {
                 Ok(replaced) => {
                     drop(held);
                     if let Some(old) = replaced {
@@ -284,9 +286,8 @@ impl<K: Message, V: Message> SharedMap<K, V> {
             if key == 0 || key == TOMBSTONE {
                 continue;
             }
-            let k = decode::<K>(self.core.bytes(key, b.key_len.load(Ordering::Acquire))?)?;
-            let v =
-                decode::<V>(self.core.bytes(b.value.load(Ordering::Acquire), b.value_len.load(Ordering::Acquire))?)?;
+            let k = decode::<K>(self.core.bytes(key)?)?;
+            let v = decode::<V>(self.core.bytes(b.value.load(Ordering::Acquire))?)?;
             out.push((k, v));
         }
         Ok(out)
@@ -343,13 +344,29 @@ impl<K: Message, V: Message> SharedMap<K, V> {
         &self.core.name
     }
 
-    fn buckets(&self) -> Result<&[Bucket], SharedError> {
+    /// Takes the lock to write, first recounting the entries if a writer
+    /// died between an entry's store and the count's.
+    fn lock_write(&self) -> Result<super::Held<'_>, SharedError> {
+        let held = self.core.lock(false)?;
         let h = self.core.header();
-        let cap = h.cap.load(Ordering::Acquire);
-        if cap != 0 && !cap.is_power_of_two() {
+        if h.pending.load(Ordering::Acquire) != 0 {
+            let live =
+                self.buckets()?.iter().filter(|b| !matches!(b.key.load(Ordering::Relaxed), 0 | TOMBSTONE)).count();
+            h.len.store(live as u64, Ordering::Release);
+            h.pending.store(0, Ordering::Release);
+            h.version.fetch_add(1, Ordering::Release);
+        }
+        Ok(held)
+    }
+
+    /// The buckets of the current table (lock held); their number is kept in
+    /// the table block, so a table and its capacity are published together.
+    fn buckets(&self) -> Result<&[Bucket], SharedError> {
+        let buckets = self.core.table::<Bucket>(self.core.header().table.load(Ordering::Acquire))?;
+        if !buckets.is_empty() && !buckets.len().is_power_of_two() {
             return Err(SegmentError::Corrupt("map capacity").into());
         }
-        self.core.table::<Bucket>(h.table.load(Ordering::Acquire), cap)
+        Ok(buckets)
     }
 
     /// Looks for `kb` (lock held).
@@ -367,9 +384,7 @@ impl<K: Message, V: Message> SharedMap<K, V> {
                 0 => return Ok(Probe::Vacant(free.or(Some(i)))),
                 TOMBSTONE => free = free.or(Some(i)),
                 key => {
-                    if b.hash.load(Ordering::Relaxed) == hash
-                        && self.core.bytes(key, b.key_len.load(Ordering::Relaxed))? == kb
-                    {
+                    if b.hash.load(Ordering::Relaxed) == hash && self.core.bytes(key)? == kb {
                         return Ok(Probe::Found(i));
                     }
                 }
@@ -381,12 +396,12 @@ impl<K: Message, V: Message> SharedMap<K, V> {
     /// Doubles the table (lock held), dropping tombstones.
     fn grow(&self) -> Result<(), SharedError> {
         let h = self.core.header();
-        let old_cap = h.cap.load(Ordering::Relaxed);
-        let new_cap = (old_cap * 2).max(16);
+        let old = self.buckets()?;
+        let new_cap = (old.len() as u64 * 2).max(16);
         let new = self.core.new_table::<Bucket>(new_cap)?;
-        let fresh = self.core.table::<Bucket>(new, new_cap)?;
+        let fresh = self.core.table::<Bucket>(new)?;
         let mask = new_cap as usize - 1;
-        for b in self.buckets()? {
+        for b in old {
             let key = b.key.load(Ordering::Relaxed);
             if key == 0 || key == TOMBSTONE {
                 continue;
@@ -398,13 +413,13 @@ impl<K: Message, V: Message> SharedMap<K, V> {
             }
             let d = &fresh[i];
             d.hash.store(hash, Ordering::Relaxed);
-            d.key_len.store(b.key_len.load(Ordering::Relaxed), Ordering::Relaxed);
             d.value.store(b.value.load(Ordering::Relaxed), Ordering::Relaxed);
-            d.value_len.store(b.value_len.load(Ordering::Relaxed), Ordering::Relaxed);
             d.key.store(key, Ordering::Relaxed);
         }
+        super::pause_point("map-grow");
+        // SYNC: one Release store publishes the new table with its capacity
+        // (in the block) and every bucket written above.
         let old = h.table.swap(new, Ordering::AcqRel);
-        h.cap.store(new_cap, Ordering::Release);
         self.core.free(old);
         Ok(())
     }

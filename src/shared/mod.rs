@@ -3,10 +3,15 @@
 //! values stored as rkyv archives in arena blocks and read in place.
 //!
 //! Every write archives the new value into a fresh block *before* taking the
-//! lock, then publishes it with single atomic stores and frees what it
-//! replaced after releasing the lock. So a writer killed at any point leaves
-//! the container consistent (at worst a block leaks), a full segment leaves
-//! it unchanged, and readers only ever see whole values.
+//! lock, then publishes it with one atomic store of the block's offset and
+//! frees what it replaced after releasing the lock. A block carries its own
+//! length (a value block its archive's, a table block its entry count), so an
+//! offset is the whole of what is published: a writer killed at any point
+//! leaves the container consistent (at worst a block leaks), a full segment
+//! leaves it unchanged, and readers only ever see whole values.
+//!
+//! The one exception is [`SharedList::remove`] of an element other than the
+//! last, which shifts the later offsets one store at a time.
 
 mod buffer;
 mod list;
@@ -26,6 +31,27 @@ pub use list::SharedList;
 pub use map::{AsKey, SharedMap};
 pub use object::SharedObject;
 
+/// A test-only hook called at every publish point of the containers (see
+/// [`set_pause_hook`]); unset in every real program.
+static PAUSE_HOOK: std::sync::OnceLock<fn(&'static str)> = std::sync::OnceLock::new();
+
+/// Installs a hook the containers call at their publish points with the
+/// point's name (`"object"`, `"list"`, `"map"`, `"map-grow"`), lock held: a
+/// kill test stops a writer there and kills it. For tests only; set once
+/// per process. Costs one atomic load per write when unset.
+#[doc(hidden)]
+pub fn set_pause_hook(hook: fn(&'static str)) {
+    let _ = PAUSE_HOOK.set(hook);
+}
+
+/// Calls the test hook, if one is installed, at publish point `point`.
+#[inline]
+fn pause_point(point: &'static str) {
+    if let Some(hook) = PAUSE_HOOK.get() {
+        hook(point);
+    }
+}
+
 /// Why a container operation failed. The container is unchanged.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -36,6 +62,15 @@ pub enum SharedError {
     Lock(LockError<()>),
     /// A value could not be archived, or a stored archive failed validation.
     Codec(CodecError),
+    /// A [`BufferHandle`] was opened already: each hand-off opens once.
+    HandleUsed,
+    /// A [`BufferHandle`] from another segment: it names no buffer here.
+    ForeignHandle,
+    /// A buffer has as many hand-offs in flight as it can track; open some first.
+    TooManyHandoffs {
+        /// The most hand-offs one buffer can have in flight.
+        limit: usize,
+    },
     /// An index past the end of a list.
     OutOfRange {
         /// The index asked for.
@@ -51,6 +86,9 @@ impl fmt::Display for SharedError {
             SharedError::Segment(e) => write!(f, "{e}"),
             SharedError::Lock(e) => write!(f, "{e}"),
             SharedError::Codec(e) => write!(f, "{e}"),
+            SharedError::HandleUsed => write!(f, "buffer handle already opened (a hand-off opens once)"),
+            SharedError::ForeignHandle => write!(f, "buffer handle from another segment"),
+            SharedError::TooManyHandoffs { limit } => write!(f, "buffer has {limit} hand-offs in flight already"),
             SharedError::OutOfRange { index, len } => write!(f, "index {index} out of range for length {len}"),
         }
     }
@@ -82,28 +120,36 @@ struct Header {
     magic: AtomicU32,
     kind: AtomicU32,
     lock: LockCell,
-    /// Elements (list) or live entries (map).
+    /// Elements (list: the publish point of a push or remove) or live
+    /// entries (map: a count, recounted after a writer died).
     len: AtomicU64,
-    /// Entries the table holds (list: slots; map: buckets, a power of two).
-    cap: AtomicU64,
-    /// Offset of the table block (0: none yet).
+    /// Offset of the table block (list, map; 0: none yet), or of the value
+    /// block (object). Replaced with one atomic store.
     table: AtomicU64,
     /// Bumped by every write, so readers can tell a change.
     version: AtomicU64,
+    /// Nonzero while a writer does the one thing that is not a single store
+    /// (a list's remove shifting entries, a map's count changing beside its
+    /// entry); a writer that finds it set when it takes the lock finishes or
+    /// redoes that, since the one that set it died.
+    pending: AtomicU64,
 }
 
 // SAFETY: `#[repr(C)]`, atomics and a ShmSafe LockCell only.
 unsafe impl ShmSafe for Header {}
 
-/// Where one archived value lives: an arena block offset and the archive length.
-#[repr(C)]
-struct Entry {
-    offset: AtomicU64,
-    len: AtomicU64,
-}
-
-// SAFETY: `#[repr(C)]`, atomics only.
-unsafe impl ShmSafe for Entry {}
+/// Where the payload of a value, key or table block starts: after the
+/// block's own length word (archive bytes, or table entries), padded to the
+/// 16-byte alignment archives need.
+///
+/// ```text
+/// value/key block: [ len: u64 | pad | archive (len bytes) ... ]
+/// table block:     [ cap: u64 | pad | entry 0 | entry 1 | ... entry cap-1 ]
+/// ```
+///
+/// The length word is written before the block's offset is published
+/// (Release) and never changes afterwards, so one offset names a whole value.
+const PAYLOAD_AT: u64 = 16;
 
 /// A type's fingerprint, stored with a container so that opening it with
 /// another element type is an error, not a misread.
@@ -179,7 +225,8 @@ impl Core {
 
     /// Takes the container's lock (shared for reads where the kind allows).
     /// A holder that died is not an error here: every write publishes with
-    /// single atomic stores, so the container is consistent anyway.
+    /// one atomic store, so the container is consistent anyway (see
+    /// [`Header::pending`] for the rest).
     fn lock(&self, shared: bool) -> Result<Held<'_>, SharedError> {
         match self.lock.acquire(shared, Wait::Default) {
             Ok((hold, _died)) => Ok(Held { core: self, hold }),
@@ -187,21 +234,22 @@ impl Core {
         }
     }
 
-    /// Archives `value` into a new block of its own.
-    fn store<T: Message>(&self, value: &T) -> Result<(u64, u64), SharedError> {
+    /// Archives `value` into a new block of its own; returns its offset.
+    fn store<T: Message>(&self, value: &T) -> Result<u64, SharedError> {
         store(&self.seg, value)
     }
 
-    /// The archive bytes of the value at (`offset`, `len`), validated against
+    /// The archive bytes of the value block at `offset`, validated against
     /// the arena (the caller holds the lock, so the block stays live).
-    fn bytes(&self, offset: u64, len: u64) -> Result<&[u8], SharedError> {
+    fn bytes(&self, offset: u64) -> Result<&[u8], SharedError> {
         let cap = self.seg.block_capacity(offset)?;
-        if len > cap {
+        let len = self.seg.get::<AtomicU64>(offset)?.load(Ordering::Acquire);
+        if cap < PAYLOAD_AT || len > cap - PAYLOAD_AT {
             return Err(SegmentError::Corrupt("archive longer than its block").into());
         }
-        let p = self.seg.ptr(offset, len)?;
-        // SAFETY: a live block (validated), in bounds; the container lock held
-        // by the caller keeps writers from freeing or reusing it meanwhile.
+        let p = self.seg.ptr(offset + PAYLOAD_AT, len)?;
+        // SAFETY: in bounds of a live block (validated); the container lock
+        // held by the caller keeps writers from freeing or reusing it meanwhile.
         Ok(unsafe { std::slice::from_raw_parts(p, len as usize) })
     }
 
@@ -211,28 +259,42 @@ impl Core {
         }
     }
 
-    /// The table of `cap` entries of type `E` at `offset`.
-    fn table<E: ShmSafe>(&self, offset: u64, cap: u64) -> Result<&[E], SharedError> {
-        if offset == 0 || cap == 0 {
+    /// The entries of the table block at `offset` (none for 0), as many as
+    /// the block says it holds.
+    fn table<E: ShmSafe>(&self, offset: u64) -> Result<&[E], SharedError> {
+        if offset == 0 {
             return Ok(&[]);
         }
-        let bytes = cap.checked_mul(size_of::<E>() as u64).ok_or(SegmentError::Corrupt("table size"))?;
+        let cap = self.seg.get::<AtomicU64>(offset)?.load(Ordering::Acquire);
+        let bytes = cap
+            .checked_mul(size_of::<E>() as u64)
+            .and_then(|b| b.checked_add(PAYLOAD_AT))
+            .ok_or(SegmentError::Corrupt("table size"))?;
         if self.seg.block_capacity(offset)? < bytes {
             return Err(SegmentError::Corrupt("table larger than its block").into());
         }
-        let first = self.seg.get::<E>(offset)?;
+        if cap == 0 {
+            return Ok(&[]);
+        }
+        let first = self.seg.get::<E>(offset + PAYLOAD_AT)?;
         // SAFETY: `cap` entries fit in the live block at `offset` (checked),
-        // which is aligned for E (get() checked the first); E is ShmSafe.
+        // the first is aligned for E (get() checked it); E is ShmSafe.
         Ok(unsafe { std::slice::from_raw_parts(first as *const E, cap as usize) })
     }
 
-    /// Allocates a zeroed table of `cap` entries of type `E`.
+    /// Allocates a zeroed table block of `cap` entries of type `E`; it is
+    /// not published until its offset is stored.
     fn new_table<E: ShmSafe>(&self, cap: u64) -> Result<u64, SharedError> {
-        let bytes = cap * size_of::<E>() as u64;
+        let bytes = cap
+            .checked_mul(size_of::<E>() as u64)
+            .and_then(|b| b.checked_add(PAYLOAD_AT))
+            .ok_or(SegmentError::OutOfMemory { requested: u64::MAX, available: 0 })?;
         let block = self.seg.alloc(bytes)?;
         let p = self.seg.ptr(block.offset, bytes)?;
         // SAFETY: a block this process just allocated; zero is valid for E.
         unsafe { std::ptr::write_bytes(p, 0, bytes as usize) };
+        // SYNC: published by the caller's Release store of the offset.
+        self.seg.get::<AtomicU64>(block.offset)?.store(cap, Ordering::Relaxed);
         Ok(block.offset)
     }
 }
@@ -260,18 +322,47 @@ macro_rules! container_common {
 }
 pub(crate) use container_common;
 
-/// Archives `value` into a new block of its own in `seg`: (offset, length).
-fn store<T: Message>(seg: &Segment, value: &T) -> Result<(u64, u64), SharedError> {
+/// Archives `value` into a new block of its own in `seg`, its length first
+/// (see [`PAYLOAD_AT`]); returns the block's offset.
+fn store<T: Message>(seg: &Segment, value: &T) -> Result<u64, SharedError> {
     let len = codec::encoded_len(value)? as u64;
-    let block = seg.alloc(len.max(1))?;
-    let p = seg.ptr(block.offset, len)?;
-    // SAFETY: a block this process just allocated and has not published; in bounds.
-    let dst = unsafe { std::slice::from_raw_parts_mut(p, len as usize) };
-    match codec::encode_into(value, dst) {
-        Ok(n) => Ok((block.offset, n as u64)),
+    write_block(seg, len, |dst| Ok(codec::encode_into(value, dst)?))
+}
+
+/// Copies `bytes` (an archive) into a new block of its own in `seg`, its
+/// length first; returns the block's offset.
+fn store_bytes(seg: &Segment, bytes: &[u8]) -> Result<u64, SharedError> {
+    write_block(seg, bytes.len() as u64, |dst| {
+        dst.copy_from_slice(bytes);
+        Ok(bytes.len())
+    })
+}
+
+/// Allocates a block for `len` payload bytes, lets `fill` write them and
+/// records how many it wrote in the block's length word. The block is freed
+/// again on failure.
+fn write_block(
+    seg: &Segment,
+    len: u64,
+    fill: impl FnOnce(&mut [u8]) -> Result<usize, SharedError>,
+) -> Result<u64, SharedError> {
+    let total = len.checked_add(PAYLOAD_AT).ok_or(SegmentError::OutOfMemory { requested: u64::MAX, available: 0 })?;
+    let block = seg.alloc(total)?;
+    let written = (|| {
+        let p = seg.ptr(block.offset + PAYLOAD_AT, len)?;
+        // SAFETY: a block this process just allocated and has not published;
+        // `len` bytes from PAYLOAD_AT are in bounds (ptr() checked them).
+        let dst = unsafe { std::slice::from_raw_parts_mut(p, len as usize) };
+        let n = fill(dst)?;
+        // SYNC: published by the caller's Release store of the block's offset.
+        seg.get::<AtomicU64>(block.offset)?.store(n as u64, Ordering::Relaxed);
+        Ok(())
+    })();
+    match written {
+        Ok(()) => Ok(block.offset),
         Err(e) => {
             let _ = seg.release(block.offset);
-            Err(e.into())
+            Err(e)
         }
     }
 }

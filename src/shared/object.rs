@@ -42,11 +42,11 @@ impl Segment {
         options: LockOptions,
     ) -> Result<SharedObject<T>, SharedError> {
         // Archived before the directory lock is taken; freed if unused.
-        let (offset, len) = super::store(self, initial)?;
+        let offset = super::store(self, initial)?;
         let mut used = false;
         let core = Core::open(self, name, KIND_OBJECT, fingerprint::<T>(), lock, options, |h| {
+            // SYNC: published with the header (its magic's Release store).
             h.table.store(offset, Ordering::Relaxed);
-            h.len.store(len, Ordering::Relaxed);
             used = true;
             Ok(())
         });
@@ -62,21 +62,19 @@ impl<T: Message> SharedObject<T> {
     /// Reads the value in place (no copy) under the object's lock.
     pub fn get(&self) -> Result<Ref<'_, T>, SharedError> {
         let held = self.core.lock(true)?;
-        let (off, len) = self.current();
-        let value = access::<T>(self.core.bytes(off, len)?)?;
+        let value = access::<T>(self.core.bytes(self.current())?)?;
         Ok(Ref { _held: held, value })
     }
 
     /// Copies the value out.
     pub fn load(&self) -> Result<T, SharedError> {
         let _held = self.core.lock(true)?;
-        let (off, len) = self.current();
-        decode::<T>(self.core.bytes(off, len)?)
+        decode::<T>(self.core.bytes(self.current())?)
     }
 
     /// Replaces the value.
     pub fn set(&self, value: &T) -> Result<(), SharedError> {
-        let (off, len) = self.core.store(value)?;
+        let off = self.core.store(value)?;
         let old = {
             let _held = match self.core.lock(false) {
                 Ok(h) => h,
@@ -85,7 +83,7 @@ impl<T: Message> SharedObject<T> {
                     return Err(e);
                 }
             };
-            self.publish(off, len)
+            self.publish(off)
         };
         self.core.free(old);
         Ok(())
@@ -97,10 +95,9 @@ impl<T: Message> SharedObject<T> {
         T: Clone,
     {
         let held = self.core.lock(false)?;
-        let (off, len) = self.current();
-        let new = f(decode::<T>(self.core.bytes(off, len)?)?);
-        let (new_off, new_len) = self.core.store(&new)?;
-        let old = self.publish(new_off, new_len);
+        let new = f(decode::<T>(self.core.bytes(self.current())?)?);
+        let new_off = self.core.store(&new)?;
+        let old = self.publish(new_off);
         drop(held);
         self.core.free(old);
         Ok(new)
@@ -113,15 +110,18 @@ impl<T: Message> SharedObject<T> {
         &self.core.name
     }
 
-    fn current(&self) -> (u64, u64) {
-        let h = self.core.header();
-        (h.table.load(Ordering::Acquire), h.len.load(Ordering::Acquire))
+    /// The current value block (lock held).
+    fn current(&self) -> u64 {
+        self.core.header().table.load(Ordering::Acquire)
     }
 
-    /// Stores the new value's place (lock held); returns the old block.
-    fn publish(&self, off: u64, len: u64) -> u64 {
+    /// Publishes the value block at `off` (lock held) with one atomic store;
+    /// returns the block it replaced.
+    fn publish(&self, off: u64) -> u64 {
         let h = self.core.header();
-        h.len.store(len, Ordering::Release);
+        super::pause_point("object");
+        // SYNC: Release publishes the block's length and archive, written
+        // before; readers load the offset with Acquire.
         let old = h.table.swap(off, Ordering::AcqRel);
         h.version.fetch_add(1, Ordering::Release);
         old
