@@ -110,7 +110,8 @@ fn wrong_names_and_types_are_errors() {
     assert!(matches!(Service::<Tally>::connect(&name), Err(ServiceError::NotFound(_))));
     let _s = Service::serve(&name, tally, 0u64).unwrap();
     assert!(matches!(Service::<String>::connect(&name), Err(ServiceError::TypeMismatch(_))));
-    assert!(Service::serve(&name, tally, 0u64).is_err(), "a name is served once");
+    let again = Service::serve(&name, tally, 0u64);
+    assert!(matches!(again, Err(ServiceError::AlreadyServed(n)) if n == name), "a name is served once");
 }
 
 struct Echo;
@@ -223,4 +224,14 @@ fn a_timeout_of_duration_max_means_no_deadline() {
     let _s = Service::serve(&name, tally, 5u64).unwrap();
     let c = Service::<Tally>::connect(&name).unwrap();
     assert_eq!(c.call_timeout(add, 1, Duration::MAX), Ok(6));
+}
+
+#[test]
+fn reads_have_a_timed_form() {
+    let _w = watchdog("reads_have_a_timed_form", Duration::from_secs(60));
+    let name = format!("svctest-get-{}", std::process::id());
+    let _s = Service::serve(&name, tally, 3u64).unwrap();
+    let c = Service::<Tally>::connect(&name).unwrap();
+    assert_eq!(c.get_timeout(total, Duration::from_secs(30)), Ok(3));
+    assert_eq!(c.get_timeout(total, Duration::MAX), Ok(3));
 }
