@@ -308,11 +308,8 @@ impl Layout {
             return Err(ServiceError::NotFound(name.to_owned()));
         }
         let requests = Ring::open(seg, h.requests.load(Ordering::Acquire))?;
-        let responses = h
-            .responses
-            .iter()
-            .map(|r| Ring::open(seg, r.load(Ordering::Acquire)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let responses =
+            h.responses.iter().map(|r| Ring::open(seg, r.load(Ordering::Acquire))).collect::<Result<Vec<_>, _>>()?;
         Ok(Layout { header: block.offset, requests, responses })
     }
 }
@@ -379,9 +376,34 @@ mod tests {
         assert_eq!(c.call(add, 1), Ok(11), "the server serves on");
     }
 
+    /// Keeps every log record of this test process (installed once).
+    struct Capture(std::sync::Mutex<Vec<String>>);
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            crate::runtime::lock(&self.0).push(format!("{} {}", r.level(), r.args()));
+        }
+        fn flush(&self) {}
+    }
+
+    static CAPTURE: Capture = Capture(std::sync::Mutex::new(Vec::new()));
+
+    fn records_about(name: &str) -> Vec<String> {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            log::set_logger(&CAPTURE).expect("no other logger in the unit tests");
+            log::set_max_level(log::LevelFilter::Trace);
+        });
+        crate::runtime::lock(&CAPTURE.0).iter().filter(|r| r.contains(name)).cloned().collect()
+    }
+
     #[test]
     fn a_serving_thread_that_ends_is_an_error_for_its_clients_at_once() {
         let name = format!("svcunit-gone-{}", std::process::id());
+        assert!(records_about(&name).is_empty());
         let s = Service::serve(&name, tally, 0u64).unwrap();
         let c = Service::<Tally>::connect(&name).unwrap();
         assert_eq!(c.call(add, 1), Ok(1));
@@ -392,6 +414,9 @@ mod tests {
         assert_eq!(c.get_timeout(total, std::time::Duration::MAX), Err(ServiceError::ServerGone { pid }));
         assert_eq!(Service::<Tally>::connect(&name).unwrap_err(), ServiceError::ServerGone { pid });
         drop(s);
+        let logged = records_about(&name);
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0].starts_with("ERROR") && logged[0].contains("panicked: injected failure"), "{logged:?}");
     }
 
     #[test]

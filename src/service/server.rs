@@ -72,10 +72,24 @@ impl<T: 'static> Service<T> {
                             let Ok(h) = seg.get::<Header>(header) else { return };
                             // From here on, however this thread ends, the
                             // header says so and the rings are closed.
-                            let mut serving = Serving { seg: &seg, h, requests: &requests, responses: &responses, stop: &stop, name, ended: None };
+                            let mut serving = Serving {
+                                seg: &seg,
+                                h,
+                                requests: &requests,
+                                responses: &responses,
+                                stop: &stop,
+                                name,
+                                ended: None,
+                            };
                             h.state.store(SERVING, Ordering::Release);
                             let _ = built_tx.send(Ok(()));
-                            serving.ended = serve_loop(&serving, Box::new(object)).err();
+                            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                serve_loop(&serving, Box::new(object))
+                            }));
+                            serving.ended = match ran {
+                                Ok(r) => r.err(),
+                                Err(p) => Some(format!("it panicked: {}", payload_text(&*p))),
+                            };
                         }
                         Err(p) => {
                             let _ = built_tx.send(Err(payload_text(&*p)));
