@@ -13,8 +13,8 @@
 //! generation of it, so a late answer meant for an earlier client of the
 //! slot is never taken for a new one's.
 //!
-//! - [`server`]: [`Service`], the serving thread and its loop.
-//! - [`client`]: [`Client`], connecting and calling.
+//! - `server`: [`Service`], the serving thread and its loop.
+//! - `client`: [`Client`], connecting and calling.
 
 mod client;
 mod server;
