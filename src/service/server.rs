@@ -246,7 +246,9 @@ fn serve_loop(s: &Serving<'_>, object: Box<dyn std::any::Any>) -> Result<(), Str
         );
         match got {
             Ok(Ok(_)) => {}
-            Ok(Err(RingError::Closed)) | Err(_) => return Ok(()),
+            Err(_) => return Ok(()),
+            Ok(Err(RingError::Closed)) if s.stop.load(Ordering::Acquire) => return Ok(()),
+            Ok(Err(RingError::Closed)) => return Err("its request ring was closed by another process".into()),
             Ok(Err(e)) => return Err(format!("its request ring failed: {e}")),
         }
         #[cfg(test)]
