@@ -26,3 +26,11 @@ pub(crate) use lock::{Hold, LockRef, Wait};
 pub use raw_mutex::{Acquired, LockTimeout, RawMutex};
 pub use raw_rwlock::{RawRwLock, RwFailure, READER_SLOTS};
 pub use raw_spin::RawSpin;
+
+/// How many futex wake system calls the sync primitives ([`Event`],
+/// [`RawMutex`]) of this process have made so far (a relaxed counter, for
+/// tests and diagnostics).
+#[doc(hidden)]
+pub fn wake_calls() -> u64 {
+    os::wake_calls()
+}
