@@ -334,6 +334,41 @@ mod tests {
         assert_eq!(a.budget(SpinPolicy::SLEEP), Duration::ZERO);
     }
 
+    /// Regression (finding 13): a probe spin took the policy's maximum as
+    /// is, and `Instant + Duration::MAX` panicked once the budget had fallen
+    /// below `MIN_SPIN`.
+    #[test]
+    fn a_spin_policy_of_duration_max_never_overflows_the_clock() {
+        let policy = SpinPolicy { spin: Duration::MAX };
+        let a = AdaptiveSpin::new();
+        for _ in 0..40 {
+            a.record(false, policy);
+        }
+        let e = Event::default();
+        // A whole probe cycle: one wait probes with the full budget.
+        for _ in 0..PROBE_EVERY {
+            let d = Some(Instant::now() + Duration::from_millis(1));
+            assert!(!e.wait_until(|| false, d, policy, &a));
+        }
+        assert!(a.budget(policy) <= Duration::from_nanos(u32::MAX as u64));
+    }
+
+    /// A sleeper that leaves (dies, times out) without being woken costs the
+    /// next notify one wake system call, and later notifies none.
+    #[test]
+    fn a_left_sleepers_bit_costs_one_wake() {
+        let e = Event::default();
+        let d = Some(Instant::now() + Duration::from_millis(5));
+        assert!(!e.wait_until(|| false, d, SpinPolicy::SLEEP, &AdaptiveSpin::new()));
+        assert!(e.has_sleepers());
+        e.notify();
+        assert!(!e.has_sleepers());
+        e.notify();
+        assert!(!e.has_sleepers());
+        // The epoch moved once: the word is 2 (epoch 1, no sleepers).
+        assert_eq!(e.word.load(Ordering::Relaxed), 2);
+    }
+
     #[test]
     fn a_wait_times_out_and_a_notify_wakes_a_sleeper() {
         let e = std::sync::Arc::new(Event::default());
