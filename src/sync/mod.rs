@@ -7,7 +7,8 @@
 //! - Their algorithms, apart: [`RawMutex`] (futex word with the holder's pid),
 //!   [`RawRwLock`] (writer pid and a table of reader pids), [`RawSpin`].
 //! - [`Event`]: the doorbell rings sleep on: waiters spin briefly, then sleep
-//!   on a futex; a notifier makes a system call only when someone sleeps.
+//!   on a futex; a notifier makes a system call only when a waiter has
+//!   announced that it sleeps (a bit in the futex word, which the wake clears).
 
 mod event;
 mod lock;
