@@ -282,3 +282,65 @@ fn a_lock_opened_as_another_kind_is_a_type_mismatch() {
     seg.mutex("m").unwrap();
     assert!(matches!(seg.rwlock("m"), Err(shmpool::SegmentError::TypeMismatch { .. })));
 }
+
+/// Holds the lock with `$hold` in another thread, which releases it after a
+/// short sleep; meanwhile this thread waits with `$take`, whose result is
+/// returned.
+macro_rules! held_elsewhere {
+    ($lock:expr, |$l:ident| $hold:expr, $take:expr) => {{
+        let lock = &$lock;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let $l = lock;
+                let guard = $hold;
+                tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                drop(guard);
+            });
+            rx.recv().unwrap();
+            let $l = lock;
+            $take
+        })
+    }};
+}
+
+/// Regression (finding 13): `Instant::now() + Duration::MAX` panicked. A
+/// timeout too large to be a deadline waits for ever: here until the holder
+/// (another thread) releases the lock.
+#[test]
+fn lock_for_duration_max_waits_for_the_holder() {
+    let seg = Segment::anonymous(1 << 20).unwrap();
+    let m = seg.mutex("m").unwrap();
+    assert!(held_elsewhere!(m, |l| l.lock().unwrap(), l.lock_for(Duration::MAX).is_ok()));
+    let s = seg.spin_lock("s").unwrap();
+    assert!(held_elsewhere!(s, |l| l.lock().unwrap(), l.lock_for(Duration::MAX).is_ok()));
+    let a = seg.auth_lock("a").unwrap();
+    assert!(held_elsewhere!(a, |l| l.lock().unwrap(), l.lock_for(Duration::MAX).is_ok()));
+    let rw = seg.rwlock("rw").unwrap();
+    assert!(held_elsewhere!(rw, |l| l.read().unwrap(), l.lock_for(Duration::MAX).is_ok()));
+    assert!(held_elsewhere!(rw, |l| l.read().unwrap(), l.write_for(Duration::MAX).is_ok()));
+}
+
+#[test]
+fn read_for_duration_max_waits_for_the_writer() {
+    let seg = Segment::anonymous(1 << 20).unwrap();
+    let rw = seg.rwlock("rw").unwrap();
+    assert!(held_elsewhere!(rw, |l| l.write().unwrap(), l.read_for(Duration::MAX).is_ok()));
+}
+
+/// A deadlock timeout of `Duration::MAX` is no timeout: `lock()` waits.
+#[test]
+fn a_deadlock_timeout_of_duration_max_waits_for_the_holder() {
+    let seg = Segment::anonymous(1 << 20).unwrap();
+    let opts = LockOptions { deadlock_timeout: Some(Duration::MAX), on_deadlock: None };
+    let m = seg.mutex_with("m", opts).unwrap();
+    assert!(held_elsewhere!(m, |l| l.lock().unwrap(), l.lock().is_ok()));
+    let s = seg.spin_lock_with("s", opts).unwrap();
+    assert!(held_elsewhere!(s, |l| l.lock().unwrap(), l.lock().is_ok()));
+    let a = seg.auth_lock_with("a", opts).unwrap();
+    assert!(held_elsewhere!(a, |l| l.lock().unwrap(), l.lock().is_ok()));
+    let rw = seg.rwlock_with("rw", opts).unwrap();
+    assert!(held_elsewhere!(rw, |l| l.write().unwrap(), l.read().is_ok()));
+    assert!(held_elsewhere!(rw, |l| l.read().unwrap(), l.write().is_ok()));
+}

@@ -1,7 +1,8 @@
 //! Loom model tests of the lock algorithms (`src/sync/raw_*.rs`) and the
 //! futex doorbell they sleep on, compiled here against loom's atomics and a
-//! model of the operating system (pids are threads; futex waits are spurious
-//! wake-ups, which every caller must already tolerate).
+//! model of the operating system (`src/sync/loom_os.rs`: pids are threads; a
+//! futex wait with a deadline is a spurious wake-up, one without really
+//! sleeps until woken, so a lost wake-up shows as a deadlock).
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test --release --test loom_locks`
 #![cfg(loom)]
@@ -22,51 +23,8 @@ mod segment {
 
 // The algorithm files refer to `super::os` and `super::event`; mounted at the
 // crate root here, `super` is the root.
-pub(crate) mod os {
-    use std::time::Instant;
-
-    use crate::primitive::AtomicU32;
-
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(crate) enum Wake {
-        Woken,
-        TimedOut,
-    }
-
-    /// Each model thread is a "process" of its own.
-    pub(crate) fn current_pid() -> u32 {
-        // Deterministic across executions (loom requires it): from the
-        // model's own thread numbering.
-        let id = format!("{:?}", loom::thread::current().id());
-        100 + id.chars().filter(char::is_ascii_digit).collect::<String>().parse::<u32>().unwrap_or(0)
-    }
-
-    /// Nobody dies in these models.
-    pub(crate) fn is_alive(_pid: u32) -> bool {
-        true
-    }
-
-    /// A futex wait that returns at once: a spurious wake-up.
-    pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, _deadline: Option<Instant>) -> Wake {
-        loom::thread::yield_now();
-        Wake::Woken
-    }
-
-    pub(crate) const WAITV_MAX: usize = 128;
-
-    pub(crate) fn futex_wait_any(_words: &[(&AtomicU32, u32)], _deadline: Option<Instant>) -> Option<Wake> {
-        loom::thread::yield_now();
-        Some(Wake::Woken)
-    }
-
-    pub(crate) fn futex_wake(_word: &AtomicU32, _n: u32) -> usize {
-        0
-    }
-
-    pub(crate) fn yield_now() {
-        loom::thread::yield_now();
-    }
-}
+#[path = "../src/sync/loom_os.rs"]
+pub(crate) mod os;
 
 #[path = "../src/sync/event.rs"]
 pub(crate) mod event;
@@ -81,7 +39,8 @@ use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
 
-use event::AdaptiveSpin;
+use event::{wait_any, AdaptiveSpin, Event, SpinPolicy};
+use primitive::{AtomicU32, Ordering};
 use raw_mutex::RawMutex;
 use raw_rwlock::RawRwLock;
 use raw_spin::RawSpin;
@@ -196,5 +155,76 @@ fn rwlock_try_read_and_try_write_are_exclusive() {
             g.lock.unlock_read(slot);
         }
         w.join().unwrap();
+    });
+}
+
+/// The doorbell: a waiter that sleeps without a deadline is always woken by
+/// a notify that follows the state change it waits for (a lost wake-up
+/// leaves it asleep for ever: loom reports a deadlock).
+#[test]
+fn event_never_loses_a_wake_up() {
+    model(|| {
+        let e = Arc::new(Event::default());
+        let flag = Arc::new(AtomicU32::new(0));
+        let notifier = {
+            let (e, flag) = (e.clone(), flag.clone());
+            thread::spawn(move || {
+                flag.store(1, Ordering::Release);
+                e.notify();
+            })
+        };
+        let ready = || flag.load(Ordering::Acquire) == 1;
+        assert!(e.wait_until(ready, None, SpinPolicy::SLEEP, &AdaptiveSpin::new()));
+        notifier.join().unwrap();
+    });
+}
+
+/// Two sleepers on one event, each waiting for its own flag, two notifiers:
+/// a notify clears SLEEPERS for both, and the one not yet ready announces
+/// again. Nobody sleeps for ever.
+#[test]
+fn event_wakes_every_sleeper() {
+    model(|| {
+        let e = Arc::new(Event::default());
+        let flags = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let waiter = {
+            let (e, flags) = (e.clone(), flags.clone());
+            thread::spawn(move || {
+                let ready = || flags[1].load(Ordering::Acquire) == 1;
+                assert!(e.wait_until(ready, None, SpinPolicy::SLEEP, &AdaptiveSpin::new()));
+            })
+        };
+        let notifier = {
+            let (e, flags) = (e.clone(), flags.clone());
+            thread::spawn(move || {
+                flags[0].store(1, Ordering::Release);
+                e.notify();
+                flags[1].store(1, Ordering::Release);
+                e.notify();
+            })
+        };
+        let ready = || flags[0].load(Ordering::Acquire) == 1;
+        assert!(e.wait_until(ready, None, SpinPolicy::SLEEP, &AdaptiveSpin::new()));
+        notifier.join().unwrap();
+        waiter.join().unwrap();
+    });
+}
+
+/// `wait_any` over two events: a notify of either wakes the waiter.
+#[test]
+fn wait_any_never_loses_a_wake_up() {
+    model(|| {
+        let events = Arc::new([Event::default(), Event::default()]);
+        let flag = Arc::new(AtomicU32::new(0));
+        let notifier = {
+            let (events, flag) = (events.clone(), flag.clone());
+            thread::spawn(move || {
+                flag.store(1, Ordering::Release);
+                events[1].notify();
+            })
+        };
+        let ready = || flag.load(Ordering::Acquire) == 1;
+        assert!(wait_any(&[&events[0], &events[1]], ready, None));
+        notifier.join().unwrap();
     });
 }

@@ -27,18 +27,25 @@ const FLAG_POISONED: u32 = 1;
 /// The largest capacity a ring may have.
 pub const MAX_CAPACITY: u32 = 1 << 24;
 
+/// The ring's header, at the start of its block.
+///
+/// SYNC: `init_at` stores `capacity`, `stride`, the cursors and every slot's
+/// sequence, then `magic` with Release; `open` loads `magic` with Acquire
+/// before reading anything else, so a ring whose magic is seen is seen whole.
 #[repr(C)]
 struct RingHeader {
-    magic: u32,
-    capacity: u32,
-    stride: u32,
+    /// `RING_MAGIC` once the ring is initialised (written last).
+    magic: AtomicU32,
+    capacity: AtomicU32,
+    stride: AtomicU32,
     _pad: u32,
     cursors: Cursors,
     not_empty: CachePadded<Event>,
     not_full: CachePadded<Event>,
 }
 
-// SAFETY: `#[repr(C)]`, integers and atomics only (Cursors and Event are atomics).
+// SAFETY: `#[repr(C)]`, atomics (Cursors and Event are atomics) and one
+// padding integer; no pointers, no Drop; every bit pattern is valid.
 unsafe impl ShmSafe for RingHeader {}
 
 #[repr(C)]
@@ -114,7 +121,9 @@ pub struct Ring {
 
 // SAFETY: the pointers point into the segment kept alive by `seg`; all shared
 // state behind them is atomics, and slot payloads are accessed only by the
-// process that claimed the slot (the queue protocol).
+// process that claimed the slot (the queue protocol), except by `peek_all`,
+// which reads unclaimed slots with atomic loads only, and `steal_unreleased`,
+// whose claimer is dead.
 unsafe impl Send for Ring {}
 // SAFETY: as above.
 unsafe impl Sync for Ring {}
@@ -179,14 +188,11 @@ impl Ring {
         let stride = stride_for(payload) as u32;
         let hdr = seg.get::<RingHeader>(offset)?;
         seg.check_range(offset, size_of::<RingHeader>() as u64 + stride as u64 * cap as u64)?;
-        let p = seg.ptr(offset, size_of::<RingHeader>() as u64)?.cast::<RingHeader>();
-        // SAFETY: `p` is in bounds and aligned (get() checked both), in a block
-        // this process just allocated and has not yet shared, so plain writes
-        // of the immutable fields race with nobody.
-        unsafe {
-            std::ptr::addr_of_mut!((*p).capacity).write(cap);
-            std::ptr::addr_of_mut!((*p).stride).write(stride);
-        }
+        // A reused block may still hold an old ring's magic: clear it before
+        // changing anything, so no opener takes the half-built ring for one.
+        hdr.magic.store(0, Ordering::Relaxed);
+        hdr.capacity.store(cap, Ordering::Relaxed);
+        hdr.stride.store(stride, Ordering::Relaxed);
         hdr.cursors.head.store(0, Ordering::Relaxed);
         hdr.cursors.tail.store(0, Ordering::Relaxed);
         let ring = Ring::from_parts(seg, offset, cap as u64, stride as usize)?;
@@ -194,30 +200,22 @@ impl Ring {
         for i in 0..ring.capacity {
             ring.slot_header(i).flags.store(0, Ordering::Relaxed);
         }
-        // SAFETY: as above; the magic is written last and published by the
-        // Release fence below together with everything else.
-        unsafe { std::ptr::addr_of_mut!((*p).magic).write(RING_MAGIC) };
-        std::sync::atomic::fence(Ordering::Release);
+        // SYNC: Release publishes every store above (geometry, cursors, slot
+        // sequences and flags) to the Acquire load of the magic in `open`.
+        hdr.magic.store(RING_MAGIC, Ordering::Release);
         Ok(ring)
     }
 
     /// Opens the ring whose header is at `offset` in `seg`, validating it.
     pub fn open(seg: &Segment, offset: u64) -> Result<Ring, SegmentError> {
-        let _ = seg.get::<RingHeader>(offset)?;
-        let p = seg.ptr(offset, size_of::<RingHeader>() as u64)?.cast::<RingHeader>();
-        std::sync::atomic::fence(Ordering::Acquire);
-        // SAFETY: in bounds and aligned (checked); volatile reads of plain
-        // integers another process may have scribbled on; each is checked below.
-        let (magic, cap, stride) = unsafe {
-            (
-                std::ptr::addr_of!((*p).magic).read_volatile(),
-                std::ptr::addr_of!((*p).capacity).read_volatile(),
-                std::ptr::addr_of!((*p).stride).read_volatile(),
-            )
-        };
-        if magic != RING_MAGIC {
+        let hdr = seg.get::<RingHeader>(offset)?;
+        // SYNC: Acquire pairs with the Release store of the magic in
+        // `init_at`: the geometry read below is the initialised one.
+        if hdr.magic.load(Ordering::Acquire) != RING_MAGIC {
             return Err(SegmentError::Corrupt("no ring at this offset"));
         }
+        // Shared memory is hostile input: checked below before any use.
+        let (cap, stride) = (hdr.capacity.load(Ordering::Relaxed), hdr.stride.load(Ordering::Relaxed));
         if !cap.is_power_of_two() || cap > MAX_CAPACITY || stride < 64 || stride % 64 != 0 || stride > (2 << 20) {
             return Err(SegmentError::Corrupt("ring geometry"));
         }
@@ -312,7 +310,12 @@ impl Ring {
 
     /// Hands a copy of every published, unclaimed message to `f` without
     /// taking it (a message claimed meanwhile is skipped: its sequence number
-    /// is read before and after the copy).
+    /// is read before and after the copy, as in a seqlock).
+    ///
+    /// The slot is not claimed, so a consumer may take it and a producer
+    /// reuse it while we copy: the copy is made with atomic loads only (a
+    /// plain or volatile read racing with a write is a data race), and is
+    /// thrown away unless the sequence number is unchanged afterwards.
     pub(crate) fn peek_all(&self, mut f: impl FnMut(&[u8])) {
         let tail = self.cursors().tail.load(Ordering::Acquire);
         let head = self.cursors().head.load(Ordering::Acquire) & !queue::CLOSED;
@@ -320,22 +323,49 @@ impl Ring {
         let mut copy = vec![0u8; self.payload_capacity()];
         for pos in tail..end {
             let sh = self.slot_header(pos & (self.capacity - 1));
+            // SYNC: Acquire pairs with the producer's Release in
+            // `queue::publish`: the payload it wrote before publishing is
+            // visible to the loads below.
             if sh.seq.load(Ordering::Acquire) != pos.wrapping_add(1) {
                 continue;
             }
             let len = (sh.len.load(Ordering::Relaxed) as usize).min(copy.len());
-            let src = self.payload_ptr(pos);
-            for (i, b) in copy[..len].iter_mut().enumerate() {
-                // SAFETY: `i < len <= payload capacity`, so in bounds; a volatile
-                // byte read of a slot another thread may claim meanwhile,
-                // validated by re-reading `seq` below.
-                *b = unsafe { src.add(i).read_volatile() };
+            // Whole words: the payload capacity is a multiple of 16 bytes.
+            for (chunk, word) in copy[..len].chunks_mut(8).zip(self.payload_words(pos)) {
+                let bytes = word.load(Ordering::Relaxed).to_ne_bytes();
+                chunk.copy_from_slice(&bytes[..chunk.len()]);
             }
+            // SYNC: seqlock re-check. The Acquire fence keeps the payload
+            // loads above before the `seq` load below. Before any producer
+            // writes this slot again, the consumer's `queue::release` stores
+            // `pos + capacity` to `seq` (Release) and the producer loads that
+            // (Acquire in `claim_push`). So if a load above returned a
+            // byte of the next lap, the re-check reads that store or a later
+            // one, not `pos + 1`, and the copy is dropped. (The producer's
+            // own writes are plain stores through the `&mut [u8]` it is
+            // handed; that a relaxed load which sees one orders `seq` is the
+            // hardware's causality, as in every seqlock over such writes:
+            // the C++ model only promises it for atomic writes after a
+            // Release fence.)
             std::sync::atomic::fence(Ordering::Acquire);
             if sh.seq.load(Ordering::Relaxed) == pos.wrapping_add(1) {
                 f(&copy[..len]);
             }
         }
+    }
+
+    /// The payload of the slot at `pos` as words, for reads that may race
+    /// with writers (see [`Ring::peek_all`]).
+    #[inline]
+    fn payload_words(&self, pos: u64) -> &[AtomicU64] {
+        // SAFETY: the payload is in bounds (as in `payload_ptr`), 16-byte
+        // aligned (slots start at multiples of 64 bytes, the payload 16 bytes
+        // in), and `payload_capacity()` is a multiple of 16, so it is exactly
+        // `payload_capacity() / 8` aligned u64 words; `AtomicU64` has the
+        // size and alignment of `u64`, and shared atomic access to the bytes
+        // is sound for as long as `self.seg` keeps the mapping alive (the
+        // lifetime of `&self`).
+        unsafe { std::slice::from_raw_parts(self.payload_ptr(pos).cast::<AtomicU64>(), self.payload_capacity() / 8) }
     }
 
     /// Claims up to `max` slots with `claim`, recording the claim, `(pos << 8)
@@ -754,6 +784,23 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         r.close();
         assert_eq!(t.join().unwrap(), Err(RingError::Closed));
+    }
+
+    #[test]
+    fn peek_all_sees_every_queued_message_whole() {
+        let r = ring(8, 48);
+        let msgs: [&[u8]; 3] = [&[1], &[2; 13], &[3; 48]];
+        for m in msgs {
+            r.try_push(m).unwrap();
+        }
+        let mut seen = Vec::new();
+        r.peek_all(|b| seen.push(b.to_vec()));
+        assert_eq!(seen, msgs.map(<[u8]>::to_vec));
+        let mut out = Vec::new();
+        r.try_pop(&mut out).unwrap();
+        seen.clear();
+        r.peek_all(|b| seen.push(b.to_vec()));
+        assert_eq!(seen, msgs[1..].iter().map(|m| m.to_vec()).collect::<Vec<_>>());
     }
 
     #[test]

@@ -65,7 +65,8 @@ pub struct DeadlockInfo {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LockOptions {
     /// `lock()` gives up after this long and reports a suspected deadlock
-    /// (`None`: it waits for ever, though a dead holder is still noticed).
+    /// (`None`, or a timeout too large to be a deadline such as
+    /// `Duration::MAX`: it waits for ever, though a dead holder is still noticed).
     pub deadlock_timeout: Option<Duration>,
     /// Called when any wait on this handle times out, before the error returns.
     pub on_deadlock: Option<fn(&DeadlockInfo)>,
@@ -276,7 +277,8 @@ impl LockRef {
         let deadline = match wait {
             Wait::Try => None,
             Wait::Until(d) => d,
-            Wait::Default => self.options.deadlock_timeout.and_then(|t| start.map(|s| s + t)),
+            // A timeout too large to add to the clock is no deadline.
+            Wait::Default => self.options.deadlock_timeout.and_then(|t| start.and_then(|s| s.checked_add(t))),
         };
         let me = process::current_pid();
         let timeout = |holder: Option<u32>| {
@@ -370,6 +372,14 @@ pub(crate) enum Wait {
     Until(Option<Instant>),
 }
 
+impl Wait {
+    /// Until `timeout` from now; a timeout too large to add to the clock
+    /// (such as `Duration::MAX`) means for ever.
+    pub(crate) fn until(timeout: Duration) -> Wait {
+        Wait::Until(Instant::now().checked_add(timeout))
+    }
+}
+
 /// A held lock; released when dropped.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard<'a> {
@@ -406,8 +416,9 @@ macro_rules! exclusive_methods {
 
         /// Takes the lock, waiting at most `timeout`; a timeout is a suspected
         /// deadlock: the handler is called and `LockError::Timeout` returned.
+        /// A timeout too large to be a deadline (`Duration::MAX`) waits for ever.
         pub fn lock_for(&self, timeout: Duration) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-            self.inner.guard(false, Wait::Until(Some(Instant::now() + timeout)))
+            self.inner.guard(false, Wait::until(timeout))
         }
 
         /// The pid holding the lock (for a read-write lock, the writer or a reader).
@@ -493,8 +504,9 @@ impl RwLock {
     }
 
     /// Takes a read hold, waiting at most `timeout`.
+    /// A timeout too large to be a deadline (`Duration::MAX`) waits for ever.
     pub fn read_for(&self, timeout: Duration) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-        self.inner.guard(true, Wait::Until(Some(Instant::now() + timeout)))
+        self.inner.guard(true, Wait::until(timeout))
     }
 
     /// Takes the write hold (same as [`RwLock::lock`]).

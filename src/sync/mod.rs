@@ -7,7 +7,8 @@
 //! - Their algorithms, apart: [`RawMutex`] (futex word with the holder's pid),
 //!   [`RawRwLock`] (writer pid and a table of reader pids), [`RawSpin`].
 //! - [`Event`]: the doorbell rings sleep on: waiters spin briefly, then sleep
-//!   on a futex; a notifier makes a system call only when someone sleeps.
+//!   on a futex; a notifier makes a system call only when a waiter has
+//!   announced that it sleeps (a bit in the futex word, which the wake clears).
 
 mod event;
 mod lock;
@@ -26,3 +27,11 @@ pub(crate) use lock::{Hold, LockRef, Wait};
 pub use raw_mutex::{Acquired, LockTimeout, RawMutex};
 pub use raw_rwlock::{RawRwLock, RwFailure, READER_SLOTS};
 pub use raw_spin::RawSpin;
+
+/// How many futex wake system calls the sync primitives ([`Event`],
+/// [`RawMutex`]) of this process have made so far (a relaxed counter, for
+/// tests and diagnostics).
+#[doc(hidden)]
+pub fn wake_calls() -> u64 {
+    os::wake_calls()
+}

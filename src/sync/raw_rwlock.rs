@@ -28,7 +28,8 @@ const LIVENESS_CHECK: Duration = Duration::from_millis(20);
 /// `writer` and then reads the slots; a SeqCst fence sits between each
 /// claim and read, so at least one of them sees the other (Dekker), and a
 /// reader that sees a writer backs off.
-/// Every release bumps `event` so sleepers re-check.
+/// Every release notifies `event` (after the release is stored), so
+/// sleepers re-check.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct RawRwLock {
