@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::bootstrap::WorkerConfig;
 use super::code;
-use super::control::{self, MAX_BATCH, W_INIT_FAILED, W_READY};
+use super::control::{self, MAX_BATCH, W_BUILD_MISMATCH, W_INIT_FAILED, W_READY};
 use super::tramp::{InitTrampoline, Reply, Trampoline, WorkerState};
 use crate::codec::Scratch;
 use crate::ring::{Ring, RingError};
@@ -41,6 +41,14 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
     let seg = Segment::from_inherited_fd(cfg.fd)?;
     let (layout, init) = control::open(&seg, cfg.control)?;
     let slot = control::slot(&seg, cfg.control, layout.workers, cfg.index)?;
+    // Another build's code offsets (the init record's, every task's) would
+    // name other code here: refuse before any is used, and say so.
+    if let Err(ours) = control::check_build(&layout) {
+        slot.build_id.store(ours, Ordering::Relaxed);
+        slot.pid.store(process::current_pid(), Ordering::Relaxed);
+        slot.state.store(W_BUILD_MISMATCH, Ordering::Release);
+        return Err(Error::BuildMismatch { expected: layout.build_id, found: ours });
+    }
     let tasks = Ring::open(&seg, layout.task_ring)?;
     let results = Ring::open(&seg, layout.result_ring)?;
     slot.pid.store(process::current_pid(), Ordering::Relaxed);
