@@ -253,3 +253,49 @@ pub(crate) fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
         "panic with a non-string payload".to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::IntoRawFd;
+
+    use super::*;
+
+    // ARCHITECTURE: a segment carrying code offsets records the build that
+    // wrote them; a worker of another build refuses it before using one.
+    #[test]
+    fn a_worker_of_another_build_refuses_to_start_and_says_so() {
+        let seg = Segment::anonymous(4 << 20).unwrap();
+        let tasks = Ring::create(&seg, 4, 256).unwrap();
+        let results = Ring::create(&seg, 4, 256).unwrap();
+        let block = seg.alloc(control::footprint(1)).unwrap();
+        let layout = control::Layout {
+            control: block.offset,
+            workers: 1,
+            build_id: crate::build_id() ^ 1,
+            task_ring: tasks.offset(),
+            result_ring: results.offset(),
+            log_ring: 0,
+            log_dropped: 0,
+            log_level: 0,
+            spin_ns: 0,
+        };
+        control::init(&seg, block.offset, &layout, None).unwrap();
+        // The worker takes its own descriptor of the segment, as if inherited.
+        let fd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/fd/{}", seg.raw_fd()))
+            .unwrap()
+            .into_raw_fd();
+        let cfg = WorkerConfig { fd, control: block.offset, index: 0, parent: process::current_pid(), key: 1 };
+        match run(&cfg) {
+            Err(Error::BuildMismatch { expected, found }) => {
+                assert_eq!((expected, found), (layout.build_id, crate::build_id()));
+            }
+            other => panic!("expected BuildMismatch, got {other:?}"),
+        }
+        let slot = control::slot(&seg, block.offset, 1, 0).unwrap();
+        assert_eq!(slot.state.load(Ordering::Acquire), W_BUILD_MISMATCH);
+        assert_eq!(slot.build_id.load(Ordering::Relaxed), crate::build_id());
+    }
+}

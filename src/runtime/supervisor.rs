@@ -375,4 +375,20 @@ mod tests {
         assert_eq!(w.respawns.load(Ordering::Relaxed), 1);
         assert_eq!(w.worker_pids().len(), 1);
     }
+
+    #[test]
+    fn a_worker_that_refused_another_build_is_a_typed_start_failure() {
+        let config = Config { workers: 1, segment_size: 8 << 20, ..Config::default() };
+        let w = Workers::start::<()>(config, None).unwrap();
+        // What a worker of another build leaves in its slot (see the executor).
+        let slot = control::slot(&w.seg, w.layout.control, w.layout.workers, 0).unwrap();
+        slot.build_id.store(w.layout.build_id ^ 1, Ordering::Relaxed);
+        slot.state.store(W_BUILD_MISMATCH, Ordering::Release);
+        match w.await_ready() {
+            Err(Error::BuildMismatch { expected, found }) => {
+                assert_eq!((expected, found), (crate::build_id(), crate::build_id() ^ 1));
+            }
+            other => panic!("expected BuildMismatch, got {other:?}"),
+        }
+    }
 }
