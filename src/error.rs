@@ -114,10 +114,9 @@ impl fmt::Display for Error {
             Error::NothingPending => write!(f, "no task is pending"),
             Error::Config(what) => write!(f, "invalid pool configuration: {what}"),
             Error::NotClosed => write!(f, "join on an open pool would wait for ever: close it first"),
-            Error::BuildMismatch { expected, found } => write!(
-                f,
-                "worker runs build {found:016x}, but the pool's segment was written by build {expected:016x}"
-            ),
+            Error::BuildMismatch { expected, found } => {
+                write!(f, "worker runs build {found:016x}, but the pool's segment was written by build {expected:016x}")
+            }
         }
     }
 }

@@ -90,7 +90,8 @@ fn terminate_answers_three_thousand_outstanding_tickets_with_pool_gone() {
     // The lone worker is stuck in the first task; the rest stay queued.
     let tickets: Vec<_> = (0..3000).map(|_| pool.submit(sleep_ms, 60_000u64).unwrap()).collect();
     pool.terminate();
-    let gone = tickets.into_iter().filter(|_| true).map(|t| t.wait()).filter(|r| *r == Err(TaskError::PoolGone)).count();
+    let gone =
+        tickets.into_iter().filter(|_| true).map(|t| t.wait()).filter(|r| *r == Err(TaskError::PoolGone)).count();
     assert_eq!(gone, 3000);
 }
 

@@ -33,12 +33,6 @@ impl Routing {
     pub(super) fn open(&mut self, stream: u64) {
         self.live.insert(stream);
     }
-
-    /// Results stashed for `stream` (tests).
-    #[cfg(test)]
-    pub(super) fn stashed(&self, stream: u64) -> usize {
-        self.stash.get(&stream).map_or(0, VecDeque::len)
-    }
 }
 
 /// Why a receive returned no result.
@@ -286,7 +280,8 @@ mod tests {
         let config = Config { workers: 1, segment_size: 8 << 20, ..Config::default() };
         let w = Workers::start::<()>(config, None).unwrap();
         let stream = w.next_stream.load(Ordering::Relaxed);
-        let ticket = submit_to::<u64, u64>(&w, square as usize, tramp::call_owned::<u64, u64>, &3).unwrap();
+        let ticket =
+            submit_to::<u64, u64>(&w, square as fn(u64) -> u64 as usize, tramp::call_owned::<u64, u64>, &3).unwrap();
         assert_eq!(ticket.wait(), Ok(9));
         let hdr = FrameHeader { stream, seq: 0, func: 1, ..Default::default() };
         w.route(&mut lock(&w.routing), OwnedFrame::inline(hdr, &9u64));

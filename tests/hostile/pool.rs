@@ -120,12 +120,7 @@ fn square(x: u64) -> u64 {
 #[test]
 fn duration_max_is_no_limit_for_every_pool_timeout() {
     let _w = watchdog("pool_duration_max");
-    let pool = Pool::builder()
-        .workers(1)
-        .task_timeout(Duration::MAX)
-        .shutdown_timeout(Duration::MAX)
-        .build()
-        .unwrap();
+    let pool = Pool::builder().workers(1).task_timeout(Duration::MAX).shutdown_timeout(Duration::MAX).build().unwrap();
     let t = pool.submit_timeout(square, 3u64, Duration::MAX).unwrap();
     assert_eq!(t.wait_timeout(Duration::MAX).unwrap(), Ok(9));
     pool.close();
