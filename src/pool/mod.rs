@@ -91,14 +91,15 @@ macro_rules! builder_options {
         }
 
         /// A task running longer than this is hung: its worker is killed and
-        /// replaced, and the task ends with `TaskError::TimedOut` (default: none).
+        /// replaced, and the task ends with `TaskError::TimedOut` (default:
+        /// none; `Duration::MAX` is none too).
         pub fn task_timeout(mut self, timeout: Duration) -> Self {
             self.config.task_timeout = Some(timeout);
             self
         }
 
         /// How long dropping the pool waits for running tasks before it kills
-        /// their workers (default 2 s).
+        /// their workers (default 2 s; `Duration::MAX`: as long as they take).
         pub fn shutdown_timeout(mut self, t: Duration) -> Self {
             self.config.shutdown_timeout = t;
             self

@@ -187,6 +187,16 @@ impl Workers {
                 Err(_) => {}
             }
         }
+        let none_left =
+            children.iter().all(Option::is_none) && !self.respawning.iter().any(|r| r.load(Ordering::Relaxed));
+        let none_to_come =
+            self.is_closed() || !self.config.respawn || self.failed_starts.load(Ordering::Relaxed) >= MAX_FAILED_STARTS;
+        drop(children);
+        if none_left && none_to_come {
+            // No worker will ever answer again: every waiter learns it at
+            // once (results already out are still delivered first).
+            self.end_results();
+        }
         alive > 0 || self.in_flight.load(Ordering::Relaxed) == 0
     }
 

@@ -402,9 +402,16 @@ impl Workers {
         self.close();
         self.kill_all();
         // No producer is left (a respawn under way sees `closed` and kills
-        // what it started): closing the result ring ends every wait on it.
+        // what it started).
+        self.end_results();
+    }
+
+    /// No worker is left or will be started: closes the result ring, so
+    /// that every receive ends with [`RecvError::Gone`] as soon as what is
+    /// already in it is delivered, and wakes the waiters parked on the
+    /// routing condvar to see it.
+    pub(super) fn end_results(&self) {
         self.results.close();
-        // Waiters parked on the routing condvar look again now.
         drop(lock(&self.routing));
         self.routed.notify_all();
     }
