@@ -258,3 +258,21 @@ impl From<GetError> for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    // Issue #10, finding 7: `source` dropped the lock and container errors.
+    #[test]
+    fn source_keeps_every_wrapped_error() {
+        let lock = Error::Lock(crate::sync::LockError::WouldBlock);
+        assert_eq!(lock.source().map(|e| e.to_string()), Some(crate::sync::LockError::<()>::WouldBlock.to_string()));
+        let shared = Error::Shared(crate::shared::SharedError::OutOfRange { index: 3, len: 1 });
+        assert!(shared.source().is_some());
+        assert!(Error::Task(TaskError::PoolGone).source().is_some());
+        assert!(Error::NotClosed.source().is_none());
+    }
+}

@@ -279,3 +279,28 @@ pub fn wait_all<R: Message>(pending: Vec<Pending<R>>) -> Result<Vec<R>, RemoteEr
         None => Ok(out),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::SegmentError;
+
+    // Issue #10, finding 7: every failure to send a call came back as
+    // `Codec`, segment and spawn failures included.
+    #[test]
+    fn a_failure_to_send_a_call_says_what_failed() {
+        let pid = 7;
+        assert!(matches!(to_remote_error(Error::Segment(SegmentError::Corrupt("x")), pid), RemoteError::Segment(_)));
+        assert_eq!(
+            to_remote_error(Error::Ring(RingError::TooLarge { len: 2, max: 1 }), pid),
+            RemoteError::Ring(RingError::TooLarge { len: 2, max: 1 })
+        );
+        assert!(matches!(to_remote_error(Error::Spawn(std::io::Error::other("no")), pid), RemoteError::Start(_)));
+        assert_eq!(to_remote_error(Error::Full, pid), RemoteError::Timeout);
+        assert_eq!(to_remote_error(Error::Closed, pid), RemoteError::Dead { pid });
+        assert!(matches!(
+            to_remote_error(Error::Task(TaskError::Encode("too big".into())), pid),
+            RemoteError::Codec(_)
+        ));
+    }
+}
