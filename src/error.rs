@@ -84,6 +84,18 @@ pub enum Error {
     NothingPending,
     /// Invalid configuration (says what).
     Config(&'static str),
+    /// `join` on a pool that is still open: its workers would never exit.
+    /// Call `close` (or `terminate`) first.
+    NotClosed,
+    /// A worker runs another build of the program than the one that wrote
+    /// the pool's segment: the code offsets there would name other code, so
+    /// it refused to start.
+    BuildMismatch {
+        /// The build id the segment records (the parent's).
+        expected: u64,
+        /// The worker's build id.
+        found: u64,
+    },
 }
 
 impl fmt::Display for Error {
@@ -101,6 +113,10 @@ impl fmt::Display for Error {
             Error::Shared(e) => write!(f, "{e}"),
             Error::NothingPending => write!(f, "no task is pending"),
             Error::Config(what) => write!(f, "invalid pool configuration: {what}"),
+            Error::NotClosed => write!(f, "join on an open pool would wait for ever: close it first"),
+            Error::BuildMismatch { expected, found } => {
+                write!(f, "worker runs build {found:016x}, but the pool's segment was written by build {expected:016x}")
+            }
         }
     }
 }
@@ -112,7 +128,16 @@ impl std::error::Error for Error {
             Error::Spawn(e) => Some(e),
             Error::Task(e) => Some(e),
             Error::Ring(e) => Some(e),
-            _ => None,
+            Error::Lock(e) => Some(e),
+            Error::Shared(e) => Some(e),
+            Error::WorkerInit { .. }
+            | Error::Closed
+            | Error::Full
+            | Error::Timeout
+            | Error::NothingPending
+            | Error::Config(_)
+            | Error::NotClosed
+            | Error::BuildMismatch { .. } => None,
         }
     }
 }
@@ -231,5 +256,23 @@ impl From<GetError> for Error {
             GetError::NothingPending => Error::NothingPending,
             GetError::Timeout => Error::Timeout,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    // Issue #10, finding 7: `source` dropped the lock and container errors.
+    #[test]
+    fn source_keeps_every_wrapped_error() {
+        let lock = Error::Lock(crate::sync::LockError::WouldBlock);
+        assert_eq!(lock.source().map(|e| e.to_string()), Some(crate::sync::LockError::<()>::WouldBlock.to_string()));
+        let shared = Error::Shared(crate::shared::SharedError::OutOfRange { index: 3, len: 1 });
+        assert!(shared.source().is_some());
+        assert!(Error::Task(TaskError::PoolGone).source().is_some());
+        assert!(Error::NotClosed.source().is_none());
     }
 }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::Message;
-use crate::runtime::{submit_to, tramp, Config, Ticket, Workers};
+use crate::ring::RingError;
+use crate::runtime::{submit_until, tramp, Config, Ticket, Workers};
+use crate::wait::Deadline;
 use crate::{Error, TaskError};
 
 /// Why a call on a remote object failed.
@@ -34,6 +36,13 @@ pub enum RemoteError {
     Start(String),
     /// An argument or result could not be archived or read back.
     Codec(String),
+    /// The shared segment failed (full, or corrupt): says how.
+    Segment(String),
+    /// A ring in the segment failed.
+    Ring(RingError),
+    /// A timed call gave up: the queue stayed full, or the result had not
+    /// come by the deadline (the call may still run; its result is discarded).
+    Timeout,
 }
 
 impl fmt::Display for RemoteError {
@@ -43,6 +52,9 @@ impl fmt::Display for RemoteError {
             RemoteError::Dead { pid } => write!(f, "remote object's process {pid} is gone"),
             RemoteError::Start(e) => write!(f, "remote object could not start: {e}"),
             RemoteError::Codec(e) => write!(f, "remote call's value could not be transferred: {e}"),
+            RemoteError::Segment(e) => write!(f, "remote object's shared segment failed: {e}"),
+            RemoteError::Ring(e) => write!(f, "remote object's ring failed: {e}"),
+            RemoteError::Timeout => write!(f, "remote call timed out"),
         }
     }
 }
@@ -56,6 +68,9 @@ impl From<RemoteError> for Error {
             RemoteError::Dead { pid } => Error::Task(TaskError::WorkerDied { pid }),
             RemoteError::Start(message) => Error::WorkerInit { message },
             RemoteError::Codec(e) => Error::Task(TaskError::Decode(e)),
+            RemoteError::Segment(e) => Error::Task(TaskError::Encode(e)),
+            RemoteError::Ring(e) => Error::Ring(e),
+            RemoteError::Timeout => Error::Timeout,
         }
     }
 }
@@ -102,18 +117,51 @@ impl<T: 'static> Remote<T> {
         self.call_async(f, arg)?.wait()
     }
 
+    /// [`Remote::call`], giving up after `timeout` in all (`Duration::MAX`:
+    /// no limit) with [`RemoteError::Timeout`]. A call that was sent may
+    /// still run after that; its result is discarded.
+    pub fn call_timeout<A: Message, R: Message>(
+        &self,
+        f: fn(&mut T, A) -> R,
+        arg: A,
+        timeout: Duration,
+    ) -> Result<R, RemoteError> {
+        let deadline = Deadline::after(timeout);
+        let pending = self.start(f as usize, tramp::call_remote::<T, A, R>, &arg, deadline)?;
+        pending.wait_until(deadline)
+    }
+
     /// Reads from the object: `f(&object)` in the remote process.
     pub fn get<R: Message>(&self, f: fn(&T) -> R) -> Result<R, RemoteError> {
-        let ticket = submit_to(&self.inner, f as usize, tramp::read_remote::<T, R>, &()).map_err(|e| self.error(e))?;
-        Pending { ticket, pid: self.pid }.wait()
+        self.get_timeout(f, Duration::MAX)
+    }
+
+    /// [`Remote::get`], giving up after `timeout` in all (`Duration::MAX`:
+    /// no limit) with [`RemoteError::Timeout`].
+    pub fn get_timeout<R: Message>(&self, f: fn(&T) -> R, timeout: Duration) -> Result<R, RemoteError> {
+        let deadline = Deadline::after(timeout);
+        self.start(f as usize, tramp::read_remote::<T, R>, &(), deadline)?.wait_until(deadline)
     }
 
     /// Starts `f(&mut object, arg)` and returns at once; the result (or the
     /// error, as a value) comes from [`Pending::wait`] or [`wait_all`].
     pub fn call_async<A: Message, R: Message>(&self, f: fn(&mut T, A) -> R, arg: A) -> Result<Pending<R>, RemoteError> {
-        let ticket =
-            submit_to(&self.inner, f as usize, tramp::call_remote::<T, A, R>, &arg).map_err(|e| self.error(e))?;
-        Ok(Pending { ticket, pid: self.pid })
+        self.start(f as usize, tramp::call_remote::<T, A, R>, &arg, Deadline::NEVER)
+    }
+
+    /// Sends one call, waiting for room in the queue until `deadline`.
+    fn start<A: Message, R: Message>(
+        &self,
+        func: usize,
+        tramp: tramp::Trampoline,
+        arg: &A,
+        deadline: Deadline,
+    ) -> Result<Pending<R>, RemoteError> {
+        match submit_until(&self.inner, func, tramp, arg, deadline) {
+            Ok(Some(ticket)) => Ok(Pending { ticket, pid: self.pid }),
+            Ok(None) => Err(RemoteError::Timeout),
+            Err(e) => Err(self.error(e)),
+        }
     }
 
     /// The remote process's pid.
@@ -143,11 +191,22 @@ impl<T> Drop for Remote<T> {
     }
 }
 
+/// What a failure to send a call means for the caller. Every kind is
+/// named: a new one must be placed here, not fall into another's bucket.
 fn to_remote_error(e: Error, pid: u32) -> RemoteError {
     match e {
         Error::Task(t) => from_task_error(t, pid),
         Error::Closed => RemoteError::Dead { pid },
-        other => RemoteError::Codec(other.to_string()),
+        Error::Segment(e) => RemoteError::Segment(e.to_string()),
+        Error::Ring(e) => RemoteError::Ring(e),
+        Error::Full | Error::Timeout => RemoteError::Timeout,
+        Error::Spawn(e) => RemoteError::Start(e.to_string()),
+        e @ (Error::WorkerInit { .. } | Error::Config(_) | Error::BuildMismatch { .. }) => {
+            RemoteError::Start(e.to_string())
+        }
+        // Not produced by sending a call; kept apart all the same.
+        e @ (Error::Lock(_) | Error::Shared(_)) => RemoteError::Segment(e.to_string()),
+        Error::NothingPending | Error::NotClosed => RemoteError::Dead { pid },
     }
 }
 
@@ -179,6 +238,25 @@ impl<R: Message> Pending<R> {
         let pid = self.pid;
         self.ticket.wait().map_err(|e| from_task_error(e, pid))
     }
+
+    /// Waits up to `timeout` (`Duration::MAX`: no limit); `Err(self)` gives
+    /// the pending call back if its result has not come.
+    pub fn wait_timeout(self, timeout: Duration) -> Result<Result<R, RemoteError>, Pending<R>> {
+        let pid = self.pid;
+        match self.ticket.wait_timeout(timeout) {
+            Ok(r) => Ok(r.map_err(|e| from_task_error(e, pid))),
+            Err(ticket) => Err(Pending { ticket, pid }),
+        }
+    }
+
+    /// Waits until `deadline`; [`RemoteError::Timeout`] then (the result,
+    /// if it ever comes, is discarded).
+    fn wait_until(self, deadline: Deadline) -> Result<R, RemoteError> {
+        match deadline.remaining() {
+            None => self.wait(),
+            Some(left) => self.wait_timeout(left).unwrap_or(Err(RemoteError::Timeout)),
+        }
+    }
 }
 
 /// Waits for every pending call (Kkit's `ParallelResultFetcher`): the results
@@ -199,5 +277,30 @@ pub fn wait_all<R: Message>(pending: Vec<Pending<R>>) -> Result<Vec<R>, RemoteEr
     match first_error {
         Some(e) => Err(e),
         None => Ok(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::SegmentError;
+
+    // Issue #10, finding 7: every failure to send a call came back as
+    // `Codec`, segment and spawn failures included.
+    #[test]
+    fn a_failure_to_send_a_call_says_what_failed() {
+        let pid = 7;
+        assert!(matches!(to_remote_error(Error::Segment(SegmentError::Corrupt("x")), pid), RemoteError::Segment(_)));
+        assert_eq!(
+            to_remote_error(Error::Ring(RingError::TooLarge { len: 2, max: 1 }), pid),
+            RemoteError::Ring(RingError::TooLarge { len: 2, max: 1 })
+        );
+        assert!(matches!(to_remote_error(Error::Spawn(std::io::Error::other("no")), pid), RemoteError::Start(_)));
+        assert_eq!(to_remote_error(Error::Full, pid), RemoteError::Timeout);
+        assert_eq!(to_remote_error(Error::Closed, pid), RemoteError::Dead { pid });
+        assert!(matches!(
+            to_remote_error(Error::Task(TaskError::Encode("too big".into())), pid),
+            RemoteError::Codec(_)
+        ));
     }
 }

@@ -1,5 +1,7 @@
-//! Hostile conditions, one module per API: peers of another build, peers
-//! that vanish, values larger than anything the segment holds.
+//! Hostile input, one module per API: values larger than anything the
+//! segment holds, timeouts too long to add, peers of another build, peers
+//! that vanish, handles used twice. Every call ends in a value or a typed
+//! error, nothing hangs, and the thing called stays usable.
 
 #[path = "common/mod.rs"]
 #[allow(dead_code)]
@@ -7,5 +9,7 @@ mod common;
 #[path = "common/watchdog.rs"]
 mod watchdog;
 
+#[path = "hostile/pool.rs"]
+mod pool;
 #[path = "hostile/service.rs"]
 mod service;

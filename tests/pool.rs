@@ -278,7 +278,7 @@ fn close_then_submit_is_refused_and_join_returns() {
     pool.close();
     assert!(matches!(pool.submit(square, 4u64), Err(shmpool::Error::Closed)));
     assert_eq!(t.wait(), Ok(9));
-    pool.join();
+    pool.join().unwrap();
     assert!(!pool.is_alive());
 }
 

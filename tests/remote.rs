@@ -126,3 +126,30 @@ fn dropping_the_handle_stops_the_process() {
     drop(c);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "remote process {pid} left behind");
 }
+
+/// Aborts the process if the test it guards runs past 120 s.
+fn watchdog(name: &'static str) -> std::sync::mpsc::Sender<()> {
+    use std::io::Write;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(120)) {
+            let _ = writeln!(std::io::stderr(), "watchdog: {name} still running after 120 s: aborting");
+            std::process::abort();
+        }
+    });
+    tx
+}
+
+#[test]
+fn every_pending_call_of_a_dead_remote_ends_with_dead() {
+    let _w = watchdog("dead_remote_pending");
+    let c = Remote::spawn(make_counter, 1u64).unwrap();
+    let pid = c.pid();
+    let first = c.call_async(die, 4).unwrap();
+    let rest: Vec<_> = (0..60).map(|_| c.call_async(add, 1).unwrap()).collect();
+    assert_eq!(first.wait(), Err(RemoteError::Dead { pid }));
+    for p in rest {
+        assert_eq!(p.wait(), Err(RemoteError::Dead { pid }));
+    }
+    assert_eq!(c.call_timeout(add, 1, Duration::MAX), Err(RemoteError::Dead { pid }));
+}

@@ -12,14 +12,15 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::codec::{Message, Scratch};
 use crate::runtime::tramp::{self, Trampoline};
 use crate::runtime::Ticket;
-use crate::runtime::{submit_to, Config, RecvError, Reservation, Workers};
+use crate::runtime::{submit_to, submit_until, Config, RecvError, Reservation, Workers};
+use crate::wait::Deadline;
 use crate::wire::{self, FrameBuf, FrameHeader, HEADER};
-use crate::{Error, TaskError};
+use crate::{Error, PutError, TaskError};
 
 pub use stateful::{Worker, WorkerPool, WorkerPoolBuilder};
 
@@ -90,14 +91,15 @@ macro_rules! builder_options {
         }
 
         /// A task running longer than this is hung: its worker is killed and
-        /// replaced, and the task ends with `TaskError::TimedOut` (default: none).
+        /// replaced, and the task ends with `TaskError::TimedOut` (default:
+        /// none; `Duration::MAX` is none too).
         pub fn task_timeout(mut self, timeout: Duration) -> Self {
             self.config.task_timeout = Some(timeout);
             self
         }
 
         /// How long dropping the pool waits for running tasks before it kills
-        /// their workers (default 2 s).
+        /// their workers (default 2 s; `Duration::MAX`: as long as they take).
         pub fn shutdown_timeout(mut self, t: Duration) -> Self {
             self.config.shutdown_timeout = t;
             self
@@ -140,6 +142,39 @@ impl Pool {
 
     fn submit_raw<A: Message, R: Message>(&self, func: usize, tramp: Trampoline, arg: &A) -> Result<Ticket<R>, Error> {
         submit_to(&self.inner, func, tramp, arg)
+    }
+
+    /// Runs `f(arg)` in a worker if the queue has room now;
+    /// `Err(PutError::Full(arg))` gives the argument back if not.
+    pub fn try_submit<A: Message, R: Message>(&self, f: fn(A) -> R, arg: A) -> Result<Ticket<R>, PutError<A>> {
+        self.submit_deadline(f, arg, Deadline::now())
+    }
+
+    /// Runs `f(arg)` in a worker, waiting at most `timeout` for room in the
+    /// queue (`Duration::MAX`: no limit); `Err(PutError::Full(arg))` gives
+    /// the argument back if the queue stayed full, `Closed(arg)` if the pool
+    /// is closed or its workers are gone, `Encode(arg, why)` if the argument
+    /// could not be archived into the segment.
+    pub fn submit_timeout<A: Message, R: Message>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        timeout: Duration,
+    ) -> Result<Ticket<R>, PutError<A>> {
+        self.submit_deadline(f, arg, Deadline::after(timeout))
+    }
+
+    fn submit_deadline<A: Message, R: Message>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        deadline: Deadline,
+    ) -> Result<Ticket<R>, PutError<A>> {
+        match submit_until(&self.inner, f as usize, tramp::call_owned::<A, R>, &arg, deadline) {
+            Ok(Some(ticket)) => Ok(ticket),
+            Ok(None) => Err(PutError::Full(arg)),
+            Err(e) => Err(put_error(e, arg)),
+        }
     }
 
     /// Runs `f` over every item of `input`; yields the results in input order.
@@ -206,9 +241,20 @@ impl Pool {
         self.inner.close();
     }
 
-    /// Waits until every worker has exited (call [`Pool::close`] first).
-    pub fn join(&self) {
-        self.inner.join(None);
+    /// Waits until every worker has exited: they finish what is queued
+    /// first. The pool must be closed ([`Pool::close`] or
+    /// [`Pool::terminate`]): on an open pool, whose workers never exit on
+    /// their own, it returns [`Error::NotClosed`] at once instead of
+    /// waiting for ever.
+    pub fn join(&self) -> Result<(), Error> {
+        join_workers(&self.inner, Deadline::NEVER)
+    }
+
+    /// [`Pool::join`], waiting at most `timeout` (`Duration::MAX`: no
+    /// limit): [`Error::Timeout`] if workers are still running then (they
+    /// are left running: [`Pool::terminate`] stops them).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        join_workers(&self.inner, Deadline::after(timeout))
     }
 
     /// Kills every worker now; unfinished tasks end with an error.
@@ -248,6 +294,29 @@ impl Drop for Pool {
         // No new work. Tickets and maps still alive keep the workers until
         // they are done; the last handle shuts them down (see `Workers::drop`).
         self.inner.close();
+    }
+}
+
+/// `join` for both pool kinds: refused on an open pool, else waits until
+/// `deadline` for every worker to exit.
+pub(crate) fn join_workers(inner: &Workers, deadline: Deadline) -> Result<(), Error> {
+    if !inner.is_closed() {
+        return Err(Error::NotClosed);
+    }
+    if inner.join_until(deadline) {
+        Ok(())
+    } else {
+        Err(Error::Timeout)
+    }
+}
+
+/// A submission failure that gives the argument back.
+pub(crate) fn put_error<A>(e: Error, arg: A) -> PutError<A> {
+    match e {
+        Error::Closed | Error::Task(TaskError::PoolGone) => PutError::Closed(arg),
+        Error::Full => PutError::Full(arg),
+        Error::Task(TaskError::Encode(why)) => PutError::Encode(arg, why),
+        other => PutError::Encode(arg, other.to_string()),
     }
 }
 
@@ -350,7 +419,7 @@ where
     /// only when this map has nothing in flight (other users fill the queue).
     fn feed(&mut self) -> Result<(), Error> {
         while !self.input_done {
-            let deadline = if self.outstanding == 0 { None } else { Some(Instant::now()) };
+            let deadline = if self.outstanding == 0 { Deadline::NEVER } else { Deadline::now() };
             let room = self.inner.reserve(MAP_BATCH, deadline)?;
             if room == 0 {
                 return Ok(());
@@ -454,7 +523,7 @@ where
                 continue;
             }
             let mut got: Vec<(u64, Result<R, TaskError>)> = Vec::new();
-            let res = self.inner.recv(Some(self.stream), None, &mut |hdr: &FrameHeader, bytes: &[u8]| {
+            let res = self.inner.recv(Some(self.stream), Deadline::NEVER, &mut |hdr: &FrameHeader, bytes: &[u8]| {
                 got.push((hdr.seq, wire::decode_result::<R>(hdr.status, bytes)));
             });
             for (seq, r) in got {
@@ -480,9 +549,8 @@ where
 
 impl<I: Iterator, R> Drop for MapIter<'_, I, R> {
     fn drop(&mut self) {
-        if self.outstanding > 0 {
-            self.inner.abandon(self.stream, self.outstanding);
-        }
+        // Results still to come, and duplicates of ones taken, are discarded.
+        self.inner.abandon(self.stream);
     }
 }
 

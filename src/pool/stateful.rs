@@ -8,13 +8,17 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::builder_options;
 use crate::codec::Message;
 use crate::runtime::{lock, tramp, Config, RecvError, Reservation, Workers};
+use crate::wait::Deadline;
 use crate::wire::{self, FrameHeader};
 use crate::{Error, GetError, PutError, TaskError};
+
+/// How long a getter waits for another thread's receive before looking again.
+const RECEIVER_CHECK: Duration = Duration::from_millis(100);
 
 /// A stateful worker: built once per worker process, then run per task.
 ///
@@ -135,20 +139,21 @@ impl<W: Worker> WorkerPool<W> {
 
     /// Queues a task, waiting while the queue is full.
     pub fn put(&self, task: W::Task) -> Result<(), PutError<W::Task>> {
-        self.put_until(task, None)
+        self.put_until(task, Deadline::NEVER)
     }
 
-    /// Queues a task, waiting at most `timeout` for room; `Full(task)` then.
+    /// Queues a task, waiting at most `timeout` for room (`Duration::MAX`:
+    /// no limit); `Full(task)` then.
     pub fn put_timeout(&self, task: W::Task, timeout: Duration) -> Result<(), PutError<W::Task>> {
-        self.put_until(task, Some(Instant::now() + timeout))
+        self.put_until(task, Deadline::after(timeout))
     }
 
     /// Queues a task only if there is room now.
     pub fn try_put(&self, task: W::Task) -> Result<(), PutError<W::Task>> {
-        self.put_until(task, Some(Instant::now()))
+        self.put_until(task, Deadline::now())
     }
 
-    fn put_until(&self, task: W::Task, deadline: Option<Instant>) -> Result<(), PutError<W::Task>> {
+    fn put_until(&self, task: W::Task, deadline: Deadline) -> Result<(), PutError<W::Task>> {
         let inner = &self.inner;
         let reserved = match inner.reserve(1, deadline) {
             Ok(0) => return Err(PutError::Full(task)),
@@ -192,12 +197,12 @@ impl<W: Worker> WorkerPool<W> {
 
     /// Takes the next result, waiting for it.
     pub fn get(&self) -> Result<W::Output, GetError> {
-        self.get_until(None)
+        self.get_until(Deadline::NEVER)
     }
 
-    /// Takes the next result, waiting at most `timeout`.
+    /// Takes the next result, waiting at most `timeout` (`Duration::MAX`: no limit).
     pub fn get_timeout(&self, timeout: Duration) -> Result<W::Output, GetError> {
-        self.get_until(Some(Instant::now() + timeout))
+        self.get_until(Deadline::after(timeout))
     }
 
     /// Takes every outstanding result, in the pool's order.
@@ -211,7 +216,7 @@ impl<W: Worker> WorkerPool<W> {
         }
     }
 
-    fn get_until(&self, deadline: Option<Instant>) -> Result<W::Output, GetError> {
+    fn get_until(&self, deadline: Deadline) -> Result<W::Output, GetError> {
         let mut state = lock(&self.state);
         loop {
             if let Some(r) = take_next(&mut state) {
@@ -220,15 +225,13 @@ impl<W: Worker> WorkerPool<W> {
             if state.pending == 0 {
                 return Err(GetError::NothingPending);
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if deadline.passed() {
                 return Err(GetError::Timeout);
             }
             if state.receiving {
                 // Another thread is receiving: wait for what it brings
                 // without holding the state lock (puts must go on).
-                let wait = deadline.map_or(Duration::from_millis(100), |d| {
-                    d.saturating_duration_since(Instant::now()).min(Duration::from_millis(100))
-                });
+                let wait = deadline.slice(RECEIVER_CHECK).saturating_duration_since(std::time::Instant::now());
                 state = self.changed.wait_timeout(state, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
                 continue;
             }
@@ -273,9 +276,16 @@ impl<W: Worker> WorkerPool<W> {
         self.inner.close();
     }
 
-    /// Waits until every worker has exited (call [`WorkerPool::close`] first).
-    pub fn join(&self) {
-        self.inner.join(None);
+    /// Waits until every worker has exited (see [`crate::Pool::join`]):
+    /// [`Error::NotClosed`] at once on an open pool.
+    pub fn join(&self) -> Result<(), Error> {
+        super::join_workers(&self.inner, Deadline::NEVER)
+    }
+
+    /// [`WorkerPool::join`], waiting at most `timeout`; [`Error::Timeout`]
+    /// if workers are still running then (they are left running).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        super::join_workers(&self.inner, Deadline::after(timeout))
     }
 
     /// Kills every worker now.

@@ -17,11 +17,18 @@ pub(crate) const MAX_WORKERS: u32 = 1024;
 pub(crate) const W_STARTING: u32 = 0;
 pub(crate) const W_READY: u32 = 1;
 pub(crate) const W_INIT_FAILED: u32 = 2;
+/// The worker runs another build than the one that wrote the control block
+/// (its code offsets would name other code): it refused to start.
+pub(crate) const W_BUILD_MISMATCH: u32 = 3;
 
 #[repr(C)]
 pub(crate) struct Control {
     magic: u32,
     workers: u32,
+    /// [`crate::build_id`] of the binary that wrote this block (and the code
+    /// offsets in it and in every task). Kept third, at offset 8, so that a
+    /// build with another layout still finds it.
+    build_id: u64,
     task_ring: u64,
     result_ring: u64,
     /// The ring workers forward `log` records through, and the block of the
@@ -77,6 +84,8 @@ pub(crate) struct WorkerSlot {
     /// task started (0: idle).
     pub heartbeat: AtomicU64,
     pub busy_since: AtomicU64,
+    /// On `W_BUILD_MISMATCH`: the worker's own build id.
+    pub build_id: AtomicU64,
 }
 
 // SAFETY: `#[repr(C)]`, atomics only.
@@ -87,6 +96,8 @@ unsafe impl ShmSafe for WorkerSlot {}
 pub(crate) struct Layout {
     pub control: u64,
     pub workers: u32,
+    /// The build id of the binary that wrote the control block.
+    pub build_id: u64,
     pub task_ring: u64,
     pub result_ring: u64,
     pub log_ring: u64,
@@ -120,6 +131,7 @@ pub(crate) fn init(
         p.write(Control {
             magic: CONTROL_MAGIC,
             workers: layout.workers,
+            build_id: layout.build_id,
             task_ring: layout.task_ring,
             result_ring: layout.result_ring,
             log_ring: layout.log_ring,
@@ -160,6 +172,7 @@ pub(crate) fn open(seg: &Segment, offset: u64) -> Result<(Layout, Option<FrameHe
     let layout = Layout {
         control: offset,
         workers: c.workers,
+        build_id: c.build_id,
         task_ring: c.task_ring,
         result_ring: c.result_ring,
         log_ring: c.log_ring,
@@ -181,6 +194,7 @@ pub(crate) fn reset(s: &WorkerSlot) {
     s.pop_claim.store(0, Ordering::Relaxed);
     s.push_claim.store(0, Ordering::Relaxed);
     s.heartbeat.store(0, Ordering::Relaxed);
+    s.build_id.store(0, Ordering::Relaxed);
     s.busy_since.store(0, Ordering::Release);
 }
 
@@ -191,4 +205,48 @@ pub(crate) fn slot(seg: &Segment, control: u64, workers: u32, index: u32) -> Res
     }
     let off = control + size_of::<Control>() as u64 + index as u64 * size_of::<WorkerSlot>() as u64;
     seg.get::<WorkerSlot>(off)
+}
+
+/// Whether a process of this build may use the code offsets of the pool
+/// `layout` describes: `Err(ours)` if the block was written by another build.
+pub(crate) fn check_build(layout: &Layout) -> Result<(), u64> {
+    let ours = super::code::build_id();
+    if layout.build_id == ours {
+        Ok(())
+    } else {
+        Err(ours)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(build_id: u64) -> Layout {
+        Layout {
+            control: 0,
+            workers: 2,
+            build_id,
+            task_ring: 0,
+            result_ring: 0,
+            log_ring: 0,
+            log_dropped: 0,
+            log_level: 0,
+            spin_ns: 0,
+        }
+    }
+
+    #[test]
+    fn the_control_block_records_the_build_and_another_build_is_refused() {
+        let seg = Segment::anonymous(1 << 20).unwrap();
+        let ours = crate::build_id();
+        for written_by in [ours, ours ^ 0x5a5a, 1] {
+            let block = seg.alloc(footprint(2)).unwrap();
+            init(&seg, block.offset, &Layout { control: block.offset, ..layout(written_by) }, None).unwrap();
+            let (read, _) = open(&seg, block.offset).unwrap();
+            assert_eq!(read.build_id, written_by);
+            let expected = if written_by == ours { Ok(()) } else { Err(ours) };
+            assert_eq!(check_build(&read), expected, "written by {written_by:#x}");
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::bootstrap::WorkerConfig;
 use super::code;
-use super::control::{self, MAX_BATCH, W_INIT_FAILED, W_READY};
+use super::control::{self, MAX_BATCH, W_BUILD_MISMATCH, W_INIT_FAILED, W_READY};
 use super::tramp::{InitTrampoline, Reply, Trampoline, WorkerState};
 use crate::codec::Scratch;
 use crate::ring::{Ring, RingError};
@@ -41,6 +41,14 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
     let seg = Segment::from_inherited_fd(cfg.fd)?;
     let (layout, init) = control::open(&seg, cfg.control)?;
     let slot = control::slot(&seg, cfg.control, layout.workers, cfg.index)?;
+    // Another build's code offsets (the init record's, every task's) would
+    // name other code here: refuse before any is used, and say so.
+    if let Err(ours) = control::check_build(&layout) {
+        slot.build_id.store(ours, Ordering::Relaxed);
+        slot.pid.store(process::current_pid(), Ordering::Relaxed);
+        slot.state.store(W_BUILD_MISMATCH, Ordering::Release);
+        return Err(Error::BuildMismatch { expected: layout.build_id, found: ours });
+    }
     let tasks = Ring::open(&seg, layout.task_ring)?;
     let results = Ring::open(&seg, layout.result_ring)?;
     slot.pid.store(process::current_pid(), Ordering::Relaxed);
@@ -243,5 +251,51 @@ pub(crate) fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::IntoRawFd;
+
+    use super::*;
+
+    // ARCHITECTURE: a segment carrying code offsets records the build that
+    // wrote them; a worker of another build refuses it before using one.
+    #[test]
+    fn a_worker_of_another_build_refuses_to_start_and_says_so() {
+        let seg = Segment::anonymous(4 << 20).unwrap();
+        let tasks = Ring::create(&seg, 4, 256).unwrap();
+        let results = Ring::create(&seg, 4, 256).unwrap();
+        let block = seg.alloc(control::footprint(1)).unwrap();
+        let layout = control::Layout {
+            control: block.offset,
+            workers: 1,
+            build_id: crate::build_id() ^ 1,
+            task_ring: tasks.offset(),
+            result_ring: results.offset(),
+            log_ring: 0,
+            log_dropped: 0,
+            log_level: 0,
+            spin_ns: 0,
+        };
+        control::init(&seg, block.offset, &layout, None).unwrap();
+        // The worker takes its own descriptor of the segment, as if inherited.
+        let fd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/fd/{}", seg.raw_fd()))
+            .unwrap()
+            .into_raw_fd();
+        let cfg = WorkerConfig { fd, control: block.offset, index: 0, parent: process::current_pid(), key: 1 };
+        match run(&cfg) {
+            Err(Error::BuildMismatch { expected, found }) => {
+                assert_eq!((expected, found), (layout.build_id, crate::build_id()));
+            }
+            other => panic!("expected BuildMismatch, got {other:?}"),
+        }
+        let slot = control::slot(&seg, block.offset, 1, 0).unwrap();
+        assert_eq!(slot.state.load(Ordering::Acquire), W_BUILD_MISMATCH);
+        assert_eq!(slot.build_id.load(Ordering::Relaxed), crate::build_id());
     }
 }

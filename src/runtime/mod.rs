@@ -29,8 +29,8 @@ use std::sync::{Mutex, MutexGuard};
 
 pub use code::build_id;
 pub(crate) use router::RecvError;
-pub(crate) use ticket::submit_to;
 pub use ticket::Ticket;
+pub(crate) use ticket::{submit_to, submit_until};
 pub use workers::OnWorkerDeath;
 pub(crate) use workers::{Config, Reservation, Workers};
 

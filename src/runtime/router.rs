@@ -1,7 +1,7 @@
 //! Routing results to their waiters: whichever thread pops the result
 //! ring delivers its own results and stashes the others' for them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -11,6 +11,7 @@ use super::workers::{Workers, HEALTH_CHECK};
 use crate::codec;
 use crate::ring::RingError;
 use crate::sys::process;
+use crate::wait::Deadline;
 use crate::wire::{self, FrameHeader, OwnedFrame, Status};
 use crate::TaskError;
 
@@ -20,8 +21,18 @@ pub(super) struct Routing {
     draining: bool,
     /// Results popped by a thread that was not their owner.
     stash: HashMap<u64, VecDeque<OwnedFrame>>,
-    /// Streams whose owner went away: results still to come, to be discarded.
-    abandoned: HashMap<u64, u64>,
+    /// Streams whose owner still reads them. A result for any other stream
+    /// (its owner went away, or it is a duplicate of one already taken, as
+    /// when a worker dies right after answering and the task runs again)
+    /// is discarded at once, block and all, never left in the stash.
+    live: HashSet<u64>,
+}
+
+impl Routing {
+    /// Registers `stream`: its results are kept for its owner.
+    pub(super) fn open(&mut self, stream: u64) {
+        self.live.insert(stream);
+    }
 }
 
 /// Why a receive returned no result.
@@ -41,7 +52,7 @@ impl Workers {
     pub fn recv(
         &self,
         stream: Option<u64>,
-        deadline: Option<Instant>,
+        deadline: Deadline,
         on: &mut dyn FnMut(&FrameHeader, &[u8]),
     ) -> Result<usize, RecvError> {
         let mut routing = lock(&self.routing);
@@ -58,11 +69,10 @@ impl Workers {
                 }
             }
             if routing.draining {
-                let now = Instant::now();
-                if deadline.is_some_and(|d| now >= d) {
+                if deadline.passed() {
                     return Err(RecvError::Timeout);
                 }
-                let wait = deadline.map_or(HEALTH_CHECK, |d| (d - now).min(HEALTH_CHECK));
+                let wait = deadline.slice(HEALTH_CHECK).saturating_duration_since(Instant::now());
                 let before = self.in_flight.load(Ordering::Relaxed);
                 routing = self.routed.wait_timeout(routing, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
                 if stream.is_none() && self.in_flight.load(Ordering::Relaxed) != before {
@@ -98,33 +108,30 @@ impl Workers {
     pub(super) fn drain(
         &self,
         stream: Option<u64>,
-        deadline: Option<Instant>,
+        deadline: Deadline,
         on: &mut dyn FnMut(&FrameHeader, &[u8]),
     ) -> Result<usize, RecvError> {
+        let stashed = |s: Option<u64>| s.is_some_and(|s| lock(&self.routing).stash.contains_key(&s));
         loop {
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
+            if deadline.passed() {
                 return Err(RecvError::Timeout);
             }
-            let next_check = now + HEALTH_CHECK;
             // Due by the pool's clock, not this call's: results that keep
             // flowing must not keep supervision from running.
             if self.supervision_due() {
                 // No worker left: results already in the ring, or answers
                 // supervise just put in the stash, still count.
                 if !self.supervise() && self.results.is_empty() {
-                    if stream.is_some_and(|s| lock(&self.routing).stash.contains_key(&s)) {
+                    if stashed(stream) {
                         return Ok(0);
                     }
                     return Err(RecvError::Gone);
                 }
-                if let Some(s) = stream {
-                    if lock(&self.routing).stash.contains_key(&s) {
-                        return Ok(0);
-                    }
+                if stashed(stream) {
+                    return Ok(0);
                 }
             }
-            let until = deadline.map_or(next_check, |d| d.min(next_check));
+            let until = deadline.slice(HEALTH_CHECK);
             let mut mine = 0;
             let mut popped = 0;
             let mut foreign: Vec<OwnedFrame> = Vec::new();
@@ -158,6 +165,9 @@ impl Workers {
             match got {
                 Ok(_) if mine > 0 || stream.is_none() => return Ok(mine),
                 Ok(_) | Err(RingError::Timeout) => {}
+                // Closed and drained (terminated): an answer the parent put
+                // in the stash (cleared, worker died) still counts.
+                Err(_) if stashed(stream) => return Ok(0),
                 Err(_) => return Err(RecvError::Gone),
             }
         }
@@ -174,11 +184,8 @@ impl Workers {
 
     pub(super) fn route(&self, routing: &mut Routing, item: OwnedFrame) {
         let s = item.hdr.stream;
-        if let Some(left) = routing.abandoned.get_mut(&s) {
-            *left = left.saturating_sub(1);
-            if *left == 0 {
-                routing.abandoned.remove(&s);
-            }
+        if !routing.live.contains(&s) {
+            // Nobody will read it: free its block now.
             item.discard(&self.seg);
             return;
         }
@@ -200,18 +207,16 @@ impl Workers {
         }
     }
 
-    /// The owner of `stream` will not read its `outstanding` results.
-    pub fn abandon(&self, stream: u64, outstanding: u64) {
+    /// The owner of `stream` reads no more of its results (it has them
+    /// all, or went away): what is stashed for it and whatever comes later
+    /// (results still out, duplicates) is discarded.
+    pub fn abandon(&self, stream: u64) {
         let mut routing = lock(&self.routing);
-        let mut left = outstanding;
+        routing.live.remove(&stream);
         if let Some(items) = routing.stash.remove(&stream) {
-            left = left.saturating_sub(items.len() as u64);
             for item in items {
                 item.discard(&self.seg);
             }
-        }
-        if left > 0 {
-            routing.abandoned.insert(stream, left);
         }
     }
 
@@ -252,5 +257,34 @@ impl Drop for Draining<'_> {
     fn drop(&mut self) {
         lock(&self.0.routing).draining = false;
         self.0.routed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::runtime::tramp;
+    use crate::runtime::{submit_to, Config};
+
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    // Finding 10: a duplicate result for a ticket already answered (a worker
+    // killed right after answering, its task run again) stayed in the stash
+    // for ever, with its block.
+    #[test]
+    fn a_duplicate_result_for_a_finished_ticket_is_discarded_not_stashed() {
+        let config = Config { workers: 1, segment_size: 8 << 20, ..Config::default() };
+        let w = Workers::start::<()>(config, None).unwrap();
+        let stream = w.next_stream.load(Ordering::Relaxed);
+        let ticket =
+            submit_to::<u64, u64>(&w, square as fn(u64) -> u64 as usize, tramp::call_owned::<u64, u64>, &3).unwrap();
+        assert_eq!(ticket.wait(), Ok(9));
+        let hdr = FrameHeader { stream, seq: 0, func: 1, ..Default::default() };
+        w.route(&mut lock(&w.routing), OwnedFrame::inline(hdr, &9u64));
+        assert!(!lock(&w.routing).stash.contains_key(&stream), "the duplicate was stashed");
     }
 }

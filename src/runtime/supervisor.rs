@@ -1,21 +1,27 @@
 //! Supervision: starting workers, reaping dead ones, running or answering
 //! what they held, killing hung ones.
 
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::bootstrap::{self, WorkerConfig};
-use super::control::{self, MAX_BATCH, W_INIT_FAILED, W_READY};
+use super::control::{self, MAX_BATCH, W_BUILD_MISMATCH, W_INIT_FAILED, W_READY};
 use super::lock;
 use super::workers::{OnWorkerDeath, Workers, MAX_FAILED_STARTS, START_TIMEOUT};
 use crate::codec;
 use crate::ring::Ring;
 use crate::sys::process;
+use crate::wait::{self, Deadline, Step};
 use crate::wire::{self, FrameHeader, Status, HEADER};
 use crate::Error;
 
+/// How often a start-up looks at a worker's state.
+const START_POLL: Duration = Duration::from_micros(200);
+
 impl Workers {
-    pub(super) fn spawn_worker(&self, index: u32) -> Result<(), Error> {
+    /// Starts the worker process for slot `index` (the caller stores it).
+    pub(super) fn spawn_worker(&self, index: u32) -> Result<Child, Error> {
         let slot = control::slot(&self.seg, self.layout.control, self.layout.workers, index)?;
         control::reset(slot);
         let cfg = WorkerConfig {
@@ -25,54 +31,81 @@ impl Workers {
             parent: process::current_pid(),
             key: self.key,
         };
-        let child = process::spawn_self(&[(bootstrap::ENV, cfg.encode())], self.seg.raw_fd()).map_err(Error::Spawn)?;
-        lock(&self.children)[index as usize] = Some(child);
-        Ok(())
+        process::spawn_self(&[(bootstrap::ENV, cfg.encode())], self.seg.raw_fd()).map_err(Error::Spawn)
     }
 
-    /// Waits until every worker reports ready; a failed init is an error.
+    /// Waits until every worker reports ready; a failed init, a worker of
+    /// another build, or one that exits or does not start in time is an error.
     pub(super) fn await_ready(&self) -> Result<(), Error> {
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Deadline::after(START_TIMEOUT);
         for i in 0..self.layout.workers {
             let slot = control::slot(&self.seg, self.layout.control, self.layout.workers, i)?;
-            loop {
-                match slot.state.load(Ordering::Acquire) {
-                    W_READY => break,
-                    W_INIT_FAILED => {
-                        let hdr = FrameHeader {
-                            body: wire::BODY_BLOCK,
-                            block: slot.error_block.load(Ordering::Relaxed),
-                            len: slot.error_len.load(Ordering::Relaxed),
-                            ..Default::default()
-                        };
-                        let message = wire::with_body(&self.seg, &hdr, &[], true, codec::decode::<String>)
-                            .ok()
-                            .and_then(Result::ok)
-                            .unwrap_or_else(|| "worker init failed".into());
-                        return Err(Error::WorkerInit { message });
+            let ready = wait::in_slices(
+                deadline,
+                START_POLL,
+                |until| match slot.state.load(Ordering::Acquire) {
+                    W_READY => Step::Done(Ok(())),
+                    W_INIT_FAILED => Step::Done(Err(self.init_failure(slot))),
+                    W_BUILD_MISMATCH => Step::Done(Err(Error::BuildMismatch {
+                        expected: self.layout.build_id,
+                        found: slot.build_id.load(Ordering::Relaxed),
+                    })),
+                    _ => {
+                        std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+                        Step::Again
                     }
-                    _ => {}
-                }
-                if let Some(child) = lock(&self.children)[i as usize].as_mut() {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        return Err(Error::Spawn(std::io::Error::other(format!(
-                            "worker exited during start-up ({status})"
-                        ))));
+                },
+                || match lock(&self.children)[i as usize].as_mut().map(Child::try_wait) {
+                    Some(Ok(Some(status))) => {
+                        Err(Error::Spawn(std::io::Error::other(format!("worker exited during start-up ({status})"))))
                     }
+                    _ => Ok(()),
+                },
+            );
+            match ready {
+                Ok(r) => r?,
+                Err(wait::Waited::Peer(e)) => {
+                    // It may have said why just before it exited.
+                    return match slot.state.load(Ordering::Acquire) {
+                        W_INIT_FAILED => Err(self.init_failure(slot)),
+                        W_BUILD_MISMATCH => Err(Error::BuildMismatch {
+                            expected: self.layout.build_id,
+                            found: slot.build_id.load(Ordering::Relaxed),
+                        }),
+                        _ => Err(e),
+                    };
                 }
-                if Instant::now() > deadline {
+                Err(wait::Waited::TimedOut) => {
                     return Err(Error::Spawn(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "worker did not start in time",
-                    )));
+                    )))
                 }
-                std::thread::sleep(Duration::from_micros(200));
             }
         }
         Ok(())
     }
 
-    /// is started. Returns whether any worker is alive (or being started).
+    /// The message a worker whose init failed left in its slot.
+    fn init_failure(&self, slot: &control::WorkerSlot) -> Error {
+        let hdr = FrameHeader {
+            body: wire::BODY_BLOCK,
+            block: slot.error_block.load(Ordering::Relaxed),
+            len: slot.error_len.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        let message = wire::with_body(&self.seg, &hdr, &[], true, codec::decode::<String>)
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| "worker init failed".into());
+        Error::WorkerInit { message }
+    }
+
+    /// Reaps dead workers (dealing with what they held), kills hung ones,
+    /// and, unless the pool is closed, starts replacements: one process per
+    /// slot even when several threads supervise at once (a slot being
+    /// respawned is marked under the children lock while its process starts).
+    /// Returns whether any worker is alive (or being started).
     pub fn supervise(&self) -> bool {
         let mut children = lock(&self.children);
         let mut alive = 0;
@@ -85,7 +118,9 @@ impl Workers {
                     continue;
                 };
                 let since = slot.busy_since.load(Ordering::Acquire);
-                if since != 0 && now.saturating_sub(since) > limit.as_nanos() as u64 {
+                // A limit too long for u64 nanoseconds (Duration::MAX) is none.
+                let limit_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+                if since != 0 && now.saturating_sub(since) > limit_ns {
                     // Hung: kill it; it is reaped just below. If it moved on
                     // to another task meanwhile, that one is not to blame.
                     let _ = c.kill();
@@ -120,6 +155,11 @@ impl Workers {
             }
         }
         for i in 0..children.len() {
+            // Another supervisor is starting this slot's process: it counts.
+            if self.respawning[i].load(Ordering::Relaxed) {
+                alive += 1;
+                continue;
+            }
             // Checked under the lock each time: terminate() may have run meanwhile.
             if children[i].is_some() || self.is_closed() || !self.config.respawn {
                 continue;
@@ -127,13 +167,35 @@ impl Workers {
             if self.failed_starts.load(Ordering::Relaxed) >= MAX_FAILED_STARTS {
                 break;
             }
+            // Marked under the lock, so no other supervisor starts it too.
+            self.respawning[i].store(true, Ordering::Relaxed);
             drop(children);
-            let respawned = self.spawn_worker(i as u32).is_ok();
+            let spawned = self.spawn_worker(i as u32);
             children = lock(&self.children);
-            if respawned {
-                self.respawns.fetch_add(1, Ordering::Relaxed);
-                alive += 1;
+            self.respawning[i].store(false, Ordering::Relaxed);
+            match spawned {
+                // terminate() ran meanwhile: what was started goes too.
+                Ok(mut child) if self.is_closed() => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                Ok(child) => {
+                    children[i] = Some(child);
+                    self.respawns.fetch_add(1, Ordering::Relaxed);
+                    alive += 1;
+                }
+                Err(_) => {}
             }
+        }
+        let none_left =
+            children.iter().all(Option::is_none) && !self.respawning.iter().any(|r| r.load(Ordering::Relaxed));
+        let none_to_come =
+            self.is_closed() || !self.config.respawn || self.failed_starts.load(Ordering::Relaxed) >= MAX_FAILED_STARTS;
+        drop(children);
+        if none_left && none_to_come {
+            // No worker will ever answer again: every waiter learns it at
+            // once (results already out are still delivered first).
+            self.end_results();
         }
         alive > 0 || self.in_flight.load(Ordering::Relaxed) == 0
     }
@@ -286,4 +348,57 @@ impl Recent {
 fn fits(h: &FrameHeader, bytes: &[u8], tasks: &Ring) -> bool {
     let len = HEADER as u64 + h.len;
     h.body != wire::BODY_INLINE || (len <= bytes.len() as u64 && len <= tasks.payload_capacity() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+
+    use super::*;
+    use crate::runtime::Config;
+
+    // Finding 10: supervisors that found the same dead worker each started a
+    // replacement for its slot (the children lock is dropped around the
+    // spawn), leaving a process nobody tracks.
+    #[test]
+    fn concurrent_supervisors_start_one_replacement_per_dead_worker() {
+        let config = Config { workers: 1, segment_size: 8 << 20, ..Config::default() };
+        let w = Workers::start::<()>(config, None).unwrap();
+        {
+            let mut children = lock(&w.children);
+            let c = children[0].as_mut().unwrap();
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        const THREADS: usize = 8;
+        let barrier = Arc::new(Barrier::new(THREADS));
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                let barrier = Arc::clone(&barrier);
+                let w = &w;
+                s.spawn(move || {
+                    barrier.wait();
+                    w.supervise();
+                });
+            }
+        });
+        assert_eq!(w.respawns.load(Ordering::Relaxed), 1);
+        assert_eq!(w.worker_pids().len(), 1);
+    }
+
+    #[test]
+    fn a_worker_that_refused_another_build_is_a_typed_start_failure() {
+        let config = Config { workers: 1, segment_size: 8 << 20, ..Config::default() };
+        let w = Workers::start::<()>(config, None).unwrap();
+        // What a worker of another build leaves in its slot (see the executor).
+        let slot = control::slot(&w.seg, w.layout.control, w.layout.workers, 0).unwrap();
+        slot.build_id.store(w.layout.build_id ^ 1, Ordering::Relaxed);
+        slot.state.store(W_BUILD_MISMATCH, Ordering::Release);
+        match w.await_ready() {
+            Err(Error::BuildMismatch { expected, found }) => {
+                assert_eq!((expected, found), (crate::build_id(), crate::build_id() ^ 1));
+            }
+            other => panic!("expected BuildMismatch, got {other:?}"),
+        }
+    }
 }

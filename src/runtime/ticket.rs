@@ -4,12 +4,13 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::router::RecvError;
 use super::tramp::Trampoline;
 use super::workers::{Reservation, Workers};
 use crate::codec::Message;
+use crate::wait::Deadline;
 use crate::wire::{self, FrameHeader};
 use crate::{Error, TaskError};
 
@@ -21,16 +22,35 @@ pub(crate) fn submit_to<A: Message, R: Message>(
     tramp: Trampoline,
     arg: &A,
 ) -> Result<Ticket<R>, Error> {
-    let reserved = inner.reserve(1, None)?;
+    submit_until(inner, func, tramp, arg, Deadline::NEVER)?.ok_or(Error::Full)
+}
+
+/// [`submit_to`], waiting for room in the queue only until `deadline`:
+/// `Ok(None)` if the queue stayed full.
+pub(crate) fn submit_until<A: Message, R: Message>(
+    inner: &Arc<Workers>,
+    func: usize,
+    tramp: Trampoline,
+    arg: &A,
+    deadline: Deadline,
+) -> Result<Option<Ticket<R>>, Error> {
+    let reserved = inner.reserve(1, deadline)?;
+    if reserved == 0 {
+        return Ok(None);
+    }
     // Given back on every way out but a pushed task, panics included.
     let mut reservation = Reservation::new(inner, reserved);
     let stream = inner.new_stream();
-    wire::with_scratch(|scratch| {
+    let pushed = wire::with_scratch(|scratch| {
         let frame = inner.frame(stream, 0, func, tramp, arg, scratch).map_err(Error::Task)?;
         inner.push_frames(&[frame.hdr], |_| frame.inline()).map_err(|(_, e)| e)
-    })?;
+    });
+    if let Err(e) = pushed {
+        inner.abandon(stream);
+        return Err(e);
+    }
     reservation.left = 0;
-    Ok(Ticket { inner: Arc::clone(inner), stream, done: false, _result: PhantomData })
+    Ok(Some(Ticket { inner: Arc::clone(inner), stream, done: false, _result: PhantomData }))
 }
 
 /// The result of one submitted task, to be waited for.
@@ -53,18 +73,19 @@ impl<R> fmt::Debug for Ticket<R> {
 impl<R: Message> Ticket<R> {
     /// Waits for the result.
     pub fn wait(mut self) -> Result<R, TaskError> {
-        self.wait_until(None).unwrap_or(Err(TaskError::PoolGone))
+        self.wait_until(Deadline::NEVER).unwrap_or(Err(TaskError::PoolGone))
     }
 
-    /// Waits up to `timeout`; `Err(self)` gives the ticket back if no result came.
+    /// Waits up to `timeout` (`Duration::MAX`: no limit); `Err(self)` gives
+    /// the ticket back if no result came.
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<R, TaskError>, Ticket<R>> {
-        match self.wait_until(Some(Instant::now() + timeout)) {
+        match self.wait_until(Deadline::after(timeout)) {
             Some(r) => Ok(r),
             None => Err(self),
         }
     }
 
-    fn wait_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, TaskError>> {
+    fn wait_until(&mut self, deadline: Deadline) -> Option<Result<R, TaskError>> {
         let mut out = None;
         loop {
             let got = self.inner.recv(Some(self.stream), deadline, &mut |hdr: &FrameHeader, bytes: &[u8]| {
@@ -88,8 +109,8 @@ impl<R: Message> Ticket<R> {
 
 impl<R> Drop for Ticket<R> {
     fn drop(&mut self) {
-        if !self.done {
-            self.inner.abandon(self.stream, 1);
-        }
+        // Waited for or not, nobody reads this stream any more: a result
+        // still to come, or a duplicate of the one taken, is discarded.
+        self.inner.abandon(self.stream);
     }
 }

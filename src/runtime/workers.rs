@@ -4,7 +4,7 @@
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::code;
 use super::control::{self, Layout};
@@ -18,6 +18,7 @@ use crate::ring::{self, Ring, RingError};
 use crate::segment::Segment;
 use crate::sync::SpinPolicy;
 use crate::sys::{process, shm};
+use crate::wait::{self, Deadline, Step};
 use crate::wire::{self, FrameHeader, HEADER};
 use crate::{Error, TaskError};
 
@@ -27,6 +28,8 @@ pub(super) const HEALTH_CHECK: Duration = Duration::from_millis(50);
 pub(super) const MAX_FAILED_STARTS: u32 = 3;
 /// How long a worker may take to start and initialise.
 pub(super) const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a join looks whether the workers have exited.
+const JOIN_POLL: Duration = Duration::from_millis(1);
 
 /// Options shared by both pool kinds.
 #[derive(Debug, Clone)]
@@ -92,6 +95,11 @@ pub(crate) struct Workers {
     pub(super) next_stream: AtomicU64,
     pub(super) closed: AtomicBool,
     pub(super) children: Mutex<Vec<Option<Child>>>,
+    /// Per worker index, a respawn is under way (its `children` entry is
+    /// `None` while the process starts outside the lock). Read and written
+    /// only under the `children` lock: two supervisors never start two
+    /// processes for one slot.
+    pub(super) respawning: Vec<AtomicBool>,
     pub(super) routing: Mutex<Routing>,
     pub(super) routed: Condvar,
     pub(crate) respawns: AtomicU64,
@@ -144,6 +152,7 @@ impl Workers {
         let layout = Layout {
             control: block.offset,
             workers,
+            build_id: code::build_id(),
             task_ring: tasks.offset(),
             result_ring: results.offset(),
             log_ring: log_ring.offset(),
@@ -179,6 +188,7 @@ impl Workers {
             next_stream: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             children: Mutex::new((0..workers).map(|_| None).collect()),
+            respawning: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             routing: Mutex::new(Routing::default()),
             routed: Condvar::new(),
             respawns: AtomicU64::new(0),
@@ -190,7 +200,8 @@ impl Workers {
             logs: Mutex::new(Some(logs)),
         });
         for i in 0..workers {
-            inner.spawn_worker(i)?;
+            let child = inner.spawn_worker(i)?;
+            lock(&inner.children)[i as usize] = Some(child);
         }
         inner.await_ready()?;
         Ok(inner)
@@ -206,8 +217,13 @@ impl Workers {
         self.tasks.payload_capacity().min(self.results.payload_capacity())
     }
 
+    /// A new result stream, registered: its results are kept for its
+    /// owner until [`Workers::abandon`] ends it (after which any late or
+    /// duplicate result for it is discarded, block and all).
     pub fn new_stream(&self) -> u64 {
-        self.next_stream.fetch_add(1, Ordering::Relaxed)
+        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        lock(&self.routing).open(stream);
+        stream
     }
 
     pub fn is_closed(&self) -> bool {
@@ -217,7 +233,7 @@ impl Workers {
     /// Reserves room for up to `want` tasks; returns how many (at least one).
     /// Waits (pumping results into the stash) until `deadline`; `Ok(0)` when
     /// the deadline passed with the queue still full.
-    pub fn reserve(&self, want: usize, deadline: Option<Instant>) -> Result<usize, Error> {
+    pub fn reserve(&self, want: usize, deadline: Deadline) -> Result<usize, Error> {
         loop {
             if self.is_closed() {
                 return Err(Error::Closed);
@@ -230,7 +246,7 @@ impl Workers {
                 }
                 continue;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if deadline.passed() {
                 return Ok(0);
             }
             match self.recv(None, deadline, &mut |_, _| {}) {
@@ -285,7 +301,7 @@ impl Workers {
     ) -> Result<(), (usize, Error)> {
         let mut sent = 0;
         while sent < hdrs.len() {
-            let chunk = Some(Instant::now() + HEALTH_CHECK);
+            let chunk = Deadline::after(HEALTH_CHECK).instant();
             let pushed = self.tasks.push_many_with(hdrs.len() - sent, chunk, self.config.spin, |j, dst| {
                 hdrs[sent + j].write(dst, inline(sent + j))
             });
@@ -325,37 +341,49 @@ impl Workers {
 
     /// Waits until every worker has exited, up to `timeout` (then kills them).
     pub fn join(&self, timeout: Option<Duration>) {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            // Poll under the lock, wait without it: terminate(), is_alive()
-            // and waiters' supervision must not block behind a long join.
-            let mut children = lock(&self.children);
-            for child in children.iter_mut() {
-                if child.as_mut().is_some_and(|c| !matches!(c.try_wait(), Ok(None))) {
-                    *child = None;
-                }
-            }
-            if children.iter().all(Option::is_none) {
-                return;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                for child in children.iter_mut() {
-                    if let Some(c) = child.as_mut() {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                    }
-                    *child = None;
-                }
-                return;
-            }
-            drop(children);
-            std::thread::sleep(Duration::from_millis(1));
+        if !self.join_until(Deadline::within(timeout)) {
+            self.kill_all();
         }
     }
 
-    /// Kills every worker at once and reaps it.
-    pub fn terminate(&self) {
-        self.close();
+    /// Waits until every worker has exited or `deadline` passes; whether they
+    /// all had. Workers still running at the deadline are left running.
+    ///
+    /// On an open pool this waits for workers that never exit on their own:
+    /// the user APIs refuse that case before calling it.
+    pub fn join_until(&self, deadline: Deadline) -> bool {
+        let exited = wait::in_slices(
+            deadline,
+            JOIN_POLL,
+            |until| {
+                // Poll under the lock, sleep without it: terminate(),
+                // is_alive() and waiters' supervision must not block behind
+                // a long join.
+                if self.reap_exited() {
+                    return Step::Done(());
+                }
+                std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+                Step::Again
+            },
+            || Ok::<(), ()>(()),
+        );
+        exited.is_ok() || self.reap_exited()
+    }
+
+    /// Forgets the workers that have exited; whether none is left (nor
+    /// being started).
+    fn reap_exited(&self) -> bool {
+        let mut children = lock(&self.children);
+        for child in children.iter_mut() {
+            if child.as_mut().is_some_and(|c| !matches!(c.try_wait(), Ok(None))) {
+                *child = None;
+            }
+        }
+        children.iter().all(Option::is_none) && !self.respawning.iter().any(|r| r.load(Ordering::Relaxed))
+    }
+
+    /// Kills and reaps every worker.
+    fn kill_all(&self) {
         let mut children = lock(&self.children);
         for child in children.iter_mut() {
             if let Some(c) = child.as_mut() {
@@ -364,6 +392,28 @@ impl Workers {
             }
             *child = None;
         }
+    }
+
+    /// Kills every worker at once and reaps it; every waiter then learns at
+    /// once that its result will not come (`RecvError::Gone`): results
+    /// already out are still delivered, then the closed result ring says
+    /// there is nothing more.
+    pub fn terminate(&self) {
+        self.close();
+        self.kill_all();
+        // No producer is left (a respawn under way sees `closed` and kills
+        // what it started).
+        self.end_results();
+    }
+
+    /// No worker is left or will be started: closes the result ring, so
+    /// that every receive ends with [`RecvError::Gone`] as soon as what is
+    /// already in it is delivered, and wakes the waiters parked on the
+    /// routing condvar to see it.
+    pub(super) fn end_results(&self) {
+        self.results.close();
+        drop(lock(&self.routing));
+        self.routed.notify_all();
     }
 
     /// Pids of the running workers (dead ones not yet reaped left out).
