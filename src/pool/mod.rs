@@ -68,9 +68,11 @@ macro_rules! builder_options {
             self
         }
 
-        /// Bytes per ring slot (default 256, at most 1024): archives up to
-        /// this size minus a 64-byte header travel inline, larger ones in
-        /// arena blocks.
+        /// Payload bytes per ring slot (default 256, 80 to 1024). Slots are
+        /// padded to whole 64-byte lines with their 16-byte slot header, so a
+        /// slot holds at least this much (304 bytes for 256); an archive
+        /// that fits beside the 64-byte frame header travels inline (240
+        /// bytes for 256), a larger one in an arena block.
         pub fn slot_size(mut self, bytes: usize) -> Self {
             self.config.slot_size = bytes;
             self
