@@ -179,7 +179,11 @@ fn watchdog<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Se
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(Duration::from_secs(secs)).unwrap_or_else(|_| panic!("hung: {what}"))
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(t) => t,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("hung: {what}"),
+        Err(_) => panic!("failed (see the panic above): {what}"),
+    }
 }
 
 fn sigkill(pid: u32) {
@@ -306,4 +310,34 @@ fn a_channel_child_under_a_subreaper_exits_when_its_parent_is_killed() {
         sigkill(gc);
     }
     assert!(exited, "the channel child {gc} outlived its killed parent");
+}
+
+fn drip(chan: Channel<u32, ()>, n: u32) {
+    for i in 0..n {
+        chan.send(&i).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn exchange_waits_have_timed_forms() {
+    watchdog(60, "timed exchange waits", || {
+        let mut ex = Exchange::with_limit(1);
+        let mut got = Vec::new();
+        ex.add(start(silent, ()).unwrap());
+        // The one place is taken by a child that never ends: a timed add gives the channel back.
+        let extra = start(drip, 3u32).unwrap();
+        let extra = match ex.add_wait_timeout(extra, Duration::from_millis(50), |_, m| got.push(m)) {
+            Err(chan) => chan,
+            Ok(id) => panic!("added as {id} past the limit"),
+        };
+        assert_eq!(ex.finish_timeout(Duration::from_millis(50), |_, m| got.push(m)), Err(ChannelError::Timeout));
+        assert_eq!(ex.active(), 1, "still watched after a timed-out finish");
+        // With the silent one gone, the other goes in and finishes.
+        let mut ex2 = Exchange::new();
+        let id = ex2.add(extra);
+        assert_eq!(ex2.finish_timeout(Duration::MAX, |i, m| got.push(m.map(|v| v + 100 * i as u32))), Ok(()));
+        assert_eq!(got, vec![Ok(100 * id as u32), Ok(100 * id as u32 + 1), Ok(100 * id as u32 + 2)]);
+        drop(ex);
+    });
 }

@@ -168,12 +168,7 @@ fn records_of_every_length_arrive_whole_and_a_huge_one_is_cut_with_a_marker() {
     assert!(kept.len() > 60 << 10, "kept only {} bytes", kept.len());
     assert!(pattern(1 << 20).starts_with(kept));
     assert!(marker.contains("1048576"), "the marker says how long it was: {marker}");
-    assert!(wait_for(|| CAPTURE
-        .lines
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(_, t, m)| t == "shmpool" && m.contains("cut"))));
+    assert!(wait_for(|| CAPTURE.lines.lock().unwrap().iter().any(|(_, t, m)| t == "shmpool" && m.contains("cut"))));
 }
 
 fn log_refused_then_more(n: u32) -> u32 {

@@ -346,7 +346,9 @@ impl Receiver {
             r.close();
             say(
                 log::Level::Error,
-                format_args!("the worker log forwarder stopped ({why}); worker log records from now on are dropped and counted"),
+                format_args!(
+                    "the worker log forwarder stopped ({why}); worker log records from now on are dropped and counted"
+                ),
             );
             *super::lock(&rep.stopped) = Some(why);
         })?;
@@ -380,7 +382,9 @@ impl Drop for Receiver {
         if panics > 1 || unreadable > 1 {
             say(
                 log::Level::Warn,
-                format_args!("worker log records lost in all: {panics} the logger panicked on, {unreadable} unreadable"),
+                format_args!(
+                    "worker log records lost in all: {panics} the logger panicked on, {unreadable} unreadable"
+                ),
             );
         }
     }
@@ -403,7 +407,9 @@ fn report(seg: &Segment, counters: u64, reported: &Reported) {
     if dropped > 0 {
         say(
             log::Level::Warn,
-            format_args!("{dropped} log records from workers were dropped: the log ring was full (or its reader had stopped)"),
+            format_args!(
+                "{dropped} log records from workers were dropped: the log ring was full (or its reader had stopped)"
+            ),
         );
     }
     let cut = gained(c.cut.load(Ordering::Relaxed), &reported.cut);
@@ -460,7 +466,10 @@ fn deliver(seg: &Segment, counters: u64, frame: &[u8], reported: &Reported) {
     });
     let Some(record) = record else {
         if reported.unreadable.fetch_add(1, Ordering::Relaxed) == 0 {
-            say(log::Level::Warn, format_args!("a log record from a worker was unreadable and is lost (later ones are counted)"));
+            say(
+                log::Level::Warn,
+                format_args!("a log record from a worker was unreadable and is lost (later ones are counted)"),
+            );
         }
         return;
     };
