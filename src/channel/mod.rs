@@ -37,7 +37,7 @@ pub use exchange::{ChannelId, Exchange};
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -237,6 +237,8 @@ struct Child {
     inner: Arc<Workers>,
     pid: u32,
     outcome: Mutex<Outcome>,
+    /// Seen dead (exited without closing its end): sends fail at once.
+    dead: AtomicBool,
 }
 
 impl Child {
@@ -293,8 +295,9 @@ impl Child {
 enum Peer {
     /// The parent's end: the child process.
     Child(Child),
-    /// The child's end: the parent, by the pid that started it.
-    Parent { pid: u32 },
+    /// The child's end: the parent, by the pid that started it, and
+    /// whether it was seen gone.
+    Parent { pid: u32, gone: AtomicBool },
 }
 
 /// One end of a two-way channel: sends `S`, receives `R`.
@@ -350,7 +353,12 @@ pub fn start<S: Message, R: Message, A: Message>(
         rx: up,
         spin: SpinPolicy::DEFAULT,
         state,
-        peer: Peer::Child(Child { inner, pid, outcome: Mutex::new(Outcome::Pending(ticket)) }),
+        peer: Peer::Child(Child {
+            inner,
+            pid,
+            outcome: Mutex::new(Outcome::Pending(ticket)),
+            dead: AtomicBool::new(false),
+        }),
         _types: PhantomData,
     })
 }
@@ -392,7 +400,7 @@ unsafe fn run_child<S: Message, R: Message, A: Message>(
         rx: down,
         spin: SpinPolicy::DEFAULT,
         state,
-        peer: Peer::Parent { pid: parent },
+        peer: Peer::Parent { pid: parent, gone: AtomicBool::new(false) },
         _types: PhantomData,
     };
     f(end, args);
@@ -470,8 +478,31 @@ impl<S, R> Channel<S, R> {
     /// end (`None`: alive, or it closed, which the rings say themselves).
     fn peer_gone(&self) -> Option<ChannelError> {
         match &self.peer {
-            Peer::Child(c) => (!self.rx.is_closed() && c.exited()).then_some(ChannelError::Dead { pid: c.pid }),
-            Peer::Parent { pid } => (process::parent_pid() != *pid).then_some(ChannelError::Closed),
+            Peer::Child(c) if c.dead.load(Ordering::Relaxed) => Some(ChannelError::Dead { pid: c.pid }),
+            Peer::Child(c) => {
+                let dead = !self.rx.is_closed() && c.exited();
+                if dead {
+                    c.dead.store(true, Ordering::Relaxed);
+                }
+                dead.then_some(ChannelError::Dead { pid: c.pid })
+            }
+            Peer::Parent { pid, gone } => {
+                // Once gone, always gone: the parent's pid is not looked up again.
+                let now_gone = gone.load(Ordering::Relaxed) || process::parent_pid() != *pid;
+                if now_gone {
+                    gone.store(true, Ordering::Relaxed);
+                }
+                now_gone.then_some(ChannelError::Closed)
+            }
+        }
+    }
+
+    /// What `peer_gone` found before (no system call): the child seen
+    /// dead, or the parent seen gone.
+    fn known_gone(&self) -> Option<ChannelError> {
+        match &self.peer {
+            Peer::Child(c) => c.dead.load(Ordering::Relaxed).then_some(ChannelError::Dead { pid: c.pid }),
+            Peer::Parent { gone, .. } => gone.load(Ordering::Relaxed).then_some(ChannelError::Closed),
         }
     }
 
@@ -503,7 +534,7 @@ impl<S, R> Channel<S, R> {
             Peer::Child(c) if self.rx.is_closed() => {
                 self.child_state() != CHILD_UNWINDING || c.poll(Deadline::now()).is_some()
             }
-            Peer::Child(c) => c.exited(),
+            Peer::Child(_) => self.peer_gone().is_some(),
         }
     }
 
@@ -557,11 +588,12 @@ impl<S: Message, R: Message> Channel<S, R> {
             return Err(ChannelError::Closed);
         }
         // A peer that has not taken what was sent before may be gone (a dead
-        // one never does): look before queueing more for it.
-        if !self.tx.is_empty() {
-            if let Some(e) = self.peer_gone() {
-                return Err(e);
-            }
+        // one never does): look before queueing more for it. (An empty ring
+        // is not looked at: a liveness check per send would cost more than
+        // the send; a message queued for a peer that has just died is lost
+        // with it, as one in flight over a socket would be.)
+        if let Some(e) = if self.tx.is_empty() { self.known_gone() } else { self.peer_gone() } {
+            return Err(e);
         }
         wire::with_scratch(|scratch| {
             let frame = wire::encode(&self.seg, FrameHeader::default(), value, scratch, self.tx.payload_capacity())
@@ -610,7 +642,11 @@ impl<S: Message, R: Message> Channel<S, R> {
                     Ok(_) => {
                         Step::Done(got.unwrap_or_else(|| Err(ChannelError::Decode("no message in the slot".into()))))
                     }
-                    Err(RingError::Timeout) => Step::Again,
+                    // Nothing, and a peer already seen gone: say so even to a `try_recv`.
+                    Err(RingError::Timeout) => match self.known_gone() {
+                        Some(e) if self.rx.is_empty() => Step::Done(Err(e)),
+                        _ => Step::Again,
+                    },
                     Err(RingError::Closed) => Step::Done(Err(self.ended(deadline))),
                     Err(e) => Step::Done(Err(ChannelError::Ring(e))),
                 }
