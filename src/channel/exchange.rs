@@ -102,6 +102,8 @@ impl<S: Message, R: Message> Exchange<S, R> {
     /// [`Exchange::add_wait`], waiting at most `timeout` for a place
     /// (`Duration::MAX`: no deadline); `Err` gives `channel` back, not
     /// added, if `limit` channels were still active then.
+    // The channel comes back by value, as a full queue gives back its value.
+    #[allow(clippy::result_large_err)]
     pub fn add_wait_timeout(
         &mut self,
         channel: Channel<S, R>,
