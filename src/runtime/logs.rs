@@ -278,6 +278,15 @@ impl log::Log for Forwarder {
             });
             return;
         }
+        /// Clears `FORWARDING` however forwarding ends (a `Display` impl
+        /// of the message may panic).
+        struct Forwarding;
+        impl Drop for Forwarding {
+            fn drop(&mut self) {
+                FORWARDING.with(|f| f.set(false));
+            }
+        }
+        let _forwarding = Forwarding;
         let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         self.forward(Record {
             level: level_code(record.level()),
@@ -288,7 +297,6 @@ impl log::Log for Forwarder {
             file: record.file().unwrap_or("").to_owned(),
             message: record.args().to_string(),
         });
-        FORWARDING.with(|f| f.set(false));
     }
 
     fn flush(&self) {}
@@ -357,7 +365,6 @@ impl Receiver {
 
     /// Why the parent's thread stopped early (`None`: it runs, or ended
     /// because the ring was closed and drained).
-    #[allow(dead_code)]
     pub(crate) fn failure(&self) -> Option<String> {
         super::lock(&self.reported.stopped).clone()
     }
@@ -497,4 +504,55 @@ fn emit(r: &Record) {
             .args(format_args!("[worker {} at {when} UTC] {}", r.pid, r.message))
             .build(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(message: String, target_len: usize) -> Record {
+        Record {
+            level: 3,
+            pid: 1,
+            micros: 0,
+            line: 7,
+            target: "t".repeat(target_len),
+            file: "src/x.rs".into(),
+            message,
+        }
+    }
+
+    #[test]
+    fn a_record_cut_to_fit_a_slot_fits_and_keeps_a_marked_prefix() {
+        let inline = wire::inline_max(LOG_SLOT as usize);
+        for len in (0..3000).step_by(7).chain([MAX_MESSAGE, MAX_MESSAGE + 1]) {
+            for target_len in [0, 40, MAX_FIELD] {
+                let message: String = "aé€🦀"
+                    .chars()
+                    .cycle()
+                    .scan(0, |n, c| {
+                        *n += c.len_utf8();
+                        (*n <= len).then_some(c)
+                    })
+                    .collect();
+                let mut r = record(message.clone(), target_len);
+                fit_inline(&mut r, inline, message.len(), false);
+                assert!(codec::encoded_len(&r).unwrap() <= inline, "len {len}, target {target_len}");
+                let marker = cut_marker(message.len());
+                let kept = r.message.strip_suffix(&marker).expect("marked");
+                assert!(message.starts_with(kept), "a prefix on a char boundary");
+                assert!(!kept.is_empty() || len < 8, "something kept of {len} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn clip_cuts_on_char_boundaries() {
+        for max in 0..12 {
+            let mut s = "é€🦀é€🦀".to_string();
+            clip(&mut s, max, "|");
+            let kept = s.strip_suffix('|').unwrap();
+            assert!(kept.len() <= max && "é€🦀é€🦀".starts_with(kept));
+        }
+    }
 }
