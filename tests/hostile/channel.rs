@@ -119,10 +119,13 @@ fn send_and_recv_after_the_child_was_killed() {
     watchdog(60, || {
         let chan = start(send_three_then_wait, ()).unwrap();
         let pid = chan.pid().unwrap();
-        assert_eq!(chan.recv(), Ok(0));
+        // Killed once its three messages are in the ring (looked at from outside).
+        let up = Ring::named(chan.segment(), "channel.up", 64, 256).unwrap();
+        assert!(super::common::wait_for(|| up.len() == 3));
         sigkill(pid);
         assert!(chan.join_timeout(Duration::from_secs(30)), "the killed child was not reaped");
         // What it sent before dying is still read, then its death.
+        assert_eq!(chan.recv(), Ok(0));
         assert_eq!(chan.recv(), Ok(1));
         assert_eq!(chan.recv(), Ok(2));
         assert_eq!(chan.recv(), Err(ChannelError::Dead { pid }));
