@@ -1,5 +1,7 @@
 //! Channels to child processes, and an exchange over many of them.
 
+mod common;
+
 use std::time::Duration;
 
 use shmpool::{start, Channel, ChannelError, Exchange};
@@ -166,4 +168,176 @@ fn buffers_travel_by_handle_in_the_channel_segment() {
         chan.send(&buffer.share().unwrap()).unwrap();
         assert_eq!(chan.recv_timeout(Duration::from_secs(10)), Ok((1 << 20, (1u64 << 20) * round as u64)));
     }
+}
+
+// ---- regressions (issue #10) -------------------------------------------
+
+/// Runs `f` on its own thread and fails the test if it has not returned
+/// within `secs` seconds (a hang, not a slow run: generous on purpose).
+fn watchdog<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(t) => t,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("hung: {what}"),
+        Err(_) => panic!("failed (see the panic above): {what}"),
+    }
+}
+
+fn sigkill(pid: u32) {
+    // SAFETY: signalling a process of ours by pid.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}
+
+/// Sends one message, drops its end and keeps running for two minutes.
+fn drop_and_linger(chan: Channel<u32, ()>, _: ()) {
+    chan.send(&1).unwrap();
+    drop(chan);
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[test]
+fn a_child_that_drops_its_end_and_keeps_running_is_closed_at_once() {
+    let chan = start(drop_and_linger, ()).unwrap();
+    let pid = chan.pid().unwrap();
+    let results = watchdog(30, "recv after the child dropped its end", move || {
+        let first = chan.recv();
+        let timed = chan.recv_timeout(Duration::from_millis(100));
+        let tried = chan.try_recv();
+        let sent = chan.send_timeout(&(), Duration::from_millis(100));
+        (first, timed, tried, sent, chan)
+    });
+    sigkill(pid);
+    assert_eq!(results.0, Ok(1));
+    assert_eq!(results.1, Err(ChannelError::Closed));
+    assert_eq!(results.2, Err(ChannelError::Closed));
+    assert_eq!(results.3, Err(ChannelError::Closed));
+}
+
+fn returns_at_once(_chan: Channel<u32, u32>, _: ()) {}
+
+#[test]
+fn sends_to_an_ended_child_are_closed_not_lost() {
+    let chan = start(returns_at_once, ()).unwrap();
+    let chan = watchdog(30, "sends to an ended child", move || {
+        assert_eq!(chan.recv(), Err(ChannelError::Closed));
+        for i in 0..100u32 {
+            assert_eq!(chan.send(&i), Err(ChannelError::Closed), "send {i}");
+            assert_eq!(chan.send_timeout(&i, Duration::from_millis(10)), Err(ChannelError::Closed), "send {i}");
+        }
+        chan
+    });
+    drop(chan);
+}
+
+fn wait_forever(chan: Channel<u32, u32>, _: ()) {
+    let _ = chan.recv();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[test]
+fn sends_to_a_killed_child_end_in_dead() {
+    let chan = start(wait_forever, ()).unwrap();
+    let pid = chan.pid().unwrap();
+    sigkill(pid);
+    watchdog(30, "sends to a killed child", move || {
+        // The kill may not have landed for the first sends; it must show
+        // up before the ring is full, never as a hang.
+        let mut outcome = Ok(());
+        for i in 0..200u32 {
+            outcome = chan.send(&i);
+            if outcome.is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(outcome, Err(ChannelError::Dead { pid }));
+        assert_eq!(chan.send_timeout(&0, Duration::from_millis(10)), Err(ChannelError::Dead { pid }));
+    });
+}
+
+fn echo(chan: Channel<u64, u64>, _: ()) {
+    while let Ok(x) = chan.recv() {
+        if chan.send(&x).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn duration_max_means_no_deadline() {
+    let chan = start(echo, ()).unwrap();
+    watchdog(30, "Duration::MAX timeouts", move || {
+        assert_eq!(chan.send_timeout(&5, Duration::MAX), Ok(()));
+        assert_eq!(chan.recv_timeout(Duration::MAX), Ok(5));
+        let mut ex = Exchange::new();
+        let id = ex.add(chan);
+        ex.channel(id).unwrap().send(&6).unwrap();
+        assert_eq!(ex.ready(Some(Duration::MAX)), vec![id]);
+        assert_eq!(ex.channel(id).unwrap().recv(), Ok(6));
+    });
+}
+
+/// Starts a channel child of its own, sends its pid up, and waits.
+fn middle(chan: Channel<u32, ()>, _: ()) {
+    let grandchild = start(grandchild, ()).unwrap();
+    chan.send(&grandchild.pid().unwrap()).unwrap();
+    let _ = chan.recv();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+fn grandchild(chan: Channel<(), ()>, _: ()) {
+    let _ = chan.recv();
+}
+
+#[test]
+fn a_channel_child_under_a_subreaper_exits_when_its_parent_is_killed() {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
+    let chan = start(middle, ()).unwrap();
+    let gc = chan.recv_timeout(Duration::from_secs(30)).expect("the grandchild's pid");
+    sigkill(chan.pid().unwrap());
+    // Orphaned, the grandchild becomes our child (we are its subreaper):
+    // reap it once it exits.
+    let exited = common::wait_for(|| {
+        let mut status = 0;
+        // SAFETY: waitpid on a pid, with a valid status pointer.
+        unsafe { libc::waitpid(gc as libc::pid_t, &mut status, libc::WNOHANG) == gc as libc::pid_t }
+    });
+    if !exited {
+        sigkill(gc);
+    }
+    assert!(exited, "the channel child {gc} outlived its killed parent");
+}
+
+fn drip(chan: Channel<u32, ()>, n: u32) {
+    for i in 0..n {
+        chan.send(&i).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn exchange_waits_have_timed_forms() {
+    watchdog(60, "timed exchange waits", || {
+        let mut ex = Exchange::with_limit(1);
+        let mut got = Vec::new();
+        ex.add(start(silent, ()).unwrap());
+        // The one place is taken by a child that never ends: a timed add gives the channel back.
+        let extra = start(drip, 3u32).unwrap();
+        let extra = match ex.add_wait_timeout(extra, Duration::from_millis(50), |_, m| got.push(m)) {
+            Err(chan) => chan,
+            Ok(id) => panic!("added as {id} past the limit"),
+        };
+        assert_eq!(ex.finish_timeout(Duration::from_millis(50), |_, m| got.push(m)), Err(ChannelError::Timeout));
+        assert_eq!(ex.active(), 1, "still watched after a timed-out finish");
+        // With the silent one gone, the other goes in and finishes.
+        let mut ex2 = Exchange::new();
+        let id = ex2.add(extra);
+        assert_eq!(ex2.finish_timeout(Duration::MAX, |i, m| got.push(m.map(|v| v + 100 * i as u32))), Ok(()));
+        assert_eq!(got, vec![Ok(100 * id as u32), Ok(100 * id as u32 + 1), Ok(100 * id as u32 + 2)]);
+        drop(ex);
+    });
 }
