@@ -401,8 +401,12 @@ where
         }
     }
 
-    /// Records `seq` as answered; false if it already was (a duplicate).
+    /// Records `seq` as answered; false if it already was (a duplicate), or
+    /// was never submitted (a forged result must not grow our tables).
     fn mark_done(&mut self, seq: u64) -> bool {
+        if seq >= self.submitted {
+            return false;
+        }
         let Some(i) = seq.checked_sub(self.done_base) else { return false };
         self.pending_mark(seq);
         let slot = &mut self.done[i as usize];
@@ -429,7 +433,9 @@ where
             let inner: &Workers = self.inner;
             // Unused reservations go back on every way out, panics included.
             let mut reservation = Reservation::new(inner, room);
-            let mut hdrs: Vec<FrameHeader> = Vec::with_capacity(room);
+            // Frames encoded but not yet pushed: their blocks are freed if
+            // the input iterator or an archive panics before the push.
+            let mut hdrs = Staged { seg: &inner.seg, hdrs: Vec::with_capacity(room) };
             let mut lens = [0usize; MAP_BATCH];
             while hdrs.len() < room {
                 let Some(item) = self.input.next() else {
@@ -451,6 +457,7 @@ where
                 }
             }
             let staged = &self.staged;
+            let hdrs = hdrs.handed_over();
             let pushed = inner.push_frames(&hdrs, |k| &staged.slot(k)[..lens[k]]);
             if let Err((sent, e)) = pushed {
                 reservation.left -= sent;
@@ -559,3 +566,33 @@ impl<I: Iterator, R> Drop for MapIter<'_, I, R> {
 // Keep the inline-size arithmetic honest: a frame header plus the smallest
 // archive must fit the smallest slot the builder accepts.
 const _: () = assert!(HEADER + 16 <= 80);
+
+/// Framed tasks not yet handed to `push_frames` (which frees the blocks of
+/// those it cannot push): dropped early, on a panic, it frees their blocks.
+struct Staged<'a> {
+    seg: &'a crate::Segment,
+    hdrs: Vec<FrameHeader>,
+}
+
+impl Staged<'_> {
+    fn len(&self) -> usize {
+        self.hdrs.len()
+    }
+
+    fn push(&mut self, hdr: FrameHeader) {
+        self.hdrs.push(hdr);
+    }
+
+    /// The headers, now `push_frames`'s to send or free.
+    fn handed_over(mut self) -> Vec<FrameHeader> {
+        std::mem::take(&mut self.hdrs)
+    }
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        for h in &self.hdrs {
+            wire::discard(self.seg, h);
+        }
+    }
+}

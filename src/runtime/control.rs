@@ -10,6 +10,8 @@ use crate::wire::FrameHeader;
 const CONTROL_MAGIC: u32 = 0x504F_4F4C; // "POOL"
 /// Most tasks a worker takes from the ring at once.
 pub(crate) const MAX_BATCH: usize = 32;
+// `WorkerSlot::answered` has a bit per held task.
+const _: () = assert!(MAX_BATCH <= 32);
 /// Most workers in one pool.
 pub(crate) const MAX_WORKERS: u32 = 1024;
 
@@ -68,6 +70,12 @@ pub(crate) struct WorkerSlot {
     /// (stream, seq) in `held`. SYNC: pairs are written before `held_n`
     /// (Release); the parent reads `held_n` (Acquire) after the worker died.
     pub held_n: AtomicU32,
+    /// Bit `k` set: held task `k`'s answer is out and its argument block
+    /// may be freed already; a dead worker's answered tasks are never run
+    /// again, whatever the parent has received so far. SYNC: set (Release)
+    /// after the answer is published and before the block is freed; read
+    /// (Acquire) by the parent after the worker died.
+    pub answered: AtomicU32,
     /// Index (in the held batch) of the task running now.
     pub busy_index: AtomicU32,
     pub held: [AtomicU64; 2 * MAX_BATCH],
@@ -188,6 +196,7 @@ pub(crate) fn reset(s: &WorkerSlot) {
     s.pid.store(0, Ordering::Relaxed);
     s.state.store(W_STARTING, Ordering::Relaxed);
     s.held_n.store(0, Ordering::Relaxed);
+    s.answered.store(0, Ordering::Relaxed);
     s.busy_index.store(0, Ordering::Relaxed);
     s.held_frames.store(0, Ordering::Relaxed);
     s.frame_stride.store(0, Ordering::Relaxed);

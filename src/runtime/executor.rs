@@ -98,6 +98,8 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
         // Take a fair share of what is queued, so one worker does not hoard
         // slow tasks while others idle; a lone worker takes whole batches.
         let share = (tasks.len() / layout.workers as usize).clamp(1, MAX_BATCH);
+        // No held task yet, so no stale bit can be read for a new one.
+        slot.answered.store(0, Ordering::Relaxed);
         let got = wait::in_slices(
             Deadline::NEVER,
             PARENT_CHECK,
@@ -160,7 +162,10 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
                 Ok(Err(e)) => return Err(e.into()),
             }
             // The argument's block was kept until the answer was out: until
-            // then a requeue may have needed it.
+            // then a requeue may have needed it. Marked answered first, so a
+            // parent recovering this worker never runs it again from a
+            // block that is freed.
+            slot.answered.fetch_or(1 << i, Ordering::Release);
             wire::discard(&seg, &hdr);
             slot.done.fetch_add(1, Ordering::Relaxed);
         }
@@ -182,10 +187,15 @@ pub(crate) fn run_one(
     };
     if code::seal(code::SealKind::Task, hdr.func, hdr.tramp, key) != hdr.check {
         reply.fail(Status::BadInput, "task seal mismatch: not a task of this pool");
-        return hdr;
+        // The frame is not ours: its body names no block we may free.
+        return FrameHeader { body: wire::BODY_NONE, len: 0, block: 0, ..hdr };
     }
-    // SAFETY: the seal proves this pair was produced by our parent from a real
-    // trampoline of this binary (same image, so the offset names the same code).
+    // SAFETY: the seal proves the pair was made by a holder of `key` from a
+    // real trampoline of a binary of this build (segments carrying code
+    // offsets record the build id, checked before any frame is run). For a
+    // pool the only holder is our parent (the key never enters the
+    // segment); for a service, any process allowed to map its segment —
+    // trusted as a local socket's peer would be, as the service docs say.
     let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(code::code_address(hdr.tramp)) };
     let func = code::code_address(hdr.func);
     let ran = wire::with_body(seg, &hdr, frame, false, |arg| {

@@ -138,7 +138,9 @@ impl Workers {
             let got = self.results.pop_many_with(MAX_BATCH * 2, Some(until), self.config.spin, |bytes| {
                 popped += 1;
                 let Some(hdr) = FrameHeader::read(bytes) else { return };
-                if let Some(r) = usize::try_from(hdr.func - 1).ok().and_then(|w| self.recent.get(w)) {
+                if let Some(r) =
+                    hdr.func.checked_sub(1).and_then(|w| usize::try_from(w).ok()).and_then(|w| self.recent.get(w))
+                {
                     r.record(hdr.stream, hdr.seq);
                 }
                 if Some(hdr.stream) == stream {
@@ -200,11 +202,17 @@ impl Workers {
 
     pub(super) fn deliver_error(&self, hdr: &FrameHeader, e: &TaskError, on: &mut dyn FnMut(&FrameHeader, &[u8])) {
         let mut s = codec::Scratch::new();
-        let message = e.to_string();
-        if let Ok(n) = codec::encode_into(&message, &mut s.0) {
-            let h = FrameHeader { status: Status::BadInput as u32, ..*hdr };
-            on(&h, &s.0[..n]);
+        let mut message = e.to_string();
+        // The owner must hear of it whatever the message's length: cut it to
+        // fit the scratch (on a char boundary), or send no text at all.
+        let mut keep = message.len().min(codec::SCRATCH / 2);
+        while !message.is_char_boundary(keep) {
+            keep -= 1;
         }
+        message.truncate(keep);
+        let n = codec::encode_into(&message, &mut s.0).unwrap_or(0);
+        let h = FrameHeader { status: Status::BadInput as u32, ..*hdr };
+        on(&h, &s.0[..n]);
     }
 
     /// The owner of `stream` reads no more of its results (it has them
@@ -234,6 +242,8 @@ impl Workers {
     /// Removes every queued task; each owner gets `TaskError::Cancelled`.
     /// Returns how many were removed.
     pub fn clear_tasks(&self) -> usize {
+        // One clearer at a time: the claim record below is a single word.
+        let _one = lock(&self.clearing);
         let mut cleared = Vec::new();
         while let Ok(n) = self.tasks.try_pop_many_recorded(MAX_BATCH, Some(&self.clear_claim), |_, bytes| {
             if let Some(hdr) = FrameHeader::read(bytes) {

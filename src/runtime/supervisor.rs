@@ -254,6 +254,9 @@ impl Workers {
             }
         });
         let recent = self.recent.get(index as usize);
+        // Tasks whose answer it published (their argument blocks may be
+        // freed already): never run again, whatever has been received.
+        let answered_bits = slot.answered.swap(0, Ordering::Acquire);
         let busy = timed_out.then(|| slot.busy_index.load(Ordering::Acquire) as usize);
         let mut busy_task = None;
         for k in 0..n {
@@ -262,7 +265,11 @@ impl Workers {
             // writer is gone, so nothing changes it while we copy.
             let bytes = unsafe { std::slice::from_raw_parts(p, stride as usize) };
             if let Some(h) = FrameHeader::read(bytes) {
-                if answered.contains(&(h.stream, h.seq)) || recent.is_some_and(|r| r.contains(h.stream, h.seq)) {
+                let marked = k < 32 && answered_bits & (1 << k) != 0;
+                if marked
+                    || answered.contains(&(h.stream, h.seq))
+                    || recent.is_some_and(|r| r.contains(h.stream, h.seq))
+                {
                     // Answered before it died: neither run again nor answered twice.
                     continue;
                 }
@@ -281,7 +288,7 @@ impl Workers {
             if !seen.insert((h.stream, h.seq)) {
                 continue;
             }
-            let attempts = h.status + 1;
+            let attempts = h.status.saturating_add(1);
             let requeue = match self.config.on_death {
                 OnWorkerDeath::Requeue { max_attempts } => attempts < max_attempts,
                 OnWorkerDeath::Report => false,
@@ -292,8 +299,8 @@ impl Workers {
                 self.synthesize(h.stream, h.seq, Status::TimedOut, pid);
             } else if requeue && !self.is_closed() && fits(&h, &bytes, &self.tasks) {
                 h.status = attempts;
-                let inline =
-                    if h.body == wire::BODY_INLINE { &bytes[HEADER..HEADER + h.len as usize] } else { &[][..] };
+                // `fits` checked that the inline length is within `bytes`.
+                let inline = if h.body == wire::BODY_INLINE { &bytes[HEADER..inline_end(&h)] } else { &[][..] };
                 // Never wait here (the children lock is held): the task stays
                 // in flight, so the ring has room for it unless it is corrupt.
                 match self.tasks.try_push_many(1, |_, dst| h.write(dst, inline)) {
@@ -345,9 +352,16 @@ impl Recent {
 }
 
 /// Whether an inline frame copy is whole and fits a task slot again.
+/// (Its header comes from shared memory: every length is checked.)
 fn fits(h: &FrameHeader, bytes: &[u8], tasks: &Ring) -> bool {
-    let len = HEADER as u64 + h.len;
-    h.body != wire::BODY_INLINE || (len <= bytes.len() as u64 && len <= tasks.payload_capacity() as u64)
+    let len = (HEADER as u64).checked_add(h.len);
+    h.body != wire::BODY_INLINE
+        || len.is_some_and(|len| len <= bytes.len() as u64 && len <= tasks.payload_capacity() as u64)
+}
+
+/// Where a frame's inline archive ends (only for frames `fits` accepted).
+fn inline_end(h: &FrameHeader) -> usize {
+    HEADER + h.len as usize
 }
 
 #[cfg(test)]
@@ -400,5 +414,80 @@ mod tests {
             }
             other => panic!("expected BuildMismatch, got {other:?}"),
         }
+    }
+
+    // Review finding: a dead worker's task whose answer it had published
+    // (and whose argument block it had freed) was run again when the
+    // parent had not yet recorded that answer: the requeued frame named a
+    // block that may already belong to someone else.
+    #[test]
+    fn a_dead_workers_answered_tasks_are_not_run_again() {
+        let config = Config { workers: 1, segment_size: 8 << 20, respawn: false, ..Config::default() };
+        let w = Workers::start::<()>(config, None).unwrap();
+        let pid = {
+            let mut children = lock(&w.children);
+            let c = children[0].as_mut().unwrap();
+            c.kill().unwrap();
+            c.wait().unwrap();
+            c.id()
+        };
+        // What the worker left: two held tasks, the first answered (its
+        // block freed), the second not (its block still its own).
+        let slot = control::slot(&w.seg, w.layout.control, w.layout.workers, 0).unwrap();
+        let stride = (w.tasks.payload_capacity().div_ceil(16) * 16) as u64;
+        let area = slot.held_frames.load(Ordering::Acquire);
+        let freed = w.seg.alloc(100).unwrap().offset;
+        w.seg.release(freed).unwrap();
+        let live = w.seg.alloc(100).unwrap().offset;
+        for (k, block) in [(0u64, freed), (1, live)] {
+            let hdr = FrameHeader { stream: 7, seq: k, body: wire::BODY_BLOCK, len: 8, block, ..Default::default() };
+            let p = w.seg.ptr(area + k * stride, stride).unwrap();
+            // SAFETY: the dead worker's own held area, in bounds (checked);
+            // nothing else touches it.
+            hdr.write(unsafe { std::slice::from_raw_parts_mut(p, stride as usize) }, &[]);
+        }
+        slot.held_n.store(2, Ordering::Relaxed);
+        slot.answered.store(0b01, Ordering::Release);
+        w.in_flight.store(1, Ordering::Relaxed);
+        w.recover(0, pid, false);
+        // Only the unanswered task is requeued.
+        assert_eq!(w.requeued.load(Ordering::Relaxed), 1);
+        let mut requeued = Vec::new();
+        while w.tasks.try_pop_many(8, |b| requeued.push(FrameHeader::read(b).unwrap())).is_ok() {}
+        assert_eq!(requeued.iter().map(|h| (h.seq, h.block)).collect::<Vec<_>>(), [(1, live)]);
+    }
+
+    // Review finding: a hostile inline length in a dead worker's held area
+    // overflowed `HEADER + len` and panicked the parent's supervisor.
+    #[test]
+    fn a_hostile_held_frame_is_answered_not_a_panic() {
+        let config = Config { workers: 1, segment_size: 8 << 20, respawn: false, ..Config::default() };
+        let w = Workers::start::<()>(config, None).unwrap();
+        let pid = {
+            let mut children = lock(&w.children);
+            let c = children[0].as_mut().unwrap();
+            c.kill().unwrap();
+            c.wait().unwrap();
+            c.id()
+        };
+        let slot = control::slot(&w.seg, w.layout.control, w.layout.workers, 0).unwrap();
+        let stride = (w.tasks.payload_capacity().div_ceil(16) * 16) as u64;
+        let area = slot.held_frames.load(Ordering::Acquire);
+        let stream = w.new_stream();
+        let hdr =
+            FrameHeader { stream, seq: 0, body: wire::BODY_INLINE, len: u64::MAX - 8, status: 0, ..Default::default() };
+        let p = w.seg.ptr(area, stride).unwrap();
+        // SAFETY: the dead worker's own held area, in bounds (checked).
+        hdr.write(unsafe { std::slice::from_raw_parts_mut(p, stride as usize) }, &[]);
+        slot.held_n.store(1, Ordering::Release);
+        w.in_flight.store(1, Ordering::Relaxed);
+        w.recover(0, pid, false);
+        assert_eq!(w.requeued.load(Ordering::Relaxed), 0);
+        let mut got = None;
+        w.recv(Some(stream), crate::wait::Deadline::after(std::time::Duration::from_secs(5)), &mut |h, b| {
+            got = Some(wire::decode_result::<()>(h.status, b))
+        })
+        .unwrap();
+        assert!(matches!(got, Some(Err(crate::TaskError::WorkerDied { .. }))), "{got:?}");
     }
 }

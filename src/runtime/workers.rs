@@ -110,6 +110,8 @@ pub(crate) struct Workers {
     pub(super) recent: Vec<Recent>,
     /// This process's claim record while `clear_tasks` pops the task ring.
     pub(super) clear_claim: AtomicU64,
+    /// Held while `clear_tasks` runs: `clear_claim` records one claim.
+    pub(super) clearing: Mutex<()>,
     /// CLOCK_MONOTONIC ns of the last supervision (see `supervision_due`).
     pub(super) last_supervised: AtomicU64,
     /// Workers in a row that exited before becoming ready.
@@ -195,6 +197,7 @@ impl Workers {
             requeued: AtomicU64::new(0),
             last_supervised: AtomicU64::new(process::monotonic_ns()),
             clear_claim: AtomicU64::new(0),
+            clearing: Mutex::new(()),
             recent: (0..workers).map(|_| Recent::default()).collect(),
             failed_starts: std::sync::atomic::AtomicU32::new(0),
             logs: Mutex::new(Some(logs)),
