@@ -1,8 +1,11 @@
 //! The six seed capabilities of issue #15, one short block each:
-//! 1. `feed` (better.multiprocessing's `putAsync`), 2. `split` (XME's
-//! `Array`), 3. fork-style `create` (pprocess), 4. `thread` / `SlaveThread`
-//! (processional), 5. `parent_call` (XME's guard process), 6.
-//! `max_tasks_per_worker` (multiprocessing's `maxtasksperchild`).
+//!
+//! 1. `feed` (better.multiprocessing's `putAsync`),
+//! 2. `split` (XME's `Array`),
+//! 3. fork-style `create` (pprocess),
+//! 4. `thread` / `SlaveThread` (processional),
+//! 5. `parent_call` (XME's guard process),
+//! 6. `max_tasks_per_worker` (multiprocessing's `maxtasksperchild`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};

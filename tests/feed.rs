@@ -42,13 +42,7 @@ impl Worker for Slow {
 }
 
 fn small<W: Worker<Init = ()>>(ordered: bool) -> WorkerPool<W> {
-    WorkerPool::<W>::builder()
-        .workers(2)
-        .queue_capacity(16)
-        .segment_size(16 << 20)
-        .ordered(ordered)
-        .build(())
-        .unwrap()
+    WorkerPool::<W>::builder().workers(2).queue_capacity(16).segment_size(16 << 20).ordered(ordered).build(()).unwrap()
 }
 
 #[test]

@@ -94,12 +94,8 @@ impl Worker for Counter {
 #[test]
 fn a_stateful_replacement_is_built_again_by_init() {
     let _w = watchdog("max_tasks stateful", LIMIT);
-    let pool = WorkerPool::<Counter>::builder()
-        .workers(2)
-        .max_tasks_per_worker(3)
-        .segment_size(16 << 20)
-        .build(1000)
-        .unwrap();
+    let pool =
+        WorkerPool::<Counter>::builder().workers(2).max_tasks_per_worker(3).segment_size(16 << 20).build(1000).unwrap();
     for i in 0..60u64 {
         pool.put(i).unwrap();
     }

@@ -93,7 +93,9 @@ impl<T, I> fmt::Debug for FeedError<T, I> {
             FeedError::Closed { sent, task, .. } => {
                 f.debug_struct("Closed").field("sent", sent).field("task", &task.as_ref().map(|_| "..")).finish()
             }
-            FeedError::Encode { sent, why, .. } => f.debug_struct("Encode").field("sent", sent).field("why", why).finish(),
+            FeedError::Encode { sent, why, .. } => {
+                f.debug_struct("Encode").field("sent", sent).field("why", why).finish()
+            }
             FeedError::Panicked { sent, message } => {
                 f.debug_struct("Panicked").field("sent", sent).field("message", message).finish()
             }
@@ -106,7 +108,9 @@ impl<T, I> fmt::Display for FeedError<T, I> {
         match self {
             FeedError::Cancelled { sent, .. } => write!(f, "feed cancelled after {sent} tasks"),
             FeedError::Closed { sent, .. } => write!(f, "pool closed after {sent} tasks of the feed"),
-            FeedError::Encode { sent, why, .. } => write!(f, "feed stopped after {sent} tasks: could not archive a task: {why}"),
+            FeedError::Encode { sent, why, .. } => {
+                write!(f, "feed stopped after {sent} tasks: could not archive a task: {why}")
+            }
             FeedError::Panicked { sent, message } => {
                 write!(f, "feed stopped after {sent} tasks: the input panicked: {message}")
             }
@@ -186,6 +190,8 @@ impl<W: Worker> WorkerPool<W> {
     ///
     /// A closed pool is refused at once with [`FeedError::Closed`] (the
     /// input comes back untouched).
+    // The error gives the input back, so it names the iterator type too.
+    #[allow(clippy::type_complexity)]
     pub fn feed<I>(&self, input: I) -> Result<FeedHandle<W::Task, I::IntoIter>, FeedError<W::Task, I::IntoIter>>
     where
         I: IntoIterator<Item = W::Task>,
@@ -204,8 +210,7 @@ impl<W: Worker> WorkerPool<W> {
         let feeding = Feeding(Arc::clone(&self.shared));
         let (c, s) = (Arc::clone(&cancel), Arc::clone(&sent));
         let spawned = std::thread::Builder::new().name("shmpool-feed".into()).spawn(move || {
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| feed_all(&feeding.0, rest, &c, &s)));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| feed_all(&feeding.0, rest, &c, &s)));
             let outcome = outcome.unwrap_or_else(|p| {
                 Err(FeedError::Panicked { sent: s.load(Ordering::Acquire), message: payload_text(&*p) })
             });

@@ -282,7 +282,6 @@ impl<W: Worker> Shared<W> {
             }
         }
     }
-
 }
 
 impl<W: Worker> WorkerPool<W> {

@@ -161,8 +161,8 @@ fn call_until<A: Message, R: Message>(f: fn(A) -> R, arg: &A, deadline: Deadline
     hdr.tramp = code::code_offset(tramp::call_owned::<A, R> as tramp::Trampoline as usize);
     hdr.check = code::seal(SealKind::Call, hdr.func, hdr.tramp, ctx.key);
     let mut scratch = Scratch::new();
-    let frame = wire::encode(&ctx.seg, hdr, arg, &mut scratch, ctx.calls.payload_capacity())
-        .map_err(ParentCallError::from)?;
+    let frame =
+        wire::encode(&ctx.seg, hdr, arg, &mut scratch, ctx.calls.payload_capacity()).map_err(ParentCallError::from)?;
     let check = || ctx.peer_check();
     let pushed = wait::in_slices(
         deadline,
@@ -265,12 +265,7 @@ impl CallServer {
     pub fn close(&self) {
         if let Ok(sig) = control::signals(&self.seg, self.control) {
             // FAILED stays FAILED: it says more.
-            let _ = sig.calls.compare_exchange(
-                control::CALLS_OPEN,
-                CALLS_CLOSED,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+            let _ = sig.calls.compare_exchange(control::CALLS_OPEN, CALLS_CLOSED, Ordering::AcqRel, Ordering::Relaxed);
         }
         self.calls.close();
     }
@@ -330,8 +325,8 @@ fn serve(seg: &Segment, calls: &Ring, control: u64, workers: u32, key: u64) {
                 return;
             }
         }
-        for i in 0..n {
-            answer(seg, &buf.slot(i)[..lens[i]], control, workers, key, &mut replies, &mut scratch);
+        for (i, &len) in lens.iter().enumerate().take(n) {
+            answer(seg, &buf.slot(i)[..len], control, workers, key, &mut replies, &mut scratch);
         }
     }
 }

@@ -247,7 +247,8 @@ pub(crate) fn slot(seg: &Segment, control: u64, workers: u32, index: u32) -> Res
     if index >= workers {
         return Err(SegmentError::Corrupt("worker index out of range"));
     }
-    let off = control + (size_of::<Control>() + size_of::<Signals>()) as u64 + index as u64 * size_of::<WorkerSlot>() as u64;
+    let off =
+        control + (size_of::<Control>() + size_of::<Signals>()) as u64 + index as u64 * size_of::<WorkerSlot>() as u64;
     seg.get::<WorkerSlot>(off)
 }
 

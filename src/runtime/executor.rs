@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::bootstrap::WorkerConfig;
-use super::code;
 use super::calls::{self, CallContext};
+use super::code;
 use super::control::{self, MAX_BATCH, W_BUILD_MISMATCH, W_INIT_FAILED, W_READY, W_RETIRING};
 use super::tramp::{InitTrampoline, Reply, Trampoline, WorkerState};
 use crate::codec::Scratch;

@@ -211,9 +211,7 @@ impl Workers {
             self.respawning[i].store(false, Ordering::Relaxed);
             match spawned {
                 // terminate() ran meanwhile: what was started goes too.
-                Ok(mut child)
-                    if self.terminated.load(Ordering::Acquire) || (self.is_closed() && !finish_queue[i]) =>
-                {
+                Ok(mut child) if self.terminated.load(Ordering::Acquire) || (self.is_closed() && !finish_queue[i]) => {
                     let _ = child.kill();
                     let _ = child.wait();
                 }

@@ -164,8 +164,9 @@ impl Workers {
         // Calls from workers to the parent: one in flight per worker, and
         // room for a dead worker's leftover.
         let call_ring = Ring::create(&seg, 2 * workers, payload)?;
-        let reply_rings =
-            (0..workers).map(|_| Ring::create(&seg, REPLY_SLOTS, payload).map(|r| r.offset())).collect::<Result<Vec<_>, _>>()?;
+        let reply_rings = (0..workers)
+            .map(|_| Ring::create(&seg, REPLY_SLOTS, payload).map(|r| r.offset()))
+            .collect::<Result<Vec<_>, _>>()?;
         let (log_ring, log_dropped) = logs::create(&seg)?;
         let block = seg.alloc(control::footprint(workers))?;
         let layout = Layout {
