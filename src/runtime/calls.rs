@@ -371,7 +371,9 @@ fn answer(
     // The argument's block came with the call.
     wire::discard(seg, &hdr);
     let out = reply.header(&hdr, 0);
-    loop {
+    // Bounded: a ring wedged by a consumer that died mid-pop must not take
+    // the call thread with it.
+    for _ in 0..=REPLY_SLOTS {
         match ring.try_push_many(1, |_, dst| out.write(dst, reply.inline())) {
             Ok(_) => return,
             Err(RingError::WouldBlock) => {
@@ -383,10 +385,9 @@ fn answer(
                     }
                 });
             }
-            Err(_) => {
-                reply.body.discard(seg);
-                return;
-            }
+            Err(_) => break,
         }
     }
+    log::warn!("shmpool: worker slot {index}'s reply ring takes no answer; the answer to call {} is dropped", hdr.seq);
+    reply.body.discard(seg);
 }

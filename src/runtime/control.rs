@@ -82,6 +82,9 @@ pub(crate) struct Signals {
 // SAFETY: `#[repr(C)]`, atomics only; valid for any bit pattern.
 unsafe impl ShmSafe for Signals {}
 
+// Signals follow Control, and worker slots follow Signals: both aligned.
+const _: () = assert!(size_of::<Control>() % 8 == 0 && size_of::<Signals>() % 8 == 0);
+
 /// One worker's entry. Written by the worker, read by the parent.
 #[repr(C)]
 pub(crate) struct WorkerSlot {
