@@ -6,6 +6,7 @@
 //! input in submission order ([`Pool::map`]) or completion order
 //! ([`Pool::map_unordered`]).
 
+mod feed;
 mod stateful;
 
 use std::collections::VecDeque;
@@ -22,6 +23,7 @@ use crate::wait::Deadline;
 use crate::wire::{self, FrameBuf, FrameHeader, HEADER};
 use crate::{Error, PutError, TaskError};
 
+pub use feed::{FeedError, FeedHandle};
 pub use stateful::{Worker, WorkerPool, WorkerPoolBuilder};
 
 /// A pool of worker processes running plain functions.
@@ -104,6 +106,19 @@ macro_rules! builder_options {
         /// their workers (default 2 s; `Duration::MAX`: as long as they take).
         pub fn shutdown_timeout(mut self, t: Duration) -> Self {
             self.config.shutdown_timeout = t;
+            self
+        }
+
+        /// Replaces each worker process after it ran `n` tasks (Python's
+        /// `maxtasksperchild`; default: never), returning whatever memory a
+        /// long-lived worker held. The worker takes at most its remaining
+        /// quota from the queue, answers every task it took, and exits
+        /// cleanly; a fresh process (a stateful one built again by
+        /// `Worker::init`) takes its place at once. No task is lost or run
+        /// twice by the change; [`crate::Pool::respawns`] counts the replacements.
+        /// `n == 0` is refused by `build` ([`Error::Config`]).
+        pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+            self.config.max_tasks = Some(n);
             self
         }
     };
@@ -239,8 +254,11 @@ impl Pool {
     }
 
     /// Stops accepting tasks; workers finish what is queued and exit.
+    /// From now on the parent refuses workers' [`crate::parent_call`]s
+    /// ([`crate::ParentCallError::Refused`]).
     pub fn close(&self) {
         self.inner.close();
+        self.inner.close_calls();
     }
 
     /// Waits until every worker has exited: they finish what is queued

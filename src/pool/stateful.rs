@@ -48,18 +48,27 @@ pub trait Worker: 'static {
 
 /// A pool of stateful workers with a bounded task queue.
 pub struct WorkerPool<W: Worker> {
-    inner: Arc<Workers>,
+    pub(super) shared: Arc<Shared<W>>,
+}
+
+/// What a `WorkerPool` and its feeder threads share.
+pub(super) struct Shared<W: Worker> {
+    pub(super) inner: Arc<Workers>,
     stream: u64,
     next_seq: AtomicU64,
-    state: Mutex<GetState<W::Output>>,
-    /// Signalled when a receiving thread has merged what it got.
-    changed: Condvar,
+    pub(super) state: Mutex<GetState<W::Output>>,
+    /// Signalled when a receiving thread has merged what it got, when a
+    /// put went in, and when a feed ended.
+    pub(super) changed: Condvar,
     _worker: PhantomData<fn() -> W>,
 }
 
-struct GetState<R> {
+pub(super) struct GetState<R> {
     /// Puts not yet answered by `get` (cancelled ones are removed when seen).
     pending: u64,
+    /// Feeds running ([`WorkerPool::feed`]): while there are any, `get`
+    /// waits for their puts instead of saying nothing is pending.
+    pub(super) feeding: usize,
     /// Next sequence number `get` returns in ordered mode.
     next: u64,
     /// Results that arrived early (ordered) or are waiting (unordered).
@@ -78,7 +87,7 @@ struct GetState<R> {
 
 impl<W: Worker> fmt::Debug for WorkerPool<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerPool").field("pool", &self.inner).finish()
+        f.debug_struct("WorkerPool").field("pool", &self.shared.inner).finish()
     }
 }
 
@@ -111,13 +120,14 @@ impl<W: Worker> WorkerPoolBuilder<W> {
         let tramp = tramp::init_worker::<W> as tramp::InitTrampoline as usize;
         let inner = Workers::start(self.config, Some((tramp, 0, &init)))?;
         let stream = inner.new_stream();
-        Ok(WorkerPool {
+        let shared = Arc::new(Shared {
             inner,
             stream,
             next_seq: AtomicU64::new(0),
             changed: Condvar::new(),
             state: Mutex::new(GetState {
                 pending: 0,
+                feeding: 0,
                 next: 0,
                 early: BTreeMap::new(),
                 burnt: BTreeSet::new(),
@@ -127,7 +137,8 @@ impl<W: Worker> WorkerPoolBuilder<W> {
                 ordered: self.ordered,
             }),
             _worker: PhantomData,
-        })
+        });
+        Ok(WorkerPool { shared })
     }
 }
 
@@ -139,21 +150,45 @@ impl<W: Worker> WorkerPool<W> {
 
     /// Queues a task, waiting while the queue is full.
     pub fn put(&self, task: W::Task) -> Result<(), PutError<W::Task>> {
-        self.put_until(task, Deadline::NEVER)
+        self.shared.put_until(task, Deadline::NEVER)
     }
 
     /// Queues a task, waiting at most `timeout` for room (`Duration::MAX`:
     /// no limit); `Full(task)` then.
     pub fn put_timeout(&self, task: W::Task, timeout: Duration) -> Result<(), PutError<W::Task>> {
-        self.put_until(task, Deadline::after(timeout))
+        self.shared.put_until(task, Deadline::after(timeout))
     }
 
     /// Queues a task only if there is room now.
     pub fn try_put(&self, task: W::Task) -> Result<(), PutError<W::Task>> {
-        self.put_until(task, Deadline::now())
+        self.shared.put_until(task, Deadline::now())
     }
 
-    fn put_until(&self, task: W::Task, deadline: Deadline) -> Result<(), PutError<W::Task>> {
+    /// Takes the next result, waiting for it.
+    pub fn get(&self) -> Result<W::Output, GetError> {
+        self.shared.get_until(Deadline::NEVER)
+    }
+
+    /// Takes the next result, waiting at most `timeout` (`Duration::MAX`: no limit).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<W::Output, GetError> {
+        self.shared.get_until(Deadline::after(timeout))
+    }
+
+    /// Takes every outstanding result, in the pool's order (while a
+    /// [`feed`](WorkerPool::feed) runs, that includes what it has yet to put).
+    pub fn get_all(&self) -> Vec<Result<W::Output, GetError>> {
+        let mut out = Vec::new();
+        loop {
+            match self.get() {
+                Err(GetError::NothingPending) => return out,
+                r => out.push(r),
+            }
+        }
+    }
+}
+
+impl<W: Worker> Shared<W> {
+    pub(super) fn put_until(&self, task: W::Task, deadline: Deadline) -> Result<(), PutError<W::Task>> {
         let inner = &self.inner;
         let reserved = match inner.reserve(1, deadline) {
             Ok(0) => return Err(PutError::Full(task)),
@@ -175,6 +210,9 @@ impl<W: Worker> WorkerPool<W> {
             Ok(()) => {
                 reservation.left = 0;
                 state.pending += 1;
+                drop(state);
+                // A getter waiting for a feed's next put.
+                self.changed.notify_all();
                 Ok(())
             }
             Err(e) => {
@@ -195,42 +233,22 @@ impl<W: Worker> WorkerPool<W> {
         }
     }
 
-    /// Takes the next result, waiting for it.
-    pub fn get(&self) -> Result<W::Output, GetError> {
-        self.get_until(Deadline::NEVER)
-    }
-
-    /// Takes the next result, waiting at most `timeout` (`Duration::MAX`: no limit).
-    pub fn get_timeout(&self, timeout: Duration) -> Result<W::Output, GetError> {
-        self.get_until(Deadline::after(timeout))
-    }
-
-    /// Takes every outstanding result, in the pool's order.
-    pub fn get_all(&self) -> Vec<Result<W::Output, GetError>> {
-        let mut out = Vec::new();
-        loop {
-            match self.get() {
-                Err(GetError::NothingPending) => return out,
-                r => out.push(r),
-            }
-        }
-    }
-
     fn get_until(&self, deadline: Deadline) -> Result<W::Output, GetError> {
         let mut state = lock(&self.state);
         loop {
             if let Some(r) = take_next(&mut state) {
                 return r.map_err(GetError::Task);
             }
-            if state.pending == 0 {
+            if state.pending == 0 && state.feeding == 0 {
                 return Err(GetError::NothingPending);
             }
             if deadline.passed() {
                 return Err(GetError::Timeout);
             }
-            if state.receiving {
-                // Another thread is receiving: wait for what it brings
-                // without holding the state lock (puts must go on).
+            if state.receiving || state.pending == 0 {
+                // Another thread is receiving, or a feed has yet to put:
+                // wait for what it brings without holding the state lock
+                // (puts must go on).
                 let wait = deadline.slice(RECEIVER_CHECK).saturating_duration_since(std::time::Instant::now());
                 state = self.changed.wait_timeout(state, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
                 continue;
@@ -264,59 +282,71 @@ impl<W: Worker> WorkerPool<W> {
             }
         }
     }
+}
 
+impl<W: Worker> WorkerPool<W> {
     /// Removes every queued task that no worker has taken; returns how many.
     /// Their results never come, and `get` does not wait for them.
     pub fn clear_tasks(&self) -> usize {
-        self.inner.clear_tasks()
+        self.shared.inner.clear_tasks()
     }
 
-    /// Stops accepting tasks; workers finish what is queued and exit.
+    /// Stops accepting tasks; workers finish what is queued and exit. A
+    /// running [`feed`](WorkerPool::feed) stops with [`crate::FeedError::Closed`];
+    /// workers' [`crate::parent_call`]s are refused from now on.
     pub fn close(&self) {
-        self.inner.close();
+        self.shared.inner.close();
+        self.shared.inner.close_calls();
     }
 
     /// Waits until every worker has exited (see [`crate::Pool::join`]):
     /// [`Error::NotClosed`] at once on an open pool.
     pub fn join(&self) -> Result<(), Error> {
-        super::join_workers(&self.inner, Deadline::NEVER)
+        super::join_workers(&self.shared.inner, Deadline::NEVER)
     }
 
     /// [`WorkerPool::join`], waiting at most `timeout`; [`Error::Timeout`]
     /// if workers are still running then (they are left running).
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), Error> {
-        super::join_workers(&self.inner, Deadline::after(timeout))
+        super::join_workers(&self.shared.inner, Deadline::after(timeout))
     }
 
     /// Kills every worker now.
     pub fn terminate(&self) {
-        self.inner.terminate();
+        self.shared.inner.terminate();
     }
 
     /// Whether the pool accepts tasks and has a live worker.
     pub fn is_alive(&self) -> bool {
-        !self.inner.is_closed() && self.inner.alive_workers() > 0
+        !self.shared.inner.is_closed() && self.shared.inner.alive_workers() > 0
     }
 
     /// Tasks put and not yet returned by `get`.
     pub fn pending(&self) -> u64 {
-        lock(&self.state).pending
+        lock(&self.shared.state).pending
     }
 
     /// The pool's shared segment (see [`crate::Pool::segment`]).
     pub fn segment(&self) -> &crate::Segment {
-        &self.inner.seg
+        &self.shared.inner.seg
     }
 
     /// Pids of the worker processes.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.inner.worker_pids()
+        self.shared.inner.worker_pids()
+    }
+
+    /// Workers started to replace dead or retired ones so far (see
+    /// [`WorkerPoolBuilder::max_tasks_per_worker`]).
+    pub fn respawns(&self) -> u64 {
+        self.shared.inner.respawns.load(Ordering::Relaxed)
     }
 }
 
 impl<W: Worker> Drop for WorkerPool<W> {
     fn drop(&mut self) {
-        self.inner.close();
+        // Feeds still running stop with `FeedError::Closed`.
+        self.shared.inner.close();
     }
 }
 
@@ -329,7 +359,7 @@ fn mark_taken<R>(state: &mut GetState<R>, seq: u64) {
 }
 
 /// Marks the end of a receive, also when it unwinds.
-struct Receiving<'a, W: Worker>(&'a WorkerPool<W>);
+struct Receiving<'a, W: Worker>(&'a Shared<W>);
 
 impl<W: Worker> Drop for Receiving<'_, W> {
     fn drop(&mut self) {

@@ -26,12 +26,15 @@ pub(crate) fn code_address(offset: i64) -> usize {
     (anchor as *const () as usize as i64).wrapping_add(offset) as usize
 }
 
-/// What a seal covers: a task's (function, trampoline) pair, or a stateful
-/// pool's init record. A seal of one kind never validates the other.
+/// What a seal covers: a task's (function, trampoline) pair, a stateful
+/// pool's init record, or a call to the parent. A seal of one kind never
+/// validates another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SealKind {
     Task = 0x7a5c,
     Init = 0x1417,
+    /// A worker's call to its parent ([`crate::parent_call`]).
+    Call = 0x3c11,
 }
 
 /// Seals a (function, trampoline) pair of `kind` with `key`.
@@ -71,6 +74,7 @@ mod tests {
         assert_ne!(s, seal(SealKind::Task, 10, 21, 30));
         assert_ne!(s, seal(SealKind::Task, 10, 20, 31));
         assert_ne!(s, seal(SealKind::Init, 10, 20, 30));
+        assert_ne!(s, seal(SealKind::Call, 10, 20, 30));
     }
 
     #[test]

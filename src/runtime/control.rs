@@ -22,6 +22,16 @@ pub(crate) const W_INIT_FAILED: u32 = 2;
 /// The worker runs another build than the one that wrote the control block
 /// (its code offsets would name other code): it refused to start.
 pub(crate) const W_BUILD_MISMATCH: u32 = 3;
+/// The worker ran its quota of tasks (`max_tasks_per_worker`): it takes no
+/// more, posts its last answer and exits cleanly, to be replaced.
+pub(crate) const W_RETIRING: u32 = 4;
+
+/// [`Signals::calls`] states: the parent answers calls from workers...
+pub(crate) const CALLS_OPEN: u32 = 0;
+/// ...refuses them (the pool was closed, or is shutting down)...
+pub(crate) const CALLS_CLOSED: u32 = 1;
+/// ...or its call thread failed: callers get an error instead of waiting.
+pub(crate) const CALLS_FAILED: u32 = 2;
 
 #[repr(C)]
 pub(crate) struct Control {
@@ -41,6 +51,10 @@ pub(crate) struct Control {
     log_level: u64,
     /// How long workers spin before sleeping, in nanoseconds.
     spin_ns: u64,
+    /// Tasks a worker runs before it is replaced (0: no limit).
+    max_tasks: u64,
+    /// The ring workers send calls to the parent through ([`crate::parent_call`]).
+    call_ring: u64,
     /// The stateful worker's init: `tramp` is an `InitTrampoline`, the body a
     /// block holding the archived `Init` (never freed while the pool lives).
     init: InitRecord,
@@ -53,6 +67,25 @@ struct InitRecord([u64; 8]);
 
 // SAFETY: `#[repr(C)]`, integers only; valid for any bit pattern.
 unsafe impl ShmSafe for Control {}
+
+/// What parent and workers change while the pool runs; right after
+/// [`Control`] (which is written once), before the worker slots.
+#[repr(C)]
+pub(crate) struct Signals {
+    /// Bumped by a worker that retires (before it posts its last answer),
+    /// so that the waiter woken by that answer replaces it at once instead
+    /// of at the next supervision tick.
+    pub retiring: AtomicU64,
+    /// `CALLS_*`: whether the parent answers calls from workers.
+    pub calls: AtomicU32,
+    _reserved: AtomicU32,
+}
+
+// SAFETY: `#[repr(C)]`, atomics only; valid for any bit pattern.
+unsafe impl ShmSafe for Signals {}
+
+// Signals follow Control, and worker slots follow Signals: both aligned.
+const _: () = assert!(size_of::<Control>() % 8 == 0 && size_of::<Signals>() % 8 == 0);
 
 /// One worker's entry. Written by the worker, read by the parent.
 #[repr(C)]
@@ -94,6 +127,9 @@ pub(crate) struct WorkerSlot {
     pub busy_since: AtomicU64,
     /// On `W_BUILD_MISMATCH`: the worker's own build id.
     pub build_id: AtomicU64,
+    /// The ring the parent answers this slot's calls through (set once by
+    /// the parent before any worker starts; not cleared by [`reset`]).
+    pub reply_ring: AtomicU64,
 }
 
 // SAFETY: `#[repr(C)]`, atomics only.
@@ -112,11 +148,14 @@ pub(crate) struct Layout {
     pub log_dropped: u64,
     pub log_level: u64,
     pub spin_ns: u64,
+    /// Tasks a worker runs before it is replaced (0: no limit).
+    pub max_tasks: u64,
+    pub call_ring: u64,
 }
 
 /// Bytes a control block for `workers` workers needs.
 pub(crate) fn footprint(workers: u32) -> u64 {
-    (size_of::<Control>() + workers as usize * size_of::<WorkerSlot>()) as u64
+    (size_of::<Control>() + size_of::<Signals>() + workers as usize * size_of::<WorkerSlot>()) as u64
 }
 
 /// Writes a fresh control block at `offset` (a block this process owns).
@@ -146,11 +185,17 @@ pub(crate) fn init(
             log_dropped: layout.log_dropped,
             log_level: layout.log_level,
             spin_ns: layout.spin_ns,
+            max_tasks: layout.max_tasks,
+            call_ring: layout.call_ring,
             init: record,
         });
     }
+    let sig = signals(seg, offset)?;
+    sig.retiring.store(0, Ordering::Relaxed);
+    sig.calls.store(CALLS_OPEN, Ordering::Relaxed);
     for i in 0..layout.workers {
         let s = slot(seg, offset, layout.workers, i)?;
+        s.reply_ring.store(0, Ordering::Relaxed);
         s.pid.store(0, Ordering::Relaxed);
         s.state.store(W_STARTING, Ordering::Relaxed);
         reset(s);
@@ -187,6 +232,8 @@ pub(crate) fn open(seg: &Segment, offset: u64) -> Result<(Layout, Option<FrameHe
         log_dropped: c.log_dropped,
         log_level: c.log_level,
         spin_ns: c.spin_ns,
+        max_tasks: c.max_tasks,
+        call_ring: c.call_ring,
     };
     Ok((layout, init))
 }
@@ -212,8 +259,14 @@ pub(crate) fn slot(seg: &Segment, control: u64, workers: u32, index: u32) -> Res
     if index >= workers {
         return Err(SegmentError::Corrupt("worker index out of range"));
     }
-    let off = control + size_of::<Control>() as u64 + index as u64 * size_of::<WorkerSlot>() as u64;
+    let off =
+        control + (size_of::<Control>() + size_of::<Signals>()) as u64 + index as u64 * size_of::<WorkerSlot>() as u64;
     seg.get::<WorkerSlot>(off)
+}
+
+/// The pool's [`Signals`].
+pub(crate) fn signals(seg: &Segment, control: u64) -> Result<&Signals, SegmentError> {
+    seg.get::<Signals>(control + size_of::<Control>() as u64)
 }
 
 /// Whether a process of this build may use the code offsets of the pool
@@ -242,6 +295,8 @@ mod tests {
             log_dropped: 0,
             log_level: 0,
             spin_ns: 0,
+            max_tasks: 0,
+            call_ring: 0,
         }
     }
 

@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::bootstrap::WorkerConfig;
+use super::calls::{self, CallContext};
 use super::code;
-use super::control::{self, MAX_BATCH, W_BUILD_MISMATCH, W_INIT_FAILED, W_READY};
+use super::control::{self, MAX_BATCH, W_BUILD_MISMATCH, W_INIT_FAILED, W_READY, W_RETIRING};
 use super::tramp::{InitTrampoline, Reply, Trampoline, WorkerState};
 use crate::codec::Scratch;
 use crate::ring::{Ring, RingError};
@@ -51,8 +52,26 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
     }
     let tasks = Ring::open(&seg, layout.task_ring)?;
     let results = Ring::open(&seg, layout.result_ring)?;
+    let signals = control::signals(&seg, cfg.control)?;
     slot.pid.store(process::current_pid(), Ordering::Relaxed);
     let _ = POOL_SEGMENT.set(seg.clone());
+    // A pool without a call ring (an old control block) just has no calls:
+    // parent_call then says it is not in a worker.
+    if let (Ok(call_ring), Ok(replies)) =
+        (Ring::open(&seg, layout.call_ring), Ring::open(&seg, slot.reply_ring.load(Ordering::Acquire)))
+    {
+        calls::install(CallContext {
+            seg: seg.clone(),
+            calls: call_ring,
+            replies,
+            control: cfg.control,
+            index: cfg.index,
+            parent: cfg.parent,
+            key: cfg.key,
+            next: std::sync::atomic::AtomicU64::new(0),
+            one_at_a_time: std::sync::Mutex::new(()),
+        });
+    }
     super::logs::install_forwarder(&seg, layout.log_ring, layout.log_dropped, layout.log_level);
     install_panic_hook();
 
@@ -84,6 +103,10 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
     // The parent's choice: spin this long before sleeping (0: never spin).
     let spin = SpinPolicy { spin: Duration::from_nanos(layout.spin_ns) };
     let answerer = cfg.index as i64 + 1;
+    // `max_tasks_per_worker`: this process runs at most `quota` tasks, then
+    // retires (0: no limit).
+    let quota = layout.max_tasks;
+    let mut ran: u64 = 0;
     let parent_alive = || -> Result<(), ()> {
         if process::parent_pid() == cfg.parent {
             Ok(())
@@ -97,7 +120,12 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
         let mut n = 0;
         // Take a fair share of what is queued, so one worker does not hoard
         // slow tasks while others idle; a lone worker takes whole batches.
-        let share = (tasks.len() / layout.workers as usize).clamp(1, MAX_BATCH);
+        let mut share = (tasks.len() / layout.workers as usize).clamp(1, MAX_BATCH);
+        if quota != 0 {
+            // Never take a task this process will not run: what it takes
+            // beyond its quota would wait for its death to be run again.
+            share = share.min(usize::try_from(quota - ran).unwrap_or(usize::MAX)).max(1);
+        }
         // No held task yet, so no stale bit can be read for a new one.
         slot.answered.store(0, Ordering::Relaxed);
         let got = wait::in_slices(
@@ -141,6 +169,15 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
             // `func` names the answering worker: the parent tells answered
             // tasks from unanswered ones if this worker dies.
             let out = reply.header(&hdr, answerer);
+            ran += 1;
+            if quota != 0 && ran >= quota && i + 1 == n {
+                // The last answer: say so first, so that the waiter it wakes
+                // replaces this worker at once (see `Workers::retire_due`).
+                slot.state.store(W_RETIRING, Ordering::Release);
+                // SYNC: Release, before the answer's push; the parent pops
+                // the answer (Acquire) and then loads this counter.
+                signals.retiring.fetch_add(1, Ordering::Release);
+            }
             // Each answer goes out as soon as its task ends: a later task of
             // the batch may wait on what the caller does with this one.
             let pushed = wait::in_slices(
@@ -170,6 +207,10 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
             slot.done.fetch_add(1, Ordering::Relaxed);
         }
         slot.held_n.store(0, Ordering::Release);
+        if quota != 0 && ran >= quota {
+            // Every task taken was answered: exit cleanly, to be replaced.
+            return Ok(());
+        }
     }
 }
 
@@ -181,12 +222,25 @@ pub(crate) fn run_one(
     state: &mut WorkerState,
     reply: &mut Reply<'_>,
 ) -> FrameHeader {
+    run_sealed(code::SealKind::Task, seg, frame, key, state, reply)
+}
+
+/// Runs one frame sealed as `kind` (a task, or a worker's call to its
+/// parent), leaving its answer in `reply`; returns its header.
+pub(crate) fn run_sealed(
+    kind: code::SealKind,
+    seg: &Segment,
+    frame: &[u8],
+    key: u64,
+    state: &mut WorkerState,
+    reply: &mut Reply<'_>,
+) -> FrameHeader {
     let Some(hdr) = FrameHeader::read(frame) else {
-        reply.fail(Status::BadInput, "task frame shorter than its header");
+        reply.fail(Status::BadInput, "frame shorter than its header");
         return FrameHeader::default();
     };
-    if code::seal(code::SealKind::Task, hdr.func, hdr.tramp, key) != hdr.check {
-        reply.fail(Status::BadInput, "task seal mismatch: not a task of this pool");
+    if code::seal(kind, hdr.func, hdr.tramp, key) != hdr.check {
+        reply.fail(Status::BadInput, "seal mismatch: not a task or call of this pool");
         // The frame is not ours: its body names no block we may free.
         return FrameHeader { body: wire::BODY_NONE, len: 0, block: 0, ..hdr };
     }
@@ -288,6 +342,8 @@ mod tests {
             log_dropped: 0,
             log_level: 0,
             spin_ns: 0,
+            max_tasks: 0,
+            call_ring: 0,
         };
         control::init(&seg, block.offset, &layout, None).unwrap();
         // The worker takes its own descriptor of the segment, as if inherited.

@@ -10,11 +10,13 @@
 //! - [`executor`]: the loop a worker runs; [`tramp`]: typed trampolines.
 //! - [`control`]: the group's control block and worker table in the segment.
 //! - [`logs`]: `log` records from workers to the parent's logger.
+//! - [`calls`]: workers' calls to their parent ([`crate::parent_call`]).
 //!
 //! Nothing here knows the user APIs: `Pool`, `WorkerPool`, `Remote` and
 //! `Channel` are peers built on [`Workers`] and [`Ticket`].
 
 pub(crate) mod bootstrap;
+pub(crate) mod calls;
 pub(crate) mod code;
 pub(crate) mod control;
 pub(crate) mod executor;
@@ -27,6 +29,7 @@ pub(crate) mod workers;
 
 use std::sync::{Mutex, MutexGuard};
 
+pub use calls::{parent_call, parent_call_timeout, ParentCallError};
 pub use code::build_id;
 pub(crate) use router::RecvError;
 pub use ticket::Ticket;

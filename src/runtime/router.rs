@@ -118,7 +118,7 @@ impl Workers {
             }
             // Due by the pool's clock, not this call's: results that keep
             // flowing must not keep supervision from running.
-            if self.supervision_due() {
+            if self.retire_due() || self.supervision_due() {
                 // No worker left: results already in the ring, or answers
                 // supervise just put in the stash, still count.
                 if !self.supervise() && self.results.is_empty() {

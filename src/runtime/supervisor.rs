@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::bootstrap::{self, WorkerConfig};
-use super::control::{self, MAX_BATCH, W_BUILD_MISMATCH, W_INIT_FAILED, W_READY};
+use super::control::{self, MAX_BATCH, W_BUILD_MISMATCH, W_INIT_FAILED, W_READY, W_RETIRING};
 use super::lock;
 use super::workers::{OnWorkerDeath, Workers, MAX_FAILED_STARTS, START_TIMEOUT};
 use crate::codec;
@@ -18,6 +18,12 @@ use crate::Error;
 
 /// How often a start-up looks at a worker's state.
 const START_POLL: Duration = Duration::from_micros(200);
+/// How long a supervision waits for a retiring worker (it has posted or is
+/// posting its last answer) to exit, so as to replace it at once; one that
+/// takes longer is replaced by a later supervision.
+const RETIRE_WAIT: Duration = Duration::from_millis(50);
+/// How often that wait looks.
+const RETIRE_POLL: Duration = Duration::from_micros(50);
 
 impl Workers {
     /// Starts the worker process for slot `index` (the caller stores it).
@@ -110,6 +116,31 @@ impl Workers {
         let mut children = lock(&self.children);
         let mut alive = 0;
         let mut timed_out = vec![false; children.len()];
+        // Retired workers whose slot is started again even in a closed
+        // pool, because tasks are still queued for it to run.
+        let mut finish_queue = vec![false; children.len()];
+        let slot_state = |i: usize| {
+            control::slot(&self.seg, self.layout.control, self.layout.workers, i as u32)
+                .map_or(W_READY, |s| s.state.load(Ordering::Acquire))
+        };
+        for (i, child) in children.iter_mut().enumerate() {
+            let Some(c) = child.as_mut() else { continue };
+            if slot_state(i) == W_RETIRING {
+                // It is exiting: wait a moment, so it is replaced now.
+                let _ = wait::in_slices(
+                    Deadline::after(RETIRE_WAIT),
+                    RETIRE_POLL,
+                    |until| match c.try_wait() {
+                        Ok(None) => {
+                            std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+                            Step::Again
+                        }
+                        _ => Step::Done(()),
+                    },
+                    || Ok::<(), ()>(()),
+                );
+            }
+        }
         if let Some(limit) = self.config.task_timeout {
             let now = process::monotonic_ns();
             for (i, child) in children.iter_mut().enumerate() {
@@ -139,8 +170,12 @@ impl Workers {
                     // A worker that exited on its own before becoming ready
                     // failed to start (its init panicked, say): respawning it
                     // for ever helps nobody. One killed by a signal did not fail.
-                    let started = control::slot(&self.seg, self.layout.control, self.layout.workers, i as u32)
-                        .is_ok_and(|s| s.state.load(Ordering::Acquire) == W_READY);
+                    let state = slot_state(i);
+                    let started = state == W_READY || state == W_RETIRING;
+                    // Ran its quota and exited cleanly: replaced, also to
+                    // finish the queue of a closed pool.
+                    let retired = state == W_RETIRING && matches!(&status, Ok(Some(st)) if st.success());
+                    finish_queue[i] = retired && !self.tasks.is_empty();
                     let killed =
                         matches!(&status, Ok(Some(st)) if std::os::unix::process::ExitStatusExt::signal(st).is_some());
                     if started || killed {
@@ -161,7 +196,8 @@ impl Workers {
                 continue;
             }
             // Checked under the lock each time: terminate() may have run meanwhile.
-            if children[i].is_some() || self.is_closed() || !self.config.respawn {
+            let terminated = self.terminated.load(Ordering::Acquire);
+            if children[i].is_some() || !self.config.respawn || terminated || (self.is_closed() && !finish_queue[i]) {
                 continue;
             }
             if self.failed_starts.load(Ordering::Relaxed) >= MAX_FAILED_STARTS {
@@ -175,7 +211,7 @@ impl Workers {
             self.respawning[i].store(false, Ordering::Relaxed);
             match spawned {
                 // terminate() ran meanwhile: what was started goes too.
-                Ok(mut child) if self.is_closed() => {
+                Ok(mut child) if self.terminated.load(Ordering::Acquire) || (self.is_closed() && !finish_queue[i]) => {
                     let _ = child.kill();
                     let _ = child.wait();
                 }
@@ -189,6 +225,8 @@ impl Workers {
         }
         let none_left =
             children.iter().all(Option::is_none) && !self.respawning.iter().any(|r| r.load(Ordering::Relaxed));
+        // (A retired worker replaced to finish a closed pool's queue is
+        // running, so `none_left` is false then.)
         let none_to_come =
             self.is_closed() || !self.config.respawn || self.failed_starts.load(Ordering::Relaxed) >= MAX_FAILED_STARTS;
         drop(children);

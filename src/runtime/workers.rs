@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::calls::{CallServer, REPLY_SLOTS};
 use super::code;
-use super::control::{self, Layout};
+use super::control::{self, Layout, W_RETIRING};
 use super::lock;
 use super::logs;
 use super::router::{RecvError, Routing};
@@ -46,6 +47,8 @@ pub(crate) struct Config {
     pub on_death: OnWorkerDeath,
     /// A task running longer than this is hung: its worker is killed.
     pub task_timeout: Option<Duration>,
+    /// A worker that ran this many tasks exits and is replaced (`None`: never).
+    pub max_tasks: Option<u64>,
 }
 
 /// What happens to the tasks a worker held when it died (killed, crashed,
@@ -76,6 +79,7 @@ impl Default for Config {
             respawn: true,
             on_death: OnWorkerDeath::Requeue { max_attempts: 3 },
             task_timeout: None,
+            max_tasks: None,
         }
     }
 }
@@ -118,6 +122,13 @@ pub(crate) struct Workers {
     pub(super) failed_starts: std::sync::atomic::AtomicU32,
     /// Re-emits workers' log records; stopped after the workers at drop.
     pub(super) logs: Mutex<Option<logs::Receiver>>,
+    /// Runs workers' calls to the parent; stopped after the workers at drop.
+    pub(super) calls: Mutex<Option<CallServer>>,
+    /// The last value of `Signals::retiring` a supervision acted on.
+    pub(super) retire_seen: AtomicU64,
+    /// `terminate` ran: nothing is started any more, not even to finish
+    /// the queue of a closed pool.
+    pub(super) terminated: AtomicBool,
 }
 
 impl std::fmt::Debug for Workers {
@@ -143,12 +154,21 @@ impl Workers {
         if config.slot_size < HEADER + 16 || config.slot_size > codec::SCRATCH {
             return Err(Error::Config("slot_size must be between 80 and 1024 bytes"));
         }
+        if config.max_tasks == Some(0) {
+            return Err(Error::Config("max_tasks_per_worker must be at least 1"));
+        }
         let limit = config.queue_capacity + config.workers;
         let seg = Segment::anonymous(config.segment_size)?;
         let payload = config.slot_size as u32;
         let tasks = Ring::create(&seg, limit as u32, payload)?;
         let results = Ring::create(&seg, limit as u32, payload)?;
         let workers = config.workers as u32;
+        // Calls from workers to the parent: one in flight per worker, and
+        // room for a dead worker's leftover.
+        let call_ring = Ring::create(&seg, 2 * workers, payload)?;
+        let reply_rings = (0..workers)
+            .map(|_| Ring::create(&seg, REPLY_SLOTS, payload).map(|r| r.offset()))
+            .collect::<Result<Vec<_>, _>>()?;
         let (log_ring, log_dropped) = logs::create(&seg)?;
         let block = seg.alloc(control::footprint(workers))?;
         let layout = Layout {
@@ -161,6 +181,8 @@ impl Workers {
             log_dropped,
             log_level: logs::filter_code(log::max_level()),
             spin_ns: config.spin.spin.as_nanos().min(u64::MAX as u128) as u64,
+            max_tasks: config.max_tasks.unwrap_or(0),
+            call_ring: call_ring.offset(),
         };
         let mut key_bytes = [0u8; 8];
         shm::random_bytes(&mut key_bytes).map_err(Error::Spawn)?;
@@ -177,7 +199,11 @@ impl Workers {
             }
         };
         control::init(&seg, block.offset, &layout, init_hdr.as_ref())?;
+        for (i, &offset) in reply_rings.iter().enumerate() {
+            control::slot(&seg, block.offset, workers, i as u32)?.reply_ring.store(offset, Ordering::Release);
+        }
         let logs = logs::Receiver::start(&seg, log_ring, log_dropped).map_err(Error::Spawn)?;
+        let calls = CallServer::start(&seg, call_ring, block.offset, workers, key).map_err(Error::Spawn)?;
         let inner = Arc::new(Workers {
             seg,
             tasks,
@@ -201,6 +227,9 @@ impl Workers {
             recent: (0..workers).map(|_| Recent::default()).collect(),
             failed_starts: std::sync::atomic::AtomicU32::new(0),
             logs: Mutex::new(Some(logs)),
+            calls: Mutex::new(Some(calls)),
+            retire_seen: AtomicU64::new(0),
+            terminated: AtomicBool::new(false),
         });
         for i in 0..workers {
             let child = inner.spawn_worker(i)?;
@@ -312,7 +341,7 @@ impl Workers {
                 Ok(k) => sent += k,
                 Err(RingError::Timeout) => {
                     // A slot held by a dead worker frees up once it is reaped.
-                    if self.supervision_due() {
+                    if self.retire_due() || self.supervision_due() {
                         self.supervise();
                     }
                 }
@@ -330,16 +359,53 @@ impl Workers {
         Ok(())
     }
 
-    /// Workers currently running.
+    /// Workers currently running, counting those being replaced after
+    /// running their quota of tasks (`max_tasks`): an open pool is never
+    /// seen without workers just because its workers took turns.
     pub fn alive_workers(&self) -> usize {
         let mut children = lock(&self.children);
-        children.iter_mut().flatten().map(|c| c.try_wait()).filter(|s| matches!(s, Ok(None))).count()
+        let replacing = |i: usize| {
+            self.respawning[i].load(Ordering::Relaxed)
+                || (!self.is_closed()
+                    && control::slot(&self.seg, self.layout.control, self.layout.workers, i as u32)
+                        .is_ok_and(|s| s.state.load(Ordering::Acquire) == W_RETIRING))
+        };
+        let mut alive = 0;
+        for (i, child) in children.iter_mut().enumerate() {
+            let running = child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            if running || replacing(i) {
+                alive += 1;
+            }
+        }
+        alive
     }
 
     /// Stops accepting tasks; workers finish the queue and exit.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.tasks.close();
+    }
+
+    /// Refuses workers' calls to the parent from now on
+    /// ([`crate::ParentCallError::Refused`]); calls already sent are answered.
+    pub fn close_calls(&self) {
+        if let Some(server) = lock(&self.calls).as_ref() {
+            server.close();
+        }
+    }
+
+    /// Whether a worker retired (ran its quota) since the last supervision
+    /// that looked: if so, this caller supervises now, so that its
+    /// replacement starts at once rather than at the next health check.
+    pub(super) fn retire_due(&self) -> bool {
+        if self.config.max_tasks.is_none() {
+            return false;
+        }
+        let Ok(signals) = control::signals(&self.seg, self.layout.control) else { return false };
+        // SYNC: Acquire pairs with the retiring worker's Release bump.
+        let now = signals.retiring.load(Ordering::Acquire);
+        let seen = self.retire_seen.load(Ordering::Relaxed);
+        now != seen && self.retire_seen.compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     /// Waits until every worker has exited, up to `timeout` (then kills them).
@@ -359,6 +425,11 @@ impl Workers {
             deadline,
             JOIN_POLL,
             |until| {
+                // Workers that ran their quota are replaced while tasks
+                // are queued, closed pool or not: supervision does that.
+                if self.config.max_tasks.is_some() {
+                    self.supervise();
+                }
                 // Poll under the lock, sleep without it: terminate(),
                 // is_alive() and waiters' supervision must not block behind
                 // a long join.
@@ -377,7 +448,14 @@ impl Workers {
     /// being started).
     fn reap_exited(&self) -> bool {
         let mut children = lock(&self.children);
-        for child in children.iter_mut() {
+        for (i, child) in children.iter_mut().enumerate() {
+            // A retired worker is left to supervision, which replaces it
+            // if tasks are still queued.
+            let retired = control::slot(&self.seg, self.layout.control, self.layout.workers, i as u32)
+                .is_ok_and(|s| s.state.load(Ordering::Acquire) == W_RETIRING);
+            if retired && !self.tasks.is_empty() && !self.terminated.load(Ordering::Acquire) {
+                continue;
+            }
             if child.as_mut().is_some_and(|c| !matches!(c.try_wait(), Ok(None))) {
                 *child = None;
             }
@@ -402,7 +480,9 @@ impl Workers {
     /// already out are still delivered, then the closed result ring says
     /// there is nothing more.
     pub fn terminate(&self) {
+        self.terminated.store(true, Ordering::Release);
         self.close();
+        self.close_calls();
         self.kill_all();
         // No producer is left (a respawn under way sees `closed` and kills
         // what it started).
@@ -431,6 +511,9 @@ impl Drop for Workers {
         self.clear_tasks();
         self.tasks.close();
         self.join(Some(self.config.shutdown_timeout));
+        // No worker is left to call: the call thread answers what was sent
+        // and ends.
+        drop(lock(&self.calls).take());
         // Last: what the workers logged before exiting is re-emitted first.
         drop(lock(&self.logs).take());
     }
