@@ -32,8 +32,9 @@ fn area((w, h, unit): (u32, u32, String)) -> String {
 }
 
 /// pprocess's fork-style `create()` runs the same code on both sides of a
-/// channel; `shmpool::create` does not exist yet, so this is its translation
-/// with `shmpool::start`: the child's half is a function of its channel end.
+/// channel. shmpool replaces it with `shmpool::start` on purpose (a fork of
+/// a process with threads keeps their locks locked in the child; see the
+/// README's seed table): the child's half is a function of its channel end.
 fn child(chan: Channel<u64, u64>, offset: u64) {
     while let Ok(x) = chan.recv() {
         chan.send(&(x + offset)).unwrap();
