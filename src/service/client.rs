@@ -80,7 +80,7 @@ impl<T: 'static> Service<T> {
         // earlier client of this slot are neither pushed nor taken.
         let generation = h.generations[slot].fetch_add(1, Ordering::AcqRel).wrapping_add(1);
         let responses = responses.into_iter().nth(slot).ok_or(ServiceError::Full)?;
-        drain(&seg, &responses);
+        drain(&seg, &responses, Some(&h.pop_claims[slot]));
         let key = h.key.load(Ordering::Relaxed);
         Ok(Client {
             seg,
@@ -148,10 +148,23 @@ impl<T: 'static> Client<T> {
         let mut scratch = Scratch::new();
         let frame = wire::encode(&self.seg, hdr, arg, &mut scratch, self.requests.payload_capacity())
             .map_err(ServiceError::task)?;
+        // Claims are recorded in the header, so that the server can let go
+        // of what this process holds in the rings if it dies holding it.
+        let push_claim = &h.push_claims[self.slot];
+        let write = |_: usize, dst: &mut [u8]| {
+            super::pause_point("service-request");
+            frame.write(dst)
+        };
         let pushed = wait::in_slices(
             deadline,
             CHECK,
-            |until| match self.requests.push_many_with(1, Some(until), SpinPolicy::DEFAULT, |_, dst| frame.write(dst)) {
+            |until| match self.requests.push_many_recorded(
+                1,
+                Some(until),
+                SpinPolicy::DEFAULT,
+                Some(push_claim),
+                &write,
+            ) {
                 Err(RingError::Timeout) => Step::Again,
                 other => Step::Done(other),
             },
@@ -170,12 +183,14 @@ impl<T: 'static> Client<T> {
         // After the peer check fails, one last look: the answer may have
         // come just before the server stopped.
         let last_look = Cell::new(false);
+        let pop_claim = Some(&h.pop_claims[self.slot]);
         let got = wait::in_slices(
             deadline,
             CHECK,
             |until| {
                 let mut answer = None;
-                let read = |bytes: &[u8]| {
+                let read = |_: u64, bytes: &[u8]| {
+                    super::pause_point("service-answer");
                     let Some(r) = FrameHeader::read(bytes) else { return };
                     if r.seq == seq && answer.is_none() {
                         answer = Some(self.answer::<R>(h, &r, bytes));
@@ -185,9 +200,10 @@ impl<T: 'static> Client<T> {
                     }
                 };
                 let popped = if last_look.get() {
-                    self.responses.try_pop_many(super::SLOTS as usize, read)
+                    self.responses.try_pop_many_recorded(super::SLOTS as usize, pop_claim, read)
                 } else {
-                    self.responses.pop_many_with(super::SLOTS as usize, Some(until), SpinPolicy::DEFAULT, read)
+                    let (max, spin) = (super::SLOTS as usize, SpinPolicy::DEFAULT);
+                    self.responses.pop_many_recorded(max, Some(until), spin, pop_claim, read)
                 };
                 match (popped, answer) {
                     (_, Some(r)) => Step::Done(r),
@@ -251,7 +267,7 @@ impl<T> Drop for Client<T> {
         if let Ok(h) = self.seg.get::<Header>(self.header) {
             // A new generation: the server drops answers still due to us.
             h.generations[self.slot].fetch_add(1, Ordering::AcqRel);
-            drain(&self.seg, &self.responses);
+            drain(&self.seg, &self.responses, Some(&h.pop_claims[self.slot]));
             let _ =
                 h.clients[self.slot].compare_exchange(process::current_pid(), 0, Ordering::AcqRel, Ordering::Relaxed);
         }

@@ -9,7 +9,8 @@
 //! the server process died ([`ServiceError::ServerDead`]), that the
 //! [`Service`] was dropped ([`ServiceError::Stopped`]) or that its serving
 //! thread ended ([`ServiceError::ServerGone`]). The server notices clients
-//! that died and frees their slots; each connect to a slot starts a new
+//! that died and frees their slots, and lets go of the ring slots they held
+//! (every client claim on a ring is recorded in the header); each connect to a slot starts a new
 //! generation of it, so a late answer meant for an earlier client of the
 //! slot is never taken for a new one's.
 //!
@@ -20,7 +21,7 @@ mod client;
 mod server;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::ring::{Ring, RingError};
@@ -82,6 +83,14 @@ struct Header {
     /// Ring offsets, written by the server before `magic`.
     requests: AtomicU64,
     responses: [AtomicU64; MAX_CLIENTS],
+    /// Each slot's client's claim on the request ring while it pushes,
+    /// `(pos << 8) | n` (0: none), written before the claim is made and
+    /// cleared once the slots are published (`Ring::push_many_recorded`):
+    /// a slot left claimed by a client that died is told from a live one's.
+    push_claims: [AtomicU64; MAX_CLIENTS],
+    /// Likewise each slot's client's claim on its response ring while it
+    /// pops (cleared once the slots are released).
+    pop_claims: [AtomicU64; MAX_CLIENTS],
 }
 
 // SAFETY: `#[repr(C)]`, atomics only.
@@ -315,16 +324,53 @@ impl Layout {
 }
 
 /// Empties `ring`, freeing the arena blocks its frames name (answers nobody
-/// will read).
-fn drain(seg: &Segment, ring: &Ring) {
+/// will read). A client passes its pop claim record (see
+/// [`Header::pop_claims`]), the server none.
+fn drain(seg: &Segment, ring: &Ring, record: Option<&AtomicU64>) {
     while ring
-        .try_pop_many(SLOTS as usize, |bytes| {
+        .try_pop_many_recorded(SLOTS as usize, record, |_, bytes| {
             if let Some(h) = FrameHeader::read(bytes) {
                 crate::wire::discard(seg, &h);
             }
         })
         .is_ok()
     {}
+}
+
+/// Whether the claim record `claim`, `(pos << 8) | n` (0: none), covers
+/// ring position `pos`.
+fn covers(claim: u64, pos: u64) -> bool {
+    claim != 0 && pos.wrapping_sub(claim >> 8) < (claim & 0xFF)
+}
+
+/// A test-only hook (see [`set_pause_hook`]): null in every real program,
+/// else a `fn(&'static str)`.
+static PAUSE_HOOK: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Installs a hook that a client calls with the point's name where it holds
+/// a ring claim: `"service-request"` (a request slot claimed, not yet
+/// published) and `"service-answer"` (an answer slot claimed, not yet
+/// released). A kill test stops a client there and kills it. For tests
+/// only; costs one relaxed atomic load per call when unset.
+#[doc(hidden)]
+pub fn set_pause_hook(hook: fn(&'static str)) {
+    // Relaxed: the value is a code address, there is no data to publish.
+    PAUSE_HOOK.store(hook as *mut (), Ordering::Relaxed);
+}
+
+/// Calls the test hook, if one is installed, at `point`.
+#[inline]
+fn pause_point(point: &'static str) {
+    let hook = PAUSE_HOOK.load(Ordering::Relaxed);
+    if !hook.is_null() {
+        // SAFETY: the only non-null value ever stored in PAUSE_HOOK is a
+        // `fn(&'static str)` cast to a pointer (`set_pause_hook`); function
+        // and data pointers have the same size and representation on the
+        // platforms this crate builds for (Linux), so it casts back to
+        // that same function pointer.
+        let hook = unsafe { std::mem::transmute::<*mut (), fn(&'static str)>(hook) };
+        hook(point);
+    }
 }
 
 /// This binary's GNU build id bytes (`.note.gnu.build-id`), for tests that

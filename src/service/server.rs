@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::{
-    drain, fingerprint, segment_name, stamped, Header, Layout, ServiceError, CHECK, FAILED, REFUSED_BUILD,
+    covers, drain, fingerprint, segment_name, stamped, Header, Layout, ServiceError, CHECK, FAILED, REFUSED_BUILD,
     SERVICE_MAGIC, SERVING, STOPPED,
 };
 use crate::codec::Scratch;
@@ -165,20 +165,38 @@ impl Drop for Serving<'_> {
         // Fail what is queued; each client also sees the state and its ring closed.
         let mut frame = FrameBuf::for_ring(self.requests, 1);
         let mut scratch = Scratch::new();
-        while let Ok(n) = self.requests.try_pop_many(1, |bytes| {
-            frame.fill(0, bytes);
-        }) {
-            if n == 0 {
-                break;
+        // WouldBlock also means "only a poisoned slot": look a bounded
+        // number of times more.
+        let mut empty = 0;
+        loop {
+            // The length of this frame, not of the slot area: what lies
+            // past it is an earlier frame's, whose header names its block.
+            let mut len = 0;
+            match self.requests.try_pop_many(1, |bytes| len = frame.fill(0, bytes)) {
+                Ok(n) if n > 0 => {}
+                Err(RingError::WouldBlock) if empty < self.requests.capacity() => {
+                    empty += 1;
+                    continue;
+                }
+                _ => break,
             }
-            let Some(req) = FrameHeader::read(frame.slot(0)) else { continue };
-            wire::discard(self.seg, &req);
-            let mut reply = Reply::new(self.seg, &mut scratch, self.requests.payload_capacity());
-            reply.fail(Status::Cancelled, "the service stopped before running the call");
+            let Some(req) = FrameHeader::read(&frame.slot(0)[..len]) else {
+                // Refused without touching any block: it names none we can trust.
+                log::warn!(target: "shmpool", "service {:?}: dropped a request frame shorter than its header", self.name);
+                continue;
+            };
             let (slot, _) = stamped(&req);
+            let Some(ring) = self.responses.get(slot) else {
+                wire::discard(self.seg, &req);
+                continue;
+            };
+            wire::discard(self.seg, &req);
+            // Sized from the ring the answer goes to.
+            let mut reply = Reply::new(self.seg, &mut scratch, ring.payload_capacity());
+            reply.fail(Status::Cancelled, "the service stopped before running the call");
             let out = FrameHeader { stream: slot as u64, ..reply.header(&req, 0) };
             let delivered = self.generation_of(slot) == Some(generation(&req))
-                && self.responses[slot].try_push_many(1, |_, dst| out.write(dst, reply.inline())).is_ok();
+                && ring.try_push_many(1, |_, dst| out.write(dst, reply.inline())).is_ok();
             if !delivered {
                 reply.body.discard(self.seg);
             }
@@ -225,7 +243,7 @@ fn serve_loop(s: &Serving<'_>, object: Box<dyn std::any::Any>) -> Result<(), Str
     while !s.stop.load(Ordering::Acquire) {
         if Instant::now() >= next_check {
             next_check = Instant::now() + CHECK;
-            free_dead_clients(seg, h, responses);
+            free_dead_clients(seg, h, requests, responses);
         }
         let mut len = 0;
         let got = wait::in_slices(
@@ -236,7 +254,7 @@ fn serve_loop(s: &Serving<'_>, object: Box<dyn std::any::Any>) -> Result<(), Str
                 other => Step::Done(other),
             },
             || {
-                free_dead_clients(seg, h, responses);
+                free_dead_clients(seg, h, requests, responses);
                 if s.stop.load(Ordering::Acquire) {
                     Err(())
                 } else {
@@ -312,14 +330,161 @@ fn serve_loop(s: &Serving<'_>, object: Box<dyn std::any::Any>) -> Result<(), Str
     Ok(())
 }
 
-/// Frees the slots of clients that died (their response rings are emptied).
-fn free_dead_clients(seg: &Segment, h: &Header, responses: &[Ring]) {
+/// Frees the slots of clients that died: what they held in the rings is
+/// let go (see [`release_claims`]) and their response rings are emptied.
+fn free_dead_clients(seg: &Segment, h: &Header, requests: &Ring, responses: &[Ring]) {
     for (i, c) in h.clients.iter().enumerate() {
         let pid = c.load(Ordering::Acquire);
         if pid != 0 && !process::is_alive(pid) {
             h.generations[i].fetch_add(1, Ordering::AcqRel);
-            drain(seg, &responses[i]);
+            release_claims(seg, h, i, requests, responses);
+            if let Some(ring) = responses.get(i) {
+                drain(seg, ring, None);
+            }
             let _ = c.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
+    }
+}
+
+/// Times [`release_claims`] looks again at a request slot that a live
+/// client's claim record also names (a claim attempt of its that is about
+/// to fail: records are written before the claim is tried).
+const CLAIM_RETRIES: usize = 100;
+
+/// Lets go of the ring slots the dead client of `slot` held: request slots
+/// it claimed and never published are published as poisoned (the server's
+/// pop goes past them instead of waiting on them for ever), and answer
+/// slots it claimed and never released are taken over, the block an answer
+/// names freed, and released. Its claim records are cleared.
+fn release_claims(seg: &Segment, h: &Header, slot: usize, requests: &Ring, responses: &[Ring]) {
+    let (Some(push_claim), Some(pop_claim)) = (h.push_claims.get(slot), h.pop_claims.get(slot)) else { return };
+    let dead = push_claim.load(Ordering::Acquire);
+    if dead != 0 {
+        for _ in 0..CLAIM_RETRIES {
+            // SYNC: `unpublished` loads the ring's head with Acquire; a
+            // producer stores its claim record before the Release CAS that
+            // moves the head past its claim (`queue::claim_push_with`), so a
+            // live claim on a position listed here is seen in the records
+            // loaded (Acquire) below, or a later value of its record: the
+            // clear, a Release store made after its slots were published
+            // (`poison_unpublished` then sees the publish and leaves the
+            // slot), or its next claim (a Relaxed store that follows that
+            // clear in program order only, as with the supervisor's use of
+            // the same records). Only positions the dead client's own
+            // record names are candidates at all.
+            let stuck: Vec<u64> = requests.unpublished().into_iter().filter(|&p| covers(dead, p)).collect();
+            if stuck.is_empty() {
+                break;
+            }
+            let live: Vec<u64> = (0..h.clients.len())
+                .filter(|&j| j != slot)
+                .filter(|&j| {
+                    let pid = h.clients[j].load(Ordering::Acquire);
+                    pid != 0 && process::is_alive(pid)
+                })
+                .filter_map(|j| h.push_claims.get(j).map(|r| r.load(Ordering::Acquire)))
+                .filter(|&c| c != 0)
+                .collect();
+            let mut contested = false;
+            for pos in stuck {
+                if live.iter().any(|&c| covers(c, pos)) {
+                    contested = true;
+                } else {
+                    requests.poison_unpublished(pos);
+                }
+            }
+            if !contested {
+                break;
+            }
+            std::thread::yield_now();
+        }
+    }
+    push_claim.store(0, Ordering::Release);
+    let dead = pop_claim.load(Ordering::Acquire);
+    if let Some(ring) = responses.get(slot).filter(|_| dead != 0) {
+        // The dead client was this ring's only reader (a slot has one
+        // client, and the server drains it only here): every unreleased
+        // answer its record covers is its own.
+        for pos in ring.unreleased().into_iter().filter(|&p| covers(dead, p)) {
+            ring.steal_unreleased(pos, |bytes| {
+                if let Some(f) = FrameHeader::read(bytes) {
+                    wire::discard(seg, &f);
+                }
+            });
+        }
+    }
+    pop_claim.store(0, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::stamp;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    struct Held;
+
+    fn held(_: ()) -> Held {
+        Held
+    }
+
+    static HOLDING: AtomicBool = AtomicBool::new(false);
+    static RELEASE: AtomicBool = AtomicBool::new(false);
+
+    fn hold(_: &mut Held, _: ()) -> u64 {
+        HOLDING.store(true, Ordering::SeqCst);
+        while !RELEASE.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        1
+    }
+
+    fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} never happened");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Finding: when the service stopped, a queued request shorter than a
+    /// frame header was read with the previous request's header (the slot
+    /// area, not the popped length): that request's block was freed a
+    /// second time and a second Cancelled answer went to its client.
+    #[test]
+    fn a_short_request_queued_at_stop_is_refused_without_touching_a_block() {
+        let name = format!("svcunit-short-{}", std::process::id());
+        let service = Service::serve(&name, held, ()).unwrap();
+        let busy = Service::<Held>::connect(&name).unwrap();
+        let idle = Service::<Held>::connect(&name).unwrap();
+        let seg = Segment::open(&segment_name(&name)).unwrap();
+        let layout = Layout::open(&seg, &name, fingerprint::<Held>(), false).unwrap();
+        let h = seg.get::<Header>(layout.header).unwrap();
+        let slot = h.clients.iter().rposition(|c| c.load(Ordering::Acquire) != 0).unwrap();
+        std::thread::scope(|s| {
+            let running = s.spawn(|| busy.call(hold, ()));
+            until("the hold call", || HOLDING.load(Ordering::SeqCst));
+            // A request of `idle` naming a block, then a frame of 8 bytes
+            // (the same first 8 bytes as that request's).
+            let block = seg.alloc(1000).unwrap();
+            let seq = (u64::from(h.generations[slot].load(Ordering::Acquire)) << 32) | 1;
+            let mut req =
+                FrameHeader { seq, body: wire::BODY_BLOCK, block: block.offset, len: 10, ..Default::default() };
+            stamp(&mut req, slot, code::build_id());
+            layout.requests.try_push_many(1, |_, dst| req.write(dst, &[])).unwrap();
+            layout.requests.try_push(&req.stream.to_ne_bytes()).unwrap();
+            let stopping = s.spawn(move || drop(service));
+            until("the stop", || layout.requests.is_closed());
+            RELEASE.store(true, Ordering::SeqCst);
+            stopping.join().unwrap();
+            assert_eq!(running.join().unwrap(), Ok(1));
+        });
+        // One answer, Cancelled, for the one request; none for the short frame.
+        let mut answers = Vec::new();
+        while layout.responses[slot].try_pop_many(64, |b| answers.extend(FrameHeader::read(b))).is_ok() {}
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert_eq!(answers[0].status, Status::Cancelled as u32);
+        drop(idle);
     }
 }

@@ -193,13 +193,37 @@ fn new_segment_id() -> u64 {
 }
 
 /// Frees the buffer at `header` if no process holds it; says whether it did.
+///
+/// SYNC: a Dekker pair with [`BufferHandle::open`], which adds its holder
+/// word first and checks `magic` after. Here `magic` is set to `FREEING`
+/// (the CAS) before the holders are looked at again; a SeqCst fence sits
+/// between the store and the loads on both sides. The two fences are
+/// ordered one way or the other in the single total order of SeqCst
+/// operations: if the opener's comes first, the loads after ours see its
+/// holder word, and we put the magic back and free nothing; if ours comes
+/// first, its load of `magic` after its fence sees `FREEING` or a later
+/// value (the magic put back by a releaser that then frees nothing, or a
+/// reused block's, of another generation), and it backs out. So no open
+/// succeeds over a buffer that is freed.
 fn release_if_unheld(seg: &Segment, header: u64, h: &BufferHeader) -> bool {
-    if h.holders.iter().any(|x| x.load(Ordering::Acquire) != 0) {
-        return false;
-    }
-    // Exactly one releaser wins.
-    if h.magic.compare_exchange(BUFFER_MAGIC, FREEING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
-        return false;
+    loop {
+        if h.holders.iter().any(|x| x.load(Ordering::Acquire) != 0) {
+            return false;
+        }
+        #[cfg(test)]
+        tests::widen_release_window();
+        // Exactly one releaser wins.
+        if h.magic.compare_exchange(BUFFER_MAGIC, FREEING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if h.holders.iter().all(|x| x.load(Ordering::Relaxed) == 0) {
+            break;
+        }
+        // An opener took a reference meanwhile: the buffer lives on.
+        h.magic.store(BUFFER_MAGIC, Ordering::Release);
+        // A holder that let go while the magic said FREEING found our CAS
+        // taken and left the freeing to us: look again.
     }
     if let Ok(registry) = registry(seg) {
         for slot in &registry.buffers {
@@ -431,15 +455,34 @@ impl BufferHandle {
         }
         let data = h.data.load(Ordering::Acquire);
         let len = h.len.load(Ordering::Acquire);
-        if len != self.len || data < self.header || data.checked_add(len).is_none_or(|e| e > seg.size()) {
+        // Hostile input: the bytes must lie after the header and inside the
+        // buffer's own block, or the slice made over them would cover other
+        // blocks (writable, for a writable handle).
+        let block_end = self.header.checked_add(seg.block_capacity(self.header)?);
+        let data_start = self.header.checked_add(std::mem::size_of::<BufferHeader>() as u64);
+        let inside = match (data_start, data.checked_add(len), block_end) {
+            (Some(first), Some(end), Some(last)) => data >= first && end <= last,
+            _ => false,
+        };
+        if len != self.len || !inside {
             return Err(SegmentError::Corrupt("buffer header").into());
         }
         seg.check_range(data, len)?;
         let me = process::current_pid();
         adjust(h, me, 1)?;
-        // Re-check after taking our reference: it may have been freed meanwhile.
+        // Re-check after taking our reference: it may have been freed, or be
+        // being freed, meanwhile.
+        // SYNC: SeqCst fence between our holder word (stored by `adjust`)
+        // and the load of `magic` in `live`: our half of the Dekker pair
+        // with `release_if_unheld` (see there).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if !live() {
             let _ = adjust(h, me, -1);
+            // A releaser that saw our reference put the magic back and may
+            // have left before we let go: the buffer may be unheld now.
+            if h.generation.load(Ordering::Acquire) == self.generation {
+                release_if_unheld(seg, self.header, h);
+            }
             return Err(stale());
         }
         // Take this hand-off's ticket: only one opener of all copies does.
@@ -486,5 +529,117 @@ impl Drop for SharedBuffer {
                 release_if_unheld(&self.seg, self.header, h);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::sync::Barrier;
+    use std::time::Duration;
+
+    thread_local! {
+        /// Set on a releasing thread: it sleeps between its first look at
+        /// the holders and its CAS on the magic, so that an opener runs there.
+        static WIDEN: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub(super) fn widen_release_window() {
+        if WIDEN.with(Cell::get) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn is_corrupt(r: &Result<SharedBuffer, SharedError>) -> bool {
+        matches!(r, Err(SharedError::Segment(SegmentError::Corrupt(_) | SegmentError::OutOfBounds { .. })))
+    }
+
+    /// Finding: `release_if_unheld` looked at the holders and then took the
+    /// magic, while an opener adds itself and then looks at the magic: an
+    /// open in between succeeded over a buffer that was then freed.
+    #[test]
+    fn an_open_racing_a_release_never_gets_a_freed_buffer() {
+        let seg = Segment::anonymous(8 << 20).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        let dead = child.id();
+        let mut opened = 0;
+        for round in 0..40 {
+            let b = seg.buffer(256).unwrap();
+            let header = b.header;
+            let mut handle = b.into_handle().unwrap();
+            let h = seg.get::<BufferHeader>(header).unwrap();
+            // A hand-off in flight from a process that died: its reference
+            // (the only one) is reclaimed by the releaser below.
+            handle.sender = dead;
+            h.holders[0].store(holder_word(dead, 1), Ordering::SeqCst);
+            let barrier = Barrier::new(2);
+            let (got, freed) = std::thread::scope(|s| {
+                let releaser = s.spawn(|| {
+                    WIDEN.with(|w| w.set(true));
+                    barrier.wait();
+                    seg.reclaim_buffers().unwrap()
+                });
+                barrier.wait();
+                // Let the releaser look at the holders first (it then sleeps).
+                std::thread::sleep(Duration::from_micros(300));
+                let got = handle.open(&seg);
+                (got, releaser.join().unwrap())
+            });
+            match got {
+                Ok(mut buf) => {
+                    opened += 1;
+                    assert_eq!(freed, 0, "round {round}: the buffer was freed while open");
+                    assert_eq!(h.magic.load(Ordering::SeqCst), BUFFER_MAGIC, "round {round}");
+                    assert!(seg.block_capacity(header).is_ok(), "round {round}: its block is free");
+                    assert_eq!(seg.live_buffers().unwrap(), 1, "round {round}");
+                    buf.as_mut_slice().expect("the writable hand-off")[0] = round as u8;
+                    drop(buf);
+                }
+                Err(e) => assert!(matches!(e, SharedError::Segment(SegmentError::Corrupt(_))), "{e}"),
+            }
+            // Whichever won, the buffer is gone once nobody holds it.
+            assert_eq!(seg.live_buffers().unwrap(), 0, "round {round}");
+        }
+        assert!(opened > 0, "no open won a race");
+    }
+
+    /// Finding: `data` and `len` were checked against the segment only: a
+    /// corrupt header made a slice over other blocks.
+    #[test]
+    fn a_buffer_header_pointing_outside_its_block_is_refused() {
+        let seg = Segment::anonymous(8 << 20).unwrap();
+        let mut b = seg.buffer(100).unwrap();
+        let neighbour = seg.buffer(100).unwrap();
+        let h = seg.get::<BufferHeader>(b.header).unwrap();
+        let data = h.data.load(Ordering::Relaxed);
+        let cap = seg.block_capacity(b.header).unwrap();
+        let hsize = std::mem::size_of::<BufferHeader>() as u64;
+        let bad = [
+            b.header,             // over its own header
+            b.header + hsize - 8, // overlapping its end
+            b.header + cap - 99,  // running past the block
+            neighbour.header,     // another buffer's block
+            neighbour.data,       // another buffer's bytes
+            u64::MAX - 50,        // wrapping around
+        ];
+        for at in bad {
+            let handle = b.share().unwrap();
+            h.data.store(at, Ordering::Relaxed);
+            let r = handle.open(&seg);
+            assert!(is_corrupt(&r), "data at {at:#x}: {r:?}");
+            h.data.store(data, Ordering::Relaxed);
+        }
+        // A length beyond the block, which a handle agrees with.
+        let mut handle = b.share().unwrap();
+        handle.len = cap;
+        h.len.store(cap, Ordering::Relaxed);
+        let r = handle.open(&seg);
+        assert!(is_corrupt(&r), "len {cap}: {r:?}");
+        h.len.store(100, Ordering::Relaxed);
+        // Put back, the header opens again.
+        let handle = b.share().unwrap();
+        assert_eq!(handle.open(&seg).unwrap().len(), 100);
     }
 }

@@ -161,10 +161,19 @@ impl<T: Message> SharedList<T> {
             let _held = self.lock_write()?;
             let h = self.core.header();
             let n = h.len.load(Ordering::Relaxed);
-            let off = self.entry(index)?;
-            let value = decode::<T>(self.core.bytes(off)?)?;
             let table = self.core.table::<AtomicU64>(h.table.load(Ordering::Relaxed))?;
-            let last = n as usize - 1;
+            // Shared memory is hostile: the shift below reads up to entry
+            // `n - 1`, so the length must fit the table (as in `push_stored`).
+            if n > table.len() as u64 {
+                return Err(SegmentError::Corrupt("list longer than its table").into());
+            }
+            let n = n as usize;
+            if index >= n {
+                return Err(SharedError::OutOfRange { index, len: n });
+            }
+            let off = table[index].load(Ordering::Acquire);
+            let value = decode::<T>(self.core.bytes(off)?)?;
+            let last = n - 1;
             if index < last {
                 h.pending.store(1, Ordering::Relaxed);
                 for i in index..last {
@@ -174,7 +183,7 @@ impl<T: Message> SharedList<T> {
                     }
                 }
             }
-            h.len.store(n - 1, Ordering::Release);
+            h.len.store(last as u64, Ordering::Release);
             h.pending.store(0, Ordering::Release);
             h.version.fetch_add(1, Ordering::Release);
             (off, value)
@@ -277,5 +286,32 @@ impl<T: Message> SharedList<T> {
     /// The value block of element `index` (lock held).
     fn entry(&self, index: usize) -> Result<u64, SharedError> {
         Ok(self.entry_ref(index)?.load(Ordering::Acquire))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A corrupt length larger than the table: `remove` read past the table
+    /// (and panicked) while shifting; now it is a typed error.
+    #[test]
+    fn remove_with_a_length_beyond_the_table_is_a_corrupt_segment() {
+        let seg = Segment::anonymous(1 << 20).unwrap();
+        let list = seg.list::<u64>("corrupt-len", LockKind::Mutex).unwrap();
+        for v in 0..3u64 {
+            list.push(&v).unwrap();
+        }
+        let h = list.core.header();
+        let table = list.core.table::<AtomicU64>(h.table.load(Ordering::Acquire)).unwrap().len() as u64;
+        h.len.store(table + 5, Ordering::Release);
+        let r = list.remove(1);
+        assert!(matches!(r, Err(SharedError::Segment(SegmentError::Corrupt(_)))), "{r:?}");
+        // The list is left as it was: its length is the corrupt one still.
+        assert_eq!(list.len() as u64, table + 5);
+        h.len.store(3, Ordering::Release);
+        assert_eq!(list.remove(1).unwrap(), 1);
+        assert_eq!(list.to_vec().unwrap(), vec![0, 2]);
+        assert!(matches!(list.remove(2), Err(SharedError::OutOfRange { index: 2, len: 2 })));
     }
 }

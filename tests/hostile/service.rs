@@ -1,9 +1,10 @@
 //! Services under hostile conditions: a client of another build, a service
-//! dropped while a client of another process waits, oversize values.
+//! dropped while a client of another process waits, oversize values,
+//! clients killed while they hold a ring slot.
 
-use std::io::ErrorKind;
+use std::io::{BufRead, BufReader, ErrorKind};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -170,4 +171,80 @@ fn oversize_values_are_typed_errors() {
     let big = vec![3u8; 8 << 20];
     assert_eq!(c.call(echo, big.clone()), Ok(big), "the service goes on");
     assert_eq!(c.call(add, 1), Ok(1));
+}
+
+const PAUSE_ENV: &str = "SHMPOOL_HOSTILE_SERVICE_PAUSE";
+
+/// The pause hook of `paused_client_child`: at the point named in its
+/// environment (`name/point`), say so and sleep until killed.
+fn pause_forever(point: &'static str) {
+    if std::env::var(PAUSE_ENV).is_ok_and(|v| v.rsplit('/').next() == Some(point)) {
+        println!("PAUSED {point}");
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// The client side of the kill tests below: a no-op unless run by them.
+/// It connects and calls, and stops (for good) at the pause point.
+#[test]
+fn paused_client_child() {
+    let Ok(v) = std::env::var(PAUSE_ENV) else { return };
+    let (name, _) = v.rsplit_once('/').unwrap();
+    shmpool::service::set_pause_hook(pause_forever);
+    let c = Service::<Tally>::connect(name).unwrap();
+    let r = c.call(add, 1);
+    panic!("the client did not stop at its pause point: {r:?}");
+}
+
+/// Runs a client process of the service `name` that stops at `point`
+/// holding a ring claim, and SIGKILLs it there.
+fn kill_client_at(name: &str, point: &str) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["service::paused_client_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(PAUSE_ENV, format!("{name}/{point}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let paused = out.lines().any(|l| l.is_ok_and(|l| l.contains(&format!("PAUSED {point}"))));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(paused, "the client never reached {point}");
+}
+
+/// Finding: a client killed between claiming a request slot and publishing
+/// it left the slot claimed for ever, and the server's pop waited on it:
+/// no other client's call was answered again.
+#[test]
+fn a_client_killed_holding_a_request_slot_does_not_wedge_the_service() {
+    let _w = watchdog("a_client_killed_holding_a_request_slot_does_not_wedge_the_service", Duration::from_secs(120));
+    let name = format!("svchostile-killreq-{}", std::process::id());
+    let service = Service::serve(&name, tally, 0u64).unwrap();
+    kill_client_at(&name, "service-request");
+    let c = Service::<Tally>::connect(&name).unwrap();
+    for i in 1..=3 {
+        // The killed client's call never ran: its slot was published empty.
+        assert_eq!(c.call_timeout(add, 1, Duration::from_secs(20)), Ok(i));
+    }
+    assert!(wait_for(|| service.clients() == 1), "the dead client's slot was not freed");
+}
+
+/// Finding: a client killed while taking an answer left that slot of its
+/// response ring claimed for ever: the next client of the slot got no
+/// answer once the server came round to it again (a lap of the ring later).
+#[test]
+fn a_client_killed_holding_an_answer_slot_does_not_wedge_its_slot() {
+    let _w = watchdog("a_client_killed_holding_an_answer_slot_does_not_wedge_its_slot", Duration::from_secs(120));
+    let name = format!("svchostile-killans-{}", std::process::id());
+    let service = Service::serve(&name, tally, 0u64).unwrap();
+    kill_client_at(&name, "service-answer");
+    assert!(wait_for(|| service.clients() == 0), "the dead client's slot was not freed");
+    // The first free slot, the dead client's: more than two laps of its ring.
+    let c = Service::<Tally>::connect(&name).unwrap();
+    for i in 2..=150 {
+        assert_eq!(c.call_timeout(add, 1, Duration::from_secs(20)), Ok(i));
+    }
 }
