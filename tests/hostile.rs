@@ -10,6 +10,8 @@ mod common;
 #[path = "common/watchdog.rs"]
 mod watchdog;
 
+#[path = "hostile/buffer.rs"]
+mod buffer;
 #[path = "hostile/channel.rs"]
 mod channel;
 #[path = "hostile/logs.rs"]
