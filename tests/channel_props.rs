@@ -6,13 +6,14 @@
 //! (arena size classes). Content is random (from a seed, to keep the
 //! generator fast at 300 KiB).
 
+#[path = "common/values.rs"]
+mod values;
 use std::time::Duration;
+use values::{bytes, lengths, text};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use shmpool::{start, Channel, ChannelError};
-
-const SLOT: usize = 256;
 
 fn echo_bytes(chan: Channel<Vec<u8>, Vec<u8>>, _: ()) {
     while let Ok(v) = chan.recv() {
@@ -28,42 +29,6 @@ fn echo_text(chan: Channel<String, String>, _: ()) {
             return;
         }
     }
-}
-
-/// xorshift64*: fast random content from a seed.
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
-}
-
-/// About `len` bytes of text with one- to four-byte characters.
-fn text(seed: u64, len: usize) -> String {
-    const CHARS: [char; 8] = ['a', 'Z', '0', ' ', 'é', 'ß', '€', '🦀'];
-    let mut s = String::with_capacity(len + 4);
-    for b in bytes(seed, len) {
-        if s.len() >= len {
-            break;
-        }
-        s.push(CHARS[(b % 8) as usize]);
-    }
-    s
-}
-
-/// Lengths up to four slots, and around every power of two up to 512 KiB.
-fn length() -> impl Strategy<Value = usize> {
-    prop_oneof![
-        0..4 * SLOT,
-        (170usize..210),
-        (0u32..19, -24i64..24).prop_map(|(k, d)| ((1i64 << k) + d).clamp(0, 300 << 10) as usize),
-        (4 * SLOT)..(300 << 10),
-    ]
 }
 
 /// Runs `f` with a 60 s watchdog (a hang fails the test; no time is asserted).
@@ -101,9 +66,9 @@ fn bytes_of_every_size_class_round_trip() {
         let cases = std::cell::Cell::new(0);
         let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
         runner
-            .run(&(length(), any::<u64>()), |(len, seed)| {
+            .run(&(lengths(), any::<u64>()), |(len, seed)| {
                 cases.set(cases.get() + 1);
-                let v = bytes(seed, len);
+                let v = bytes(len, seed);
                 let sent = chan.send_timeout(&v, Duration::from_secs(20));
                 check(sent, || chan.recv_timeout(Duration::from_secs(20)), &v)
             })
@@ -119,9 +84,9 @@ fn text_of_every_size_class_round_trips() {
         let cases = std::cell::Cell::new(0);
         let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
         runner
-            .run(&(length(), any::<u64>()), |(len, seed)| {
+            .run(&(lengths(), any::<u64>()), |(len, seed)| {
                 cases.set(cases.get() + 1);
-                let s = text(seed, len);
+                let s = text(len, seed);
                 let sent = chan.send_timeout(&s, Duration::from_secs(20));
                 check(sent, || chan.recv_timeout(Duration::from_secs(20)), &s)
             })

@@ -2,10 +2,14 @@
 //! with SIGKILL twenty times. Every result must arrive exactly once, in
 //! order, and the pool must work afterwards.
 
+#[path = "common/watchdog.rs"]
+mod watchdog;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use shmpool::{OnWorkerDeath, Pool};
+use watchdog::watchdog;
 
 /// A few microseconds of arithmetic, so that kills land mid-task.
 fn work(x: u64) -> u64 {
@@ -85,21 +89,7 @@ fn inc(x: u64) -> u64 {
 #[test]
 fn an_unordered_map_of_fast_tasks_survives_frequent_kills() {
     const TASKS: u64 = 300_000;
-    // Watchdog: a hang is a failure, not a stuck CI job.
-    let finished = std::sync::Arc::new(AtomicBool::new(false));
-    {
-        let finished = finished.clone();
-        std::thread::spawn(move || {
-            for _ in 0..1200 {
-                std::thread::sleep(Duration::from_millis(100));
-                if finished.load(Ordering::Acquire) {
-                    return;
-                }
-            }
-            eprintln!("chaos watchdog: the map hung for 120 s");
-            std::process::abort();
-        });
-    }
+    let _w = watchdog("chaos: unordered map with kills", Duration::from_secs(120));
     let pool = Pool::builder()
         .workers(3)
         .queue_capacity(60)
@@ -124,7 +114,6 @@ fn an_unordered_map_of_fast_tasks_survives_frequent_kills() {
         done.store(true, Ordering::Release);
         got.expect("no task may fail")
     });
-    finished.store(true, Ordering::Release);
     got.sort_unstable();
     assert_eq!(got.len() as u64, TASKS, "every result exactly once");
     assert!(got.iter().enumerate().all(|(i, &v)| v == i as u64 + 1), "a result missing or doubled");

@@ -7,76 +7,22 @@
 //!
 //! One pool per slot size serves all of a test's cases, so the file stays fast.
 
-use std::io::Write;
-use std::sync::mpsc;
+#[path = "common/values.rs"]
+mod values;
+#[path = "common/watchdog.rs"]
+mod watchdog;
 use std::time::Duration;
+use values::{bytes, lengths, text};
+use watchdog::watchdog;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use shmpool::{Pool, Remote, Worker, WorkerPool};
 
-/// Aborts the process if the test it guards runs past `limit`.
-struct Watchdog(#[allow(dead_code)] mpsc::Sender<()>);
-
-fn watchdog(name: &'static str, limit: Duration) -> Watchdog {
-    let (tx, rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-            // Not eprintln!: the harness captures that, and the abort would lose it.
-            let _ = writeln!(std::io::stderr(), "watchdog: {name} still running after {limit:?}: aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog(tx)
-}
-
 const LIMIT: Duration = Duration::from_secs(120);
 
 /// Slot sizes: the builder's bounds, the default, and sizes in between.
 const SLOTS: [usize; 7] = [80, 81, 200, 256, 640, 1000, 1024];
-
-/// Bytes of frame header in a slot (the inline archive gets the rest).
-const HEADER: usize = 64;
-
-/// Value lengths: dense up to 1100, then up to four of the largest slots, clustered around each slot's inline
-/// limit and the arena's size classes, then some up to ~300 KiB.
-fn lengths() -> impl Strategy<Value = usize> {
-    let mut edges: Vec<usize> = vec![0, 256 - 64, 256, 1024 - 64, 1024, 4096, 65536];
-    edges.extend(SLOTS.iter().map(|s| s - HEADER));
-    let near = proptest::sample::select(edges).prop_flat_map(|e| e.saturating_sub(24)..=e + 24);
-    prop_oneof![
-        4 => 0usize..=1100,
-        2 => 1100usize..=4 * 1024,
-        4 => near,
-        1 => 1100usize..=300 * 1024,
-    ]
-}
-
-/// Random bytes from a seed (cheaper than a proptest vector of 300 KiB).
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// A random string of about `len` bytes, multi-byte characters included.
-fn text(len: usize, seed: u64) -> String {
-    const CHARS: [char; 8] = ['a', 'Z', '0', ' ', '\n', 'é', '€', '🦀'];
-    let mut s = String::with_capacity(len + 4);
-    for b in bytes(len, seed) {
-        if s.len() >= len {
-            break;
-        }
-        s.push(CHARS[(b % 8) as usize]);
-    }
-    s
-}
 
 fn runner(cases: u32) -> TestRunner {
     TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() })

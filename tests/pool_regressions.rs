@@ -2,28 +2,12 @@
 //! seen to fail (hang, panic or abort by its watchdog) on the code before
 //! its fix.
 
-use std::io::Write;
-use std::sync::mpsc;
+#[path = "common/watchdog.rs"]
+mod watchdog;
 use std::time::Duration;
+use watchdog::watchdog;
 
 use shmpool::{Error, GetError, LockKind, Pool, PutError, TaskError, Worker, WorkerPool};
-
-/// Aborts the whole test process if the test it guards runs past `limit`
-/// (a hang is a failure, not a wait); dropping it stands the watchdog down.
-struct Watchdog(#[allow(dead_code)] mpsc::Sender<()>);
-
-fn watchdog(name: &'static str, limit: Duration) -> Watchdog {
-    let (tx, rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-            // Not eprintln!: the test harness captures that, and the abort
-            // would swallow it.
-            let _ = writeln!(std::io::stderr(), "watchdog: {name} still running after {limit:?}: aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog(tx)
-}
 
 fn square(x: u64) -> u64 {
     x * x

@@ -1,7 +1,10 @@
 //! Remote objects: built in a child process, called and read from the
 //! parent, surviving a panicking call, failing cleanly when their process dies.
 
+#[path = "common/watchdog.rs"]
+mod watchdog;
 use std::time::Duration;
+use watchdog::watchdog;
 
 use shmpool::{wait_all, Remote, RemoteError};
 
@@ -127,22 +130,9 @@ fn dropping_the_handle_stops_the_process() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "remote process {pid} left behind");
 }
 
-/// Aborts the process if the test it guards runs past 120 s.
-fn watchdog(name: &'static str) -> std::sync::mpsc::Sender<()> {
-    use std::io::Write;
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(120)) {
-            let _ = writeln!(std::io::stderr(), "watchdog: {name} still running after 120 s: aborting");
-            std::process::abort();
-        }
-    });
-    tx
-}
-
 #[test]
 fn every_pending_call_of_a_dead_remote_ends_with_dead() {
-    let _w = watchdog("dead_remote_pending");
+    let _w = watchdog("dead_remote_pending", Duration::from_secs(120));
     let c = Remote::spawn(make_counter, 1u64).unwrap();
     let pid = c.pid();
     let first = c.call_async(die, 4).unwrap();

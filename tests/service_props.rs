@@ -5,7 +5,10 @@
 #[path = "common/watchdog.rs"]
 mod watchdog;
 
+#[path = "common/values.rs"]
+mod values;
 use std::time::Duration;
+use values::{bytes, lengths, text};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -30,43 +33,6 @@ fn echo_string(_: &mut Echo, s: String) -> String {
 /// An answer of another length than the request: `len` bytes from `seed`.
 fn make_bytes(_: &mut Echo, (len, seed): (u64, u64)) -> Vec<u8> {
     bytes(len as usize, seed)
-}
-
-/// `len` pseudo-random bytes (xorshift from `seed`): content without the
-/// cost of drawing every byte through a strategy.
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// About `len` bytes of text: ASCII and multi-byte characters mixed.
-fn text(len: usize, seed: u64) -> String {
-    let mut s = String::with_capacity(len);
-    for b in bytes(len, seed) {
-        if s.len() >= len {
-            break;
-        }
-        match b % 8 {
-            0 => s.push('é'),
-            1 => s.push('€'),
-            2 => s.push('🦀'),
-            _ => s.push((b'a' + b % 26) as char),
-        }
-    }
-    s
-}
-
-/// Lengths that straddle the slot payload (a few slots' worth, every byte
-/// likely) and reach across the arena's size classes.
-fn lengths() -> impl Strategy<Value = usize> {
-    prop_oneof![3 => 0usize..1300, 1 => 0usize..(300 << 10)]
 }
 
 fn intact<T: PartialEq + std::fmt::Debug>(got: Result<T, ServiceError>, want: T) -> Result<(), TestCaseError> {

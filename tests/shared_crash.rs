@@ -6,9 +6,12 @@
 //! (`shmpool::shared::set_pause_hook`): at the chosen point it tells the
 //! parent through a flag in the segment and sleeps until it is killed.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+#[path = "common/watchdog.rs"]
+mod watchdog;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use watchdog::watchdog;
 
 use shmpool::{LockKind, OnWorkerDeath, Pool, Segment, SharedList, SharedMap, SharedObject, TaskError};
 
@@ -118,24 +121,6 @@ fn assert_old_or_new(what: &str, got: Result<String, shmpool::SharedError>) {
     }
 }
 
-/// Starts a watchdog: a hang is a failure, not a stuck test run. Returns
-/// the flag that stops it.
-fn watchdog(test: &'static str) -> Arc<AtomicBool> {
-    let finished = Arc::new(AtomicBool::new(false));
-    let done = finished.clone();
-    std::thread::spawn(move || {
-        for _ in 0..1800 {
-            std::thread::sleep(Duration::from_millis(100));
-            if done.load(Ordering::Acquire) {
-                return;
-            }
-        }
-        eprintln!("shared_crash watchdog: {test} hung for 180 s");
-        std::process::abort();
-    });
-    finished
-}
-
 /// Lets process `pid` use an `Auth` container.
 trait Authorise {
     fn authorise(&self, pid: u32);
@@ -167,7 +152,7 @@ fn for_every_kind<C: Authorise>(
     setup: impl Fn(&Segment, LockKind) -> C,
     check: impl Fn(&C, LockKind),
 ) {
-    let finished = watchdog(test);
+    let _w = watchdog(test, Duration::from_secs(180));
     let pool = Pool::builder().workers(1).on_worker_death(OnWorkerDeath::Report).build().unwrap();
     let name = format!("sharedcrash-{test}-{}", std::process::id());
     let seg = Segment::create(&name, 16 << 20).unwrap();
@@ -181,7 +166,6 @@ fn for_every_kind<C: Authorise>(
         kill_at(&pool, &seg, &name, point, kind);
         check(&container, kind);
     }
-    finished.store(true, Ordering::Release);
 }
 
 #[test]

@@ -5,56 +5,13 @@
 //! lock kind. A value comes back intact, or the call fails with a typed error
 //! and the container is unchanged; nothing panics.
 
+#[path = "common/values.rs"]
+mod values;
 use proptest::prelude::*;
 use shmpool::{LockKind, Segment, SegmentError, SharedError};
+use values::{bytes, lengths, text};
 
 const KINDS: [LockKind; 4] = [LockKind::Mutex, LockKind::RwLock, LockKind::Spin, LockKind::Auth];
-
-/// Lengths that straddle the boundaries the code knows: every arena size
-/// class (powers of two from 64 B to 256 KiB and the quarter steps between
-/// them, give or take 48 bytes for block and archive headers), the ring slot
-/// sizes, the empty value, and anything up to 300 KiB.
-fn length() -> impl Strategy<Value = usize> {
-    prop_oneof![
-        2 => 0usize..64,
-        4 => (6u32..=18, 0u64..4, -48i64..=48).prop_map(|(pow, quarter, delta)| {
-            let base = 1u64 << pow;
-            (base + base / 4 * quarter) as i64 + delta
-        })
-        .prop_map(|n| n.max(0) as usize),
-        2 => prop_oneof![Just(256usize), Just(1024usize)]
-            .prop_flat_map(|slot| (slot - 40)..(slot + 40)),
-        1 => 0usize..300_000,
-    ]
-}
-
-/// `len` pseudo-random bytes from `seed` (xorshift: fast for large values,
-/// where a generated `Vec` would make proptest slow).
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// A string of about `len` bytes from `seed`, with one-, two-, three- and
-/// four-byte characters.
-fn string(len: usize, seed: u64) -> String {
-    const CHARS: [char; 8] = ['a', 'Z', '0', ' ', 'é', 'ß', '語', '🦀'];
-    let mut s = String::with_capacity(len + 4);
-    for b in bytes(len, seed) {
-        if s.len() >= len {
-            break;
-        }
-        s.push(CHARS[b as usize % CHARS.len()]);
-    }
-    s
-}
 
 fn segment() -> Segment {
     Segment::anonymous(48 << 20).unwrap()
@@ -73,7 +30,7 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn an_object_gives_back_what_was_set(lens in prop::collection::vec(length(), 1..4), seed: u64) {
+    fn an_object_gives_back_what_was_set(lens in prop::collection::vec(lengths(), 1..4), seed: u64) {
         let seg = segment();
         for kind in KINDS {
             let name = format!("bytes-{kind:?}");
@@ -92,7 +49,7 @@ proptest! {
                 drop(got);
                 prop_assert_eq!(obj.load().unwrap(), current.clone());
             }
-            let text = string(*lens.last().unwrap(), seed);
+            let text = text(*lens.last().unwrap(), seed);
             let sobj = seg.object::<String>(&format!("text-{kind:?}"), kind, &String::new()).unwrap();
             sobj.set(&text).unwrap();
             let got = sobj.get().unwrap();
@@ -105,9 +62,9 @@ proptest! {
 
     #[test]
     fn a_list_gives_back_what_was_pushed_and_set(
-        lens in prop::collection::vec(length(), 1..6),
+        lens in prop::collection::vec(lengths(), 1..6),
         set_at in any::<prop::sample::Index>(),
-        set_len in length(),
+        set_len in lengths(),
         seed: u64,
     ) {
         let seg = segment();
@@ -149,7 +106,7 @@ proptest! {
             }
 
             let texts = seg.list::<String>(&format!("text-{kind:?}"), kind).unwrap();
-            let words: Vec<String> = lens.iter().enumerate().map(|(i, &l)| string(l, seed ^ i as u64)).collect();
+            let words: Vec<String> = lens.iter().enumerate().map(|(i, &l)| text(l, seed ^ i as u64)).collect();
             for w in &words {
                 texts.push(w).unwrap();
             }
@@ -159,7 +116,7 @@ proptest! {
 
     #[test]
     fn a_map_gives_back_what_was_inserted(
-        entries in prop::collection::vec((0usize..300, length()), 1..6),
+        entries in prop::collection::vec((0usize..300, lengths()), 1..6),
         seed: u64,
     ) {
         let seg = segment();
@@ -167,7 +124,7 @@ proptest! {
             let map = seg.map::<String, Vec<u8>>(&format!("map-{kind:?}"), kind).unwrap();
             let mut expect = std::collections::HashMap::new();
             for (i, &(key_len, len)) in entries.iter().enumerate() {
-                let key = string(key_len, seed ^ (i as u64 % 3)); // some keys repeat
+                let key = text(key_len, seed ^ (i as u64 % 3)); // some keys repeat
                 let v = bytes(len, seed.wrapping_add(i as u64));
                 match map.insert(&key, &v) {
                     Ok(replaced) => prop_assert_eq!(replaced, expect.insert(key, v).is_some()),
@@ -194,7 +151,7 @@ proptest! {
     }
 
     #[test]
-    fn a_buffer_gives_back_what_was_written(len in length(), seed: u64) {
+    fn a_buffer_gives_back_what_was_written(len in lengths(), seed: u64) {
         let seg = segment();
         let content = bytes(len, seed);
         let mut buf = seg.buffer(len as u64).unwrap();

@@ -2,27 +2,11 @@
 //! value (bigger than the segment) is a typed error that leaves them usable,
 //! and `Duration::MAX` is "no limit" for every timeout, never a panic.
 
-use std::io::Write;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use shmpool::{Error, GetError, Pool, PutError, Remote, RemoteError, TaskError, Worker, WorkerPool};
 
-/// Aborts the process if the test it guards runs past `limit`.
-struct Watchdog(#[allow(dead_code)] mpsc::Sender<()>);
-
-fn watchdog(name: &'static str) -> Watchdog {
-    let limit = Duration::from_secs(120);
-    let (tx, rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-            // Not eprintln!: the harness captures that, and the abort would lose it.
-            let _ = writeln!(std::io::stderr(), "watchdog: {name} still running after {limit:?}: aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog(tx)
-}
+use crate::watchdog::watchdog;
 
 const SEGMENT: u64 = 4 << 20;
 
@@ -54,7 +38,7 @@ impl Worker for Lengths {
 
 #[test]
 fn an_oversize_argument_or_result_is_a_typed_error_and_the_pool_goes_on() {
-    let _w = watchdog("pool_oversize");
+    let _w = watchdog("pool_oversize", Duration::from_secs(120));
     let pool = Pool::builder().workers(1).segment_size(SEGMENT).build().unwrap();
     assert!(matches!(pool.submit(len_of, oversize()), Err(Error::Task(TaskError::Encode(_)))));
     match pool.try_submit(len_of, oversize()) {
@@ -72,7 +56,7 @@ fn an_oversize_argument_or_result_is_a_typed_error_and_the_pool_goes_on() {
 
 #[test]
 fn an_oversize_put_gives_the_task_back_and_the_worker_pool_goes_on() {
-    let _w = watchdog("worker_pool_oversize");
+    let _w = watchdog("worker_pool_oversize", Duration::from_secs(120));
     let wp = WorkerPool::<Lengths>::builder().workers(1).segment_size(SEGMENT).build(()).unwrap();
     match wp.put(oversize()) {
         Err(PutError::Encode(task, _)) => assert_eq!(task.len(), 2 * SEGMENT as usize),
@@ -103,7 +87,7 @@ fn total(s: &Sink) -> u64 {
 
 #[test]
 fn an_oversize_remote_call_is_a_codec_error_and_the_object_lives_on() {
-    let _w = watchdog("remote_oversize");
+    let _w = watchdog("remote_oversize", Duration::from_secs(120));
     let remote = Remote::spawn(new_sink, ()).unwrap();
     // The remote's segment is 64 MiB.
     let huge = vec![3u8; 80 << 20];
@@ -119,7 +103,7 @@ fn square(x: u64) -> u64 {
 
 #[test]
 fn duration_max_is_no_limit_for_every_pool_timeout() {
-    let _w = watchdog("pool_duration_max");
+    let _w = watchdog("pool_duration_max", Duration::from_secs(120));
     let pool = Pool::builder().workers(1).task_timeout(Duration::MAX).shutdown_timeout(Duration::MAX).build().unwrap();
     let t = pool.submit_timeout(square, 3u64, Duration::MAX).unwrap();
     assert_eq!(t.wait_timeout(Duration::MAX).unwrap(), Ok(9));
@@ -142,7 +126,7 @@ fn duration_max_is_no_limit_for_every_pool_timeout() {
 
 #[test]
 fn duration_max_is_no_limit_for_every_remote_timeout() {
-    let _w = watchdog("remote_duration_max");
+    let _w = watchdog("remote_duration_max", Duration::from_secs(120));
     let remote = Remote::spawn(new_sink, ()).unwrap();
     assert_eq!(remote.call_timeout(swallow, vec![0u8; 5], Duration::MAX), Ok(5));
     assert_eq!(remote.get_timeout(total, Duration::MAX), Ok(5));
@@ -162,7 +146,7 @@ fn slow_total(s: &Sink) -> u64 {
 
 #[test]
 fn zero_timeouts_try_once_and_give_everything_back() {
-    let _w = watchdog("zero_timeouts");
+    let _w = watchdog("zero_timeouts", Duration::from_secs(120));
     let pool = Pool::builder().workers(1).build().unwrap();
     let t = pool.submit(nap, 300u64).unwrap();
     let t = t.wait_timeout(Duration::ZERO).expect_err("no result yet");
