@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::ring::RingError;
+
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// When a wait gives up: at an instant, or never.
@@ -100,6 +102,26 @@ pub(crate) fn in_slices<T, E>(
         }
         check().map_err(Waited::Peer)?;
     }
+}
+
+/// [`in_slices`] around one ring operation given the slice's end: a slice
+/// that timed out is tried again; the operation's other outcomes (done,
+/// closed, corrupt) end the wait as they are.
+pub(crate) fn ring_in_slices<T, E>(
+    deadline: Deadline,
+    interval: Duration,
+    mut op: impl FnMut(Instant) -> Result<T, RingError>,
+    check: impl FnMut() -> Result<(), E>,
+) -> Result<Result<T, RingError>, Waited<E>> {
+    in_slices(
+        deadline,
+        interval,
+        |until| match op(until) {
+            Err(RingError::Timeout) => Step::Again,
+            other => Step::Done(other),
+        },
+        check,
+    )
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::ring::{Ring, RingError};
 use crate::segment::Segment;
 use crate::sync::SpinPolicy;
 use crate::sys::process;
-use crate::wait::{self, Deadline, Step};
+use crate::wait::{self, Deadline};
 use crate::wire::{self, Body, FrameHeader, Status};
 use crate::Error;
 
@@ -128,11 +128,11 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
         }
         // No held task yet, so no stale bit can be read for a new one.
         slot.answered.store(0, Ordering::Relaxed);
-        let got = wait::in_slices(
+        let got = wait::ring_in_slices(
             Deadline::NEVER,
             PARENT_CHECK,
             |until| {
-                let popped = tasks.pop_many_recorded(share, Some(until), spin, Some(&slot.pop_claim), |_, bytes| {
+                tasks.pop_many_recorded(share, Some(until), spin, Some(&slot.pop_claim), |_, bytes| {
                     let len = bytes.len().min(stride);
                     // SAFETY: the held area is this worker's own block
                     // (allocated above), `n < MAX_BATCH` frames of `stride`
@@ -145,11 +145,7 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
                     }
                     slot.held_n.store(n as u32 + 1, Ordering::Release);
                     n += 1;
-                });
-                match popped {
-                    Err(RingError::Timeout) => Step::Again,
-                    other => Step::Done(other),
-                }
+                })
             },
             parent_alive,
         );
@@ -180,16 +176,12 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
             }
             // Each answer goes out as soon as its task ends: a later task of
             // the batch may wait on what the caller does with this one.
-            let pushed = wait::in_slices(
+            let pushed = wait::ring_in_slices(
                 Deadline::NEVER,
                 PARENT_CHECK,
                 |until| {
                     let write = |_: usize, dst: &mut [u8]| out.write(dst, reply.inline());
-                    match results.push_many_recorded(1, Some(until), SpinPolicy::DEFAULT, Some(&slot.push_claim), write)
-                    {
-                        Err(RingError::Timeout) => Step::Again,
-                        other => Step::Done(other),
-                    }
+                    results.push_many_recorded(1, Some(until), SpinPolicy::DEFAULT, Some(&slot.push_claim), write)
                 },
                 parent_alive,
             );

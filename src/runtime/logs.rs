@@ -28,7 +28,7 @@ use crate::ring::{Ring, RingError};
 use crate::segment::{Segment, SegmentError, ShmSafe};
 use crate::sync::SpinPolicy;
 use crate::sys::process;
-use crate::wait::{self, Deadline, Step};
+use crate::wait::{self, Deadline};
 use crate::wire::{self, Body, FrameBuf, FrameHeader};
 
 /// Records the ring holds before workers start dropping.
@@ -435,13 +435,10 @@ fn receive(seg: &Segment, ring: &Ring, counters: u64, reported: &Reported) -> Re
     let mut buf = FrameBuf::for_ring(ring, 1);
     loop {
         let mut len = 0;
-        let popped = wait::in_slices(
+        let popped = wait::ring_in_slices(
             Deadline::NEVER,
             REPORT_EVERY,
-            |until| match ring.pop_many_with(1, Some(until), SpinPolicy::SLEEP, |b| len = buf.fill(0, b)) {
-                Err(RingError::Timeout) => Step::Again,
-                other => Step::Done(other),
-            },
+            |until| ring.pop_many_with(1, Some(until), SpinPolicy::SLEEP, |b| len = buf.fill(0, b)),
             || {
                 report(seg, counters, reported);
                 Ok::<(), ()>(())

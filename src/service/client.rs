@@ -155,19 +155,10 @@ impl<T: 'static> Client<T> {
             super::pause_point("service-request");
             frame.write(dst)
         };
-        let pushed = wait::in_slices(
+        let pushed = wait::ring_in_slices(
             deadline,
             CHECK,
-            |until| match self.requests.push_many_recorded(
-                1,
-                Some(until),
-                SpinPolicy::DEFAULT,
-                Some(push_claim),
-                &write,
-            ) {
-                Err(RingError::Timeout) => Step::Again,
-                other => Step::Done(other),
-            },
+            |until| self.requests.push_many_recorded(1, Some(until), SpinPolicy::DEFAULT, Some(push_claim), &write),
             || h.check(self.server),
         );
         let pushed = match pushed {

@@ -20,7 +20,7 @@ use crate::runtime::tramp::{Reply, WorkerState};
 use crate::segment::{Segment, SegmentError};
 use crate::sync::SpinPolicy;
 use crate::sys::{process, shm};
-use crate::wait::{self, Deadline, Step};
+use crate::wait::{self, Deadline};
 use crate::wire::{self, FrameBuf, FrameHeader, Status};
 
 /// A served object: a thread of this process answers the calls of every
@@ -246,13 +246,10 @@ fn serve_loop(s: &Serving<'_>, object: Box<dyn std::any::Any>) -> Result<(), Str
             free_dead_clients(seg, h, requests, responses);
         }
         let mut len = 0;
-        let got = wait::in_slices(
+        let got = wait::ring_in_slices(
             Deadline::NEVER,
             CHECK,
-            |until| match requests.pop_many_with(1, Some(until), SpinPolicy::DEFAULT, |b| len = frame.fill(0, b)) {
-                Err(RingError::Timeout) => Step::Again,
-                other => Step::Done(other),
-            },
+            |until| requests.pop_many_with(1, Some(until), SpinPolicy::DEFAULT, |b| len = frame.fill(0, b)),
             || {
                 free_dead_clients(seg, h, requests, responses);
                 if s.stop.load(Ordering::Acquire) {
@@ -304,15 +301,12 @@ fn serve_loop(s: &Serving<'_>, object: Box<dyn std::any::Any>) -> Result<(), Str
             reply.body.discard(seg);
             continue;
         }
-        let pushed = wait::in_slices(
+        let pushed = wait::ring_in_slices(
             Deadline::after(CHECK),
             CHECK,
             |until| {
                 let write = |_: usize, dst: &mut [u8]| out.write(dst, reply.inline());
-                match ring.push_many_with(1, Some(until), SpinPolicy::DEFAULT, write) {
-                    Err(RingError::Timeout) => Step::Again,
-                    other => Step::Done(other),
-                }
+                ring.push_many_with(1, Some(until), SpinPolicy::DEFAULT, write)
             },
             || if s.generation_of(slot) == Some(asker) { Ok(()) } else { Err(()) },
         );
