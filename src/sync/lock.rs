@@ -273,7 +273,7 @@ impl LockRef {
     /// [`LockRef::acquire_contended`], only when the first try fails.
     #[inline]
     pub(crate) fn acquire(&self, shared: bool, wait: Wait) -> Result<(Hold, Option<u32>), LockError<()>> {
-        match self.try_fast(shared) {
+        match self.try_fast(self.kind, shared) {
             Some(hold) => Ok((hold, None)),
             None => self.acquire_contended(shared, wait),
         }
@@ -281,10 +281,14 @@ impl LockRef {
 
     /// One try at the lock, without waiting; `None` also when an
     /// [`AuthLock`] refuses this process (the slow path says so).
-    #[inline]
-    fn try_fast(&self, shared: bool) -> Option<Hold> {
+    ///
+    /// `kind` is `self.kind`, passed in so that the typed locks, which know
+    /// it, get the one branch of the match inlined.
+    #[inline(always)]
+    fn try_fast(&self, kind: LockKind, shared: bool) -> Option<Hold> {
+        debug_assert_eq!(kind, self.kind);
         let cell = self.cell();
-        let took = match self.kind {
+        let took = match kind {
             LockKind::Mutex => cell.mutex.try_lock(),
             LockKind::Auth => cell.is_operator(process::current_pid()) && cell.mutex.try_lock(),
             LockKind::Spin => cell.spin.try_lock(),
@@ -352,10 +356,11 @@ impl LockRef {
         }
     }
 
-    /// Acquires and wraps the hold in a guard.
-    #[inline]
-    fn guard(&self, shared: bool, wait: Wait) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-        match self.try_fast(shared) {
+    /// Acquires a lock of `kind` (`self.kind`, known to the typed lock
+    /// calling) and wraps the hold in a guard.
+    #[inline(always)]
+    fn guard(&self, kind: LockKind, shared: bool, wait: Wait) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+        match self.try_fast(kind, shared) {
             Some(hold) => Ok(LockGuard { lock: self, hold }),
             None => self.guard_contended(shared, wait),
         }
@@ -416,17 +421,17 @@ impl Drop for LockGuard<'_> {
 }
 
 macro_rules! exclusive_methods {
-    () => {
+    ($kind:expr) => {
         /// Takes the lock, waiting (up to the handle's deadlock timeout, if set).
         #[inline]
         pub fn lock(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-            self.inner.guard(false, Wait::Default)
+            self.inner.guard($kind, false, Wait::Default)
         }
 
         /// Takes the lock only if it is free now.
         #[inline]
         pub fn try_lock(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-            self.inner.guard(false, Wait::Try)
+            self.inner.guard($kind, false, Wait::Try)
         }
 
         /// Takes the lock, waiting at most `timeout`; a timeout is a suspected
@@ -434,7 +439,7 @@ macro_rules! exclusive_methods {
         /// A timeout too large to be a deadline (`Duration::MAX`) waits for ever.
         #[inline]
         pub fn lock_for(&self, timeout: Duration) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-            self.inner.guard(false, Wait::For(timeout))
+            self.inner.guard($kind, false, Wait::For(timeout))
         }
 
         /// The pid holding the lock (for a read-write lock, the writer or a reader).
@@ -458,7 +463,7 @@ macro_rules! lock_type {
         }
 
         impl $name {
-            exclusive_methods!();
+            exclusive_methods!($kind);
         }
 
         impl Segment {
@@ -512,20 +517,20 @@ impl RwLock {
     /// Takes a read hold, waiting (up to the handle's deadlock timeout, if set).
     #[inline]
     pub fn read(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-        self.inner.guard(true, Wait::Default)
+        self.inner.guard(LockKind::RwLock, true, Wait::Default)
     }
 
     /// Takes a read hold only if no writer holds or waits for the lock.
     #[inline]
     pub fn try_read(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-        self.inner.guard(true, Wait::Try)
+        self.inner.guard(LockKind::RwLock, true, Wait::Try)
     }
 
     /// Takes a read hold, waiting at most `timeout`.
     /// A timeout too large to be a deadline (`Duration::MAX`) waits for ever.
     #[inline]
     pub fn read_for(&self, timeout: Duration) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-        self.inner.guard(true, Wait::For(timeout))
+        self.inner.guard(LockKind::RwLock, true, Wait::For(timeout))
     }
 
     /// Takes the write hold (same as [`RwLock::lock`]).
