@@ -4,7 +4,9 @@
 //! POSIX has no robust rwlock, hence this one: a writer word holding the
 //! writer's pid, and a table of reader slots holding each reader's pid.
 
-use crate::primitive::{fence, AtomicU32, Ordering};
+#[cfg(loom)]
+use crate::primitive::fence;
+use crate::primitive::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::event::{AdaptiveSpin, Event, SpinPolicy};
@@ -58,10 +60,11 @@ fn rmw_load_order() {
 /// `try_write`, gives `writer` back).
 ///
 /// SYNC, Dekker pair D2 (no lost wake-up): a release swaps its word (SeqCst)
-/// and then loads `waiting` (SeqCst); a waiter increments `waiting` (SeqCst),
-/// then a SeqCst fence, then re-checks the words. Either the release sees the
-/// waiter and notifies `event` (whose own protocol then wakes it), or the
-/// waiter's re-check sees the release.
+/// and then loads `waiting` (SeqCst); a waiter increments `waiting`, then
+/// the SeqCst fence F2 of [`Event`]'s announce, then re-checks the words
+/// before it sleeps. Either the release sees the waiter and notifies `event`
+/// (whose own protocol then wakes it), or the waiter's re-check sees the
+/// release.
 ///
 /// SYNC, data: a release is a swap to `0` with (at least) Release; the
 /// acquirer's load of that `0` (the reader's `writer` load, the writer's slot
@@ -312,11 +315,14 @@ impl RawRwLock {
             (Some(d), Some(c)) => Some(d.min(c)),
             (d, c) => d.or(c),
         };
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        // SYNC: D2 (see the type's doc): pairs with the SeqCst swap and load
-        // in `release_word`; the re-checks in `wait_until` come after it, so
-        // a release whose load missed our increment is seen by them.
-        fence(Ordering::SeqCst);
+        // SYNC: D2 (see the type's doc): the waiter's side of the pair is
+        // this increment, then the SeqCst fence F2 that `wait_until` runs
+        // (in `Event::announce`) after it and before every re-check that can
+        // lead to sleep; it pairs with the SeqCst swap and load in
+        // `release_word`, so a release whose load missed our increment is
+        // seen by that re-check. (A fence here as well would be a second
+        // one: the loom models pass without it.)
+        self.waiting.fetch_add(1, Ordering::Relaxed);
         self.event.wait_until(ready, until, SpinPolicy::DEFAULT, spin);
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         Ok(())
