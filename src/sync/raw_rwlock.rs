@@ -45,7 +45,7 @@ fn rmw_load_order() {
 /// | `writer == pid`   | process `pid` holds it, or waits for readers to leave |
 /// | `readers[i] == 0` | slot free                                             |
 /// | `readers[i] == pid` | a reader in process `pid` holds slot `i`            |
-/// | `waiting == n`    | `n` waiters are in [`RawRwLock::wait`] (spinning or asleep on `event`) |
+/// | `waiting == n`    | `n` waiters are in the contended path (spinning or asleep on `event`) |
 ///
 /// The fast paths are one read-modify-write in and one out, as a pthread
 /// rwlock's: a reader CASes its slot `0 -> pid` and loads `writer`; a writer
@@ -78,7 +78,7 @@ fn rmw_load_order() {
 #[derive(Debug, Default)]
 pub struct RawRwLock {
     writer: AtomicU32,
-    /// INVARIANT: at least the number of live waiters in [`RawRwLock::wait`]
+    /// INVARIANT: at least the number of live waiters in `RawRwLock::wait`
     /// (each increments it before its re-check and decrements it after).
     waiting: AtomicU32,
     event: Event,
