@@ -49,6 +49,20 @@ fn locks(c: &mut Criterion) {
     c.bench_function("AuthLock lock+unlock", |b| b.iter(|| drop(a.lock().unwrap())));
 }
 
+fn map(c: &mut Criterion) {
+    let seg = Segment::anonymous(8 << 20).unwrap();
+    for kind in [shmpool::LockKind::Mutex, shmpool::LockKind::RwLock] {
+        let map = seg.map::<String, u64>(&format!("map-{kind:?}"), kind).unwrap();
+        map.insert(&"k".to_owned(), &0).unwrap();
+        c.bench_function(&format!("SharedMap<String, u64> get, {kind:?}"), |b| {
+            b.iter(|| black_box(map.get(black_box("k")).unwrap().unwrap().to_native()))
+        });
+        c.bench_function(&format!("SharedMap<String, u64> update(+1), {kind:?}"), |b| {
+            b.iter(|| black_box(map.update(black_box("k"), |old| old.unwrap_or(0) + 1).unwrap()))
+        });
+    }
+}
+
 fn arena(c: &mut Criterion) {
     let seg = Segment::anonymous(64 << 20).unwrap();
     for len in [64u64, 4096, 1 << 20] {
@@ -77,5 +91,5 @@ fn archive(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, ring, locks, arena, archive);
+criterion_group!(benches, ring, locks, map, arena, archive);
 criterion_main!(benches);

@@ -4,7 +4,14 @@
 //! futex wait with a deadline is a spurious wake-up, one without really
 //! sleeps until woken, so a lost wake-up shows as a deadlock).
 //!
-//! Run: `RUSTFLAGS="--cfg loom" cargo test --release --test loom_locks`
+//! The read-write lock's fast paths order a SeqCst read-modify-write before
+//! a SeqCst load with no fence (Dekker pairs D1 and D2 in `raw_rwlock.rs`).
+//! Loom treats SeqCst accesses as AcqRel, so under `cfg(loom)` the lock
+//! spells that order out as a SeqCst fence (`rmw_load_order`): these models
+//! check the protocol with the fence; weakening the fence fails them, but
+//! weakening the SeqCst of the accesses themselves is beyond loom.
+//!
+//! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom_locks`
 #![cfg(loom)]
 #![allow(dead_code, unused_imports)]
 
@@ -45,10 +52,12 @@ use raw_mutex::RawMutex;
 use raw_rwlock::RawRwLock;
 use raw_spin::RawSpin;
 
+/// Three preemptions: with two, a reader whose load of `writer` is only
+/// Relaxed (no Acquire of the writer's release) was not caught.
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
     if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(2);
+        b.preemption_bound = Some(3);
     }
     b.check(f);
 }
@@ -226,5 +235,84 @@ fn wait_any_never_loses_a_wake_up() {
         let ready = || flag.load(Ordering::Acquire) == 1;
         assert!(wait_any(&[&events[0], &events[1]], ready, None));
         notifier.join().unwrap();
+    });
+}
+
+/// A writer that waits for a reader to leave sleeps (no liveness deadline in
+/// the model) and is woken by the reader's release: the release notifies
+/// only when it sees the writer counted in `waiting` (Dekker pair D2), so a
+/// lost wake-up leaves the writer asleep for ever and loom reports it.
+#[test]
+fn rwlock_read_release_wakes_a_waiting_writer() {
+    model(|| {
+        let g = Arc::new(Guarded { lock: RawRwLock::default(), value: UnsafeCell::new(0) });
+        let (slot, _) = g.lock.read(None, &AdaptiveSpin::new()).unwrap();
+        let writer = {
+            let g = g.clone();
+            thread::spawn(move || {
+                g.lock.write(None, &AdaptiveSpin::new()).unwrap();
+                g.value.with_mut(|v| unsafe { *v = 7 });
+                g.lock.unlock_write();
+            })
+        };
+        assert_eq!(g.value.with(|v| unsafe { *v }), 0);
+        g.lock.unlock_read(slot);
+        writer.join().unwrap();
+        let (slot, _) = g.lock.read(None, &AdaptiveSpin::new()).unwrap();
+        assert_eq!(g.value.with(|v| unsafe { *v }), 7);
+        g.lock.unlock_read(slot);
+    });
+}
+
+/// A reader that waits for a writer sleeps and is woken by the writer's
+/// release, and then sees what the writer wrote.
+#[test]
+fn rwlock_write_release_wakes_a_waiting_reader() {
+    model(|| {
+        let g = Arc::new(Guarded { lock: RawRwLock::default(), value: UnsafeCell::new(0) });
+        g.lock.write(None, &AdaptiveSpin::new()).unwrap();
+        let reader = {
+            let g = g.clone();
+            thread::spawn(move || {
+                let (slot, _) = g.lock.read(None, &AdaptiveSpin::new()).unwrap();
+                assert_eq!(g.value.with(|v| unsafe { *v }), 7);
+                g.lock.unlock_read(slot);
+            })
+        };
+        g.value.with_mut(|v| unsafe { *v = 7 });
+        g.lock.unlock_write();
+        reader.join().unwrap();
+    });
+}
+
+/// A writer that found a reader, backed off and waits in the contended path
+/// claims `writer` again; a reader of another process arriving then (in a
+/// slot of its own) must still see it, or the writer its slot: Dekker pair
+/// D1 on the contended path.
+#[test]
+fn rwlock_a_writer_that_waited_excludes_a_new_reader() {
+    model(|| {
+        let g = Arc::new(Guarded { lock: RawRwLock::default(), value: UnsafeCell::new(0) });
+        let (slot, _) = g.lock.read(None, &AdaptiveSpin::new()).unwrap();
+        let writer = {
+            let g = g.clone();
+            thread::spawn(move || {
+                g.lock.write(None, &AdaptiveSpin::new()).unwrap();
+                g.value.with_mut(|v| unsafe { *v = 7 });
+                g.lock.unlock_write();
+            })
+        };
+        let reader = {
+            let g = g.clone();
+            thread::spawn(move || {
+                if let Some(slot) = g.lock.try_read() {
+                    let _ = g.value.with(|v| unsafe { *v });
+                    g.lock.unlock_read(slot);
+                }
+            })
+        };
+        g.lock.unlock_read(slot);
+        writer.join().unwrap();
+        reader.join().unwrap();
     });
 }

@@ -41,8 +41,52 @@ impl<K: Message> AsKey<K> for &K {
 
 impl AsKey<String> for &str {
     fn with_archived<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, CodecError> {
-        archived(&self.to_string(), f)
+        LAST_STR_KEY.with(|cell| {
+            let Ok(mut last) = cell.try_borrow_mut() else {
+                // A lookup inside a lookup (an `update` closure reading a
+                // map): archive this one afresh.
+                return archived(&self.to_string(), f);
+            };
+            let LastStrKey { key, bytes, len } = &mut *last;
+            if len.is_none() || key != self {
+                *len = None;
+                key.clear();
+                key.push_str(self);
+                *len = Some(archived(key, |kb| {
+                    bytes.clear();
+                    bytes.resize(kb.len().div_ceil(16), 0);
+                    aligned_bytes(bytes)[..kb.len()].copy_from_slice(kb);
+                    kb.len()
+                })?);
+            }
+            let n = len.expect("archived above");
+            Ok(f(&aligned_bytes(bytes)[..n]))
+        })
     }
+}
+
+/// The archive of the last `&str` key this thread looked up, beside the
+/// string itself: a map polled for one key (the common read) compares the
+/// string and archives nothing. Keys are compared by their archived bytes,
+/// which depend on the string alone, so one entry serves every map.
+#[derive(Default)]
+struct LastStrKey {
+    key: String,
+    /// The archive, in 16-byte units (archives must be 16-byte aligned).
+    bytes: Vec<u128>,
+    /// The archive's length in bytes; `None` while `bytes` is not `key`'s.
+    len: Option<usize>,
+}
+
+thread_local! {
+    static LAST_STR_KEY: std::cell::RefCell<LastStrKey> = std::cell::RefCell::new(LastStrKey::default());
+}
+
+/// The bytes of `buf` (16-byte aligned).
+fn aligned_bytes(buf: &mut [u128]) -> &mut [u8] {
+    // SAFETY: u128 has no padding and any bytes are a valid u128; the view
+    // covers the slice exactly and borrows it mutably for its lifetime.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len() * 16) }
 }
 
 fn archived<K: Message, R>(key: &K, f: impl FnOnce(&[u8]) -> R) -> Result<R, CodecError> {
@@ -197,10 +241,10 @@ impl<K: Message, V: Message> SharedMap<K, V> {
     pub fn get<'k>(&self, key: impl AsKey<K> + 'k) -> Result<Option<Ref<'_, V>>, SharedError> {
         key.with_archived(|kb| {
             let held = self.core.lock(true)?;
-            match self.probe(kb, fnv1a(kb))? {
+            let buckets = self.buckets()?;
+            match Self::probe_in(&self.core, buckets, kb, fnv1a(kb))? {
                 Probe::Found(i) => {
-                    let b = &self.buckets()?[i];
-                    let bytes = self.core.bytes(b.value.load(Ordering::Acquire))?;
+                    let bytes = self.core.bytes(buckets[i].value.load(Ordering::Acquire))?;
                     Ok(Some(Ref { _held: held, value: access::<V>(bytes)? }))
                 }
                 Probe::Vacant(_) => Ok(None),
@@ -212,7 +256,7 @@ impl<K: Message, V: Message> SharedMap<K, V> {
     pub fn contains_key<'k>(&self, key: impl AsKey<K> + 'k) -> Result<bool, SharedError> {
         key.with_archived(|kb| {
             let _held = self.core.lock(true)?;
-            Ok(matches!(self.probe(kb, fnv1a(kb))?, Probe::Found(_)))
+            Ok(matches!(Self::probe_in(&self.core, self.buckets()?, kb, fnv1a(kb))?, Probe::Found(_)))
         })?
     }
 
@@ -371,7 +415,11 @@ impl<K: Message, V: Message> SharedMap<K, V> {
 
     /// Looks for `kb` (lock held).
     fn probe(&self, kb: &[u8], hash: u64) -> Result<Probe, SharedError> {
-        let buckets = self.buckets()?;
+        Self::probe_in(&self.core, self.buckets()?, kb, hash)
+    }
+
+    /// Looks for `kb` in `buckets`, the current table (lock held).
+    fn probe_in(core: &Core, buckets: &[Bucket], kb: &[u8], hash: u64) -> Result<Probe, SharedError> {
         if buckets.is_empty() {
             return Ok(Probe::Vacant(None));
         }
@@ -384,7 +432,7 @@ impl<K: Message, V: Message> SharedMap<K, V> {
                 0 => return Ok(Probe::Vacant(free.or(Some(i)))),
                 TOMBSTONE => free = free.or(Some(i)),
                 key => {
-                    if b.hash.load(Ordering::Relaxed) == hash && self.core.bytes(key)? == kb {
+                    if b.hash.load(Ordering::Relaxed) == hash && core.bytes(key)? == kb {
                         return Ok(Probe::Found(i));
                     }
                 }
@@ -422,5 +470,36 @@ impl<K: Message, V: Message> SharedMap<K, V> {
         let old = h.table.swap(new, Ordering::AcqRel);
         self.core.free(old);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `&str` key cache: alternating keys, a key longer than the
+    /// scratch buffer, and a lookup inside an `update` closure (which finds
+    /// the cache busy and archives its key afresh) all find the right entry.
+    #[test]
+    fn str_lookups_through_the_key_cache() {
+        let seg = Segment::anonymous(4 << 20).unwrap();
+        let map = seg.map::<String, u64>("cache", LockKind::RwLock).unwrap();
+        let long = "x".repeat(3000);
+        for (i, k) in ["a", "b", long.as_str()].into_iter().enumerate() {
+            map.insert(&k.to_owned(), &(i as u64)).unwrap();
+        }
+        for _ in 0..3 {
+            for (i, k) in ["a", "b", long.as_str(), "a", "a", "missing"].into_iter().enumerate() {
+                let want = [Some(0), Some(1), Some(2), Some(0), Some(0), None][i];
+                assert_eq!(map.get(k).unwrap().map(|v| v.to_native()), want, "key {}", &k[..k.len().min(8)]);
+            }
+        }
+        let other = seg.map::<String, u64>("other", LockKind::Mutex).unwrap();
+        other.insert(&"b".to_owned(), &40).unwrap();
+        let new = map.update("a", |old| old.unwrap() + other.get("b").unwrap().unwrap().to_native() + 2).unwrap();
+        assert_eq!(new, 42);
+        assert_eq!(map.get("a").unwrap().unwrap().to_native(), 42);
+        assert!(map.contains_key("b").unwrap());
+        assert!(!map.contains_key("c").unwrap());
     }
 }

@@ -257,6 +257,7 @@ impl LockRef {
         })
     }
 
+    #[inline]
     fn cell(&self) -> &LockCell {
         // SAFETY: `cell` came from `Segment::get` at open (in bounds, aligned,
         // and `LockCell: ShmSafe`, valid for any bytes), and `self._seg` keeps
@@ -265,22 +266,57 @@ impl LockRef {
     }
 
     /// Acquires in `hold` mode (shared falls back to exclusive for kinds
-    /// without readers), waiting until `deadline`; `None` tries once.
+    /// without readers), waiting as `wait` says.
+    ///
+    /// The fast path is the raw lock's first try and nothing else: no clock,
+    /// no deadline, no deadlock bookkeeping. All that is in
+    /// [`LockRef::acquire_contended`], only when the first try fails.
+    #[inline]
     pub(crate) fn acquire(&self, shared: bool, wait: Wait) -> Result<(Hold, Option<u32>), LockError<()>> {
+        match self.try_fast(self.kind, shared) {
+            Some(hold) => Ok((hold, None)),
+            None => self.acquire_contended(shared, wait),
+        }
+    }
+
+    /// One try at the lock, without waiting; `None` also when an
+    /// [`AuthLock`] refuses this process (the slow path says so).
+    ///
+    /// `kind` is `self.kind`, passed in so that the typed locks, which know
+    /// it, get the one branch of the match inlined.
+    #[inline(always)]
+    fn try_fast(&self, kind: LockKind, shared: bool) -> Option<Hold> {
+        debug_assert_eq!(kind, self.kind);
         let cell = self.cell();
-        // The clock is read only when a deadline or a report needs it.
-        let start = match wait {
-            Wait::Try | Wait::Until(None) => None,
-            Wait::Default if self.options.deadlock_timeout.is_none() => None,
-            _ => Some(Instant::now()),
+        let took = match kind {
+            LockKind::Mutex => cell.mutex.try_lock(),
+            LockKind::Auth => cell.is_operator(process::current_pid()) && cell.mutex.try_lock(),
+            LockKind::Spin => cell.spin.try_lock(),
+            LockKind::RwLock if shared => return cell.rw.try_read().map(Hold::Shared),
+            LockKind::RwLock => cell.rw.try_write(),
         };
-        let deadline = match wait {
-            Wait::Try => None,
-            Wait::Until(d) => d,
-            // A timeout too large to add to the clock is no deadline.
-            Wait::Default => self.options.deadlock_timeout.and_then(|t| start.and_then(|s| s.checked_add(t))),
-        };
+        took.then_some(Hold::Exclusive)
+    }
+
+    /// The first try failed: wait as `wait` says (with the clock, deadlines
+    /// and the deadlock report), or report why not.
+    #[cold]
+    #[inline(never)]
+    fn acquire_contended(&self, shared: bool, wait: Wait) -> Result<(Hold, Option<u32>), LockError<()>> {
+        let cell = self.cell();
         let me = process::current_pid();
+        if self.kind == LockKind::Auth && !cell.is_operator(me) {
+            return Err(LockError::NotAuthorised { pid: me });
+        }
+        let timeout = match wait {
+            Wait::Try => return Err(LockError::WouldBlock),
+            Wait::Default => self.options.deadlock_timeout,
+            Wait::For(t) => Some(t),
+        };
+        // The clock is read only when a deadline or a report needs it.
+        let start = timeout.map(|_| Instant::now());
+        // A timeout too large to add to the clock (`Duration::MAX`) is no deadline.
+        let deadline = start.zip(timeout).and_then(|(s, t)| s.checked_add(t));
         let timeout = |holder: Option<u32>| {
             let waited = start.map_or(Duration::ZERO, |s| s.elapsed());
             let info = DeadlockInfo { name: self.name.clone(), holder, waited };
@@ -290,50 +326,26 @@ impl LockRef {
             LockError::Timeout(info)
         };
         match self.kind {
-            LockKind::Mutex | LockKind::Auth => {
-                if self.kind == LockKind::Auth && !cell.is_operator(me) {
-                    return Err(LockError::NotAuthorised { pid: me });
-                }
-                if wait == Wait::Try {
-                    return if cell.mutex.try_lock() {
-                        Ok((Hold::Exclusive, None))
-                    } else {
-                        Err(LockError::WouldBlock)
-                    };
-                }
-                match cell.mutex.lock(deadline) {
-                    Ok(Acquired::Clean) => Ok((Hold::Exclusive, None)),
-                    Ok(Acquired::OwnerDied(pid)) => Ok((Hold::Exclusive, Some(pid))),
-                    Err(t) => Err(timeout(Some(t.holder))),
-                }
-            }
+            LockKind::Mutex | LockKind::Auth => match cell.mutex.lock(deadline) {
+                Ok(Acquired::Clean) => Ok((Hold::Exclusive, None)),
+                Ok(Acquired::OwnerDied(pid)) => Ok((Hold::Exclusive, Some(pid))),
+                Err(t) => Err(timeout(Some(t.holder))),
+            },
             LockKind::Spin => {
-                if wait == Wait::Try {
-                    return if cell.spin.try_lock() { Ok((Hold::Exclusive, None)) } else { Err(LockError::WouldBlock) };
-                }
                 cell.spin.lock(deadline).map(|died| (Hold::Exclusive, died)).map_err(|h| timeout(Some(h)))
             }
-            LockKind::RwLock if shared => {
-                if wait == Wait::Try {
-                    return cell.rw.try_read().map(|s| (Hold::Shared(s), None)).ok_or(LockError::WouldBlock);
-                }
-                match cell.rw.read(deadline, &self.spin) {
-                    Ok((slot, died)) => Ok((Hold::Shared(slot), died)),
-                    Err(RwFailure::Timeout { holder }) => Err(timeout(holder)),
-                }
-            }
-            LockKind::RwLock => {
-                if wait == Wait::Try {
-                    return if cell.rw.try_write() { Ok((Hold::Exclusive, None)) } else { Err(LockError::WouldBlock) };
-                }
-                match cell.rw.write(deadline, &self.spin) {
-                    Ok(died) => Ok((Hold::Exclusive, died)),
-                    Err(RwFailure::Timeout { holder }) => Err(timeout(holder)),
-                }
-            }
+            LockKind::RwLock if shared => match cell.rw.read(deadline, &self.spin) {
+                Ok((slot, died)) => Ok((Hold::Shared(slot), died)),
+                Err(RwFailure::Timeout { holder }) => Err(timeout(holder)),
+            },
+            LockKind::RwLock => match cell.rw.write(deadline, &self.spin) {
+                Ok(died) => Ok((Hold::Exclusive, died)),
+                Err(RwFailure::Timeout { holder }) => Err(timeout(holder)),
+            },
         }
     }
 
+    #[inline]
     pub(crate) fn release(&self, hold: Hold) {
         let cell = self.cell();
         match (self.kind, hold) {
@@ -344,9 +356,20 @@ impl LockRef {
         }
     }
 
-    /// Acquires and wraps the hold in a guard.
-    fn guard(&self, shared: bool, wait: Wait) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-        match self.acquire(shared, wait) {
+    /// Acquires a lock of `kind` (`self.kind`, known to the typed lock
+    /// calling) and wraps the hold in a guard.
+    #[inline(always)]
+    fn guard(&self, kind: LockKind, shared: bool, wait: Wait) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+        match self.try_fast(kind, shared) {
+            Some(hold) => Ok(LockGuard { lock: self, hold }),
+            None => self.guard_contended(shared, wait),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn guard_contended(&self, shared: bool, wait: Wait) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+        match self.acquire_contended(shared, wait) {
             Ok((hold, None)) => Ok(LockGuard { lock: self, hold }),
             Ok((hold, Some(pid))) => Err(LockError::OwnerDied { guard: LockGuard { lock: self, hold }, pid }),
             Err(e) => Err(match e {
@@ -368,16 +391,10 @@ pub(crate) enum Wait {
     Try,
     /// Until the handle's deadlock timeout, if any.
     Default,
-    /// Until this deadline (`None`: for ever).
-    Until(Option<Instant>),
-}
-
-impl Wait {
-    /// Until `timeout` from now; a timeout too large to add to the clock
-    /// (such as `Duration::MAX`) means for ever.
-    pub(crate) fn until(timeout: Duration) -> Wait {
-        Wait::Until(Instant::now().checked_add(timeout))
-    }
+    /// At most this long from the call; a timeout too large to add to the
+    /// clock (such as `Duration::MAX`) means for ever. The clock is read only
+    /// if the first try fails.
+    For(Duration),
 }
 
 /// A held lock; released when dropped.
@@ -397,28 +414,32 @@ impl fmt::Debug for LockGuard<'_> {
 }
 
 impl Drop for LockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.lock.release(self.hold);
     }
 }
 
 macro_rules! exclusive_methods {
-    () => {
+    ($kind:expr) => {
         /// Takes the lock, waiting (up to the handle's deadlock timeout, if set).
+        #[inline]
         pub fn lock(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-            self.inner.guard(false, Wait::Default)
+            self.inner.guard($kind, false, Wait::Default)
         }
 
         /// Takes the lock only if it is free now.
+        #[inline]
         pub fn try_lock(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-            self.inner.guard(false, Wait::Try)
+            self.inner.guard($kind, false, Wait::Try)
         }
 
         /// Takes the lock, waiting at most `timeout`; a timeout is a suspected
         /// deadlock: the handler is called and `LockError::Timeout` returned.
         /// A timeout too large to be a deadline (`Duration::MAX`) waits for ever.
+        #[inline]
         pub fn lock_for(&self, timeout: Duration) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-            self.inner.guard(false, Wait::until(timeout))
+            self.inner.guard($kind, false, Wait::For(timeout))
         }
 
         /// The pid holding the lock (for a read-write lock, the writer or a reader).
@@ -442,7 +463,7 @@ macro_rules! lock_type {
         }
 
         impl $name {
-            exclusive_methods!();
+            exclusive_methods!($kind);
         }
 
         impl Segment {
@@ -494,27 +515,32 @@ lock_type!(
 
 impl RwLock {
     /// Takes a read hold, waiting (up to the handle's deadlock timeout, if set).
+    #[inline]
     pub fn read(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-        self.inner.guard(true, Wait::Default)
+        self.inner.guard(LockKind::RwLock, true, Wait::Default)
     }
 
     /// Takes a read hold only if no writer holds or waits for the lock.
+    #[inline]
     pub fn try_read(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-        self.inner.guard(true, Wait::Try)
+        self.inner.guard(LockKind::RwLock, true, Wait::Try)
     }
 
     /// Takes a read hold, waiting at most `timeout`.
     /// A timeout too large to be a deadline (`Duration::MAX`) waits for ever.
+    #[inline]
     pub fn read_for(&self, timeout: Duration) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-        self.inner.guard(true, Wait::until(timeout))
+        self.inner.guard(LockKind::RwLock, true, Wait::For(timeout))
     }
 
     /// Takes the write hold (same as [`RwLock::lock`]).
+    #[inline]
     pub fn write(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
         self.lock()
     }
 
     /// Takes the write hold, waiting at most `timeout`.
+    #[inline]
     pub fn write_for(&self, timeout: Duration) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
         self.lock_for(timeout)
     }

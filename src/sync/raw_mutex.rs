@@ -23,6 +23,10 @@ const LIVENESS_CHECK: Duration = Duration::from_millis(20);
 /// | `pid`              | held by process `pid`, nobody sleeping      |
 /// | `pid \| WAITERS`   | held by `pid`, waiters may be sleeping      |
 ///
+/// The fast path is one CAS in (`0 -> pid`) and one swap out (`-> 0`), as a
+/// robust pthread mutex's; liveness checks, the clock and the futex are only
+/// on the contended path, and the wake only when the swap returned `WAITERS`.
+///
 /// SYNC: acquisition is a CAS with Acquire, release a swap with Release, so
 /// the data the lock guards is published with it.
 #[repr(C)]
@@ -59,8 +63,10 @@ impl fmt::Debug for RawMutex {
 
 impl RawMutex {
     /// Takes the lock if it is free.
+    #[inline]
     pub fn try_lock(&self) -> bool {
         let me = os::current_pid() & PID_MASK;
+        // SYNC: Acquire pairs with the Release swap in `unlock`.
         self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 
@@ -68,11 +74,18 @@ impl RawMutex {
     ///
     /// A holder that died is detected while waiting and its lock taken over:
     /// the result is then [`Acquired::OwnerDied`].
+    #[inline]
     pub fn lock(&self, deadline: Option<Instant>) -> Result<Acquired, LockTimeout> {
-        let me = os::current_pid() & PID_MASK;
-        if self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if self.try_lock() {
             return Ok(Acquired::Clean);
         }
+        self.lock_contended(deadline)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self, deadline: Option<Instant>) -> Result<Acquired, LockTimeout> {
+        let me = os::current_pid() & PID_MASK;
         // Spin briefly, reading: a CAS would take the line from the holder on
         // every pass, and the holder needs it to unlock. Try again only when
         // the word reads free.
@@ -126,10 +139,17 @@ impl RawMutex {
     /// Releases the lock.
     ///
     /// Must be called only by the holder, once per successful acquisition.
+    #[inline]
     pub fn unlock(&self) {
+        // SYNC: Release pairs with the Acquire CAS of the next taker.
         if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
-            os::futex_wake(&self.word, 1);
+            self.wake_one();
         }
+    }
+
+    #[cold]
+    fn wake_one(&self) {
+        os::futex_wake(&self.word, 1);
     }
 
     /// The pid of the holder, or `None` when unlocked.

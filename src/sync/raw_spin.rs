@@ -26,18 +26,27 @@ unsafe impl crate::segment::ShmSafe for RawSpin {}
 
 impl RawSpin {
     /// Takes the lock if it is free.
+    #[inline]
     pub fn try_lock(&self) -> bool {
         let me = os::current_pid();
+        // SYNC: Acquire pairs with the Release store in `unlock`.
         self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 
     /// Takes the lock, spinning until `deadline`. `Ok(Some(pid))` when it was
     /// taken over from holder `pid`, who died; `Err(holder)` on timeout.
+    #[inline]
     pub fn lock(&self, deadline: Option<Instant>) -> Result<Option<u32>, u32> {
-        let me = os::current_pid();
-        if self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if self.try_lock() {
             return Ok(None);
         }
+        self.lock_contended(deadline)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self, deadline: Option<Instant>) -> Result<Option<u32>, u32> {
+        let me = os::current_pid();
         let mut spins = 0u32;
         let mut next_check = Instant::now() + LIVENESS_CHECK;
         loop {
@@ -72,7 +81,9 @@ impl RawSpin {
     }
 
     /// Releases the lock (holder only).
+    #[inline]
     pub fn unlock(&self) {
+        // SYNC: Release pairs with the Acquire CAS of the next taker.
         self.word.store(0, Ordering::Release);
     }
 
