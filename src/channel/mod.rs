@@ -56,6 +56,9 @@ use crate::TaskError;
 
 /// How long a blocked send or receive sleeps before it checks on its peer.
 const PEER_CHECK: Duration = Duration::from_millis(100);
+/// A send into a ring its peer has not emptied looks at the peer once in
+/// this many sends.
+const PEER_EVERY: u32 = 64;
 const RING_SLOTS: u32 = 64;
 const SLOT: u32 = 256;
 
@@ -179,6 +182,9 @@ pub struct Channel<S, R> {
     /// Offset of the child's state word (`CHILD_*`).
     state: u64,
     peer: Peer,
+    /// Sends so far: every `PEER_EVERY`-th send into a ring its peer has
+    /// not emptied looks at the peer (a system call) before queueing more.
+    sends: AtomicU32,
     _types: PhantomData<fn(S) -> R>,
 }
 
@@ -228,6 +234,7 @@ pub fn start<S: Message, R: Message, A: Message>(
             outcome: Mutex::new(Outcome::Pending(ticket)),
             dead: AtomicBool::new(false),
         }),
+        sends: AtomicU32::new(0),
         _types: PhantomData,
     })
 }
@@ -270,6 +277,7 @@ unsafe fn run_child<S: Message, R: Message, A: Message>(
         spin: SpinPolicy::DEFAULT,
         state,
         peer: Peer::Parent { pid: parent, gone: AtomicBool::new(false) },
+        sends: AtomicU32::new(0),
         _types: PhantomData,
     };
     f(end, args);
@@ -457,11 +465,13 @@ impl<S: Message, R: Message> Channel<S, R> {
             return Err(ChannelError::Closed);
         }
         // A peer that has not taken what was sent before may be gone (a dead
-        // one never does): look before queueing more for it. (An empty ring
-        // is not looked at: a liveness check per send would cost more than
-        // the send; a message queued for a peer that has just died is lost
-        // with it, as one in flight over a socket would be.)
-        if let Some(e) = if self.tx.is_empty() { self.known_gone() } else { self.peer_gone() } {
+        // one never does): now and then, look before queueing more for it.
+        // Not at every send: a liveness check is a system call, several
+        // times the cost of a send; a full ring looks at once (below), and a
+        // message queued for a peer that has just died is lost with it, as
+        // one in flight over a socket would be.
+        let look = self.sends.fetch_add(1, Ordering::Relaxed) % PEER_EVERY == 0 && !self.tx.is_empty();
+        if let Some(e) = if look { self.peer_gone() } else { self.known_gone() } {
             return Err(e);
         }
         wire::with_scratch(|scratch| {
