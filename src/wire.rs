@@ -71,7 +71,8 @@ pub(crate) struct FrameHeader {
     pub func: i64,
     /// The trampoline that decodes, calls and encodes, as an offset (tasks only).
     pub tramp: i64,
-    /// Seal over `func` and `tramp` (tasks only).
+    /// Tasks: the seal over `func` and `tramp`. Results: nanoseconds the
+    /// task ran (what a map's grouping learns the cost of an item from).
     pub check: u64,
     /// A result's [`Status`]; a task's count of earlier attempts.
     pub status: u32,

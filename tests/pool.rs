@@ -420,3 +420,43 @@ fn a_hung_task_times_out_and_its_worker_is_replaced() {
     assert_eq!(pool.submit(hang, 1u64).unwrap().wait(), Ok(1));
     assert_ne!(pool.worker_pids(), before);
 }
+
+fn boom_at_777(x: u64) -> u64 {
+    assert!(x != 777, "item 777 refuses");
+    x + 1
+}
+
+fn pid_after(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+// A map sends its items in groups (many per frame): a panic must still fail
+// its own item only, in order, with every other result intact.
+#[test]
+fn a_panicking_item_fails_only_itself_in_a_grouped_map() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    for ordered in [true, false] {
+        let it =
+            if ordered { pool.map(boom_at_777, 0..20_000u64) } else { pool.map_unordered(boom_at_777, 0..20_000u64) };
+        let results: Vec<Result<u64, TaskError>> = it.unwrap().collect();
+        assert_eq!(results.len(), 20_000);
+        let failed: Vec<&TaskError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(matches!(failed[..], [TaskError::Panicked { ref message }] if message.contains("777")), "{failed:?}");
+        let mut ok: Vec<u64> = results.into_iter().filter_map(Result::ok).collect();
+        if !ordered {
+            ok.sort_unstable();
+        }
+        assert_eq!(ok, (0..20_000u64).filter(|&x| x != 777).map(|x| x + 1).collect::<Vec<_>>());
+    }
+}
+
+// Grouping must not serialise slow work on one worker: slow items of a
+// short input are spread over every worker.
+#[test]
+fn slow_items_of_a_map_spread_over_every_worker() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let pids: std::collections::HashSet<u32> =
+        pool.map(pid_after, std::iter::repeat_n(30u64, 8)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(pids.len(), 2, "both workers ran some of the 8 slow items");
+}

@@ -7,23 +7,23 @@
 //! ([`Pool::map_unordered`]).
 
 mod feed;
+mod map;
 mod stateful;
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::{Message, Scratch};
+use crate::codec::Message;
 use crate::runtime::tramp::{self, Trampoline};
 use crate::runtime::Ticket;
-use crate::runtime::{submit_to, submit_until, Config, RecvError, Reservation, Workers};
+use crate::runtime::{submit_to, submit_until, Config, Workers};
 use crate::wait::Deadline;
-use crate::wire::{self, FrameBuf, FrameHeader, HEADER};
+use crate::wire::{self, FrameHeader, HEADER};
 use crate::{Error, PutError, TaskError};
 
 pub use feed::{FeedError, FeedHandle};
+pub use map::MapIter;
 pub use stateful::{Worker, WorkerPool, WorkerPoolBuilder};
 
 /// A pool of worker processes running plain functions.
@@ -204,7 +204,7 @@ impl Pool {
         R: Message,
         I: IntoIterator<Item = A>,
     {
-        self.map_raw(f as usize, tramp::call_owned::<A, R>, input.into_iter(), true)
+        self.map_raw(f as usize, tramp::call_group::<A, R>, input.into_iter(), true)
     }
 
     /// Like [`Pool::map`], but yields results as they complete.
@@ -214,7 +214,7 @@ impl Pool {
         R: Message,
         I: IntoIterator<Item = A>,
     {
-        self.map_raw(f as usize, tramp::call_owned::<A, R>, input.into_iter(), false)
+        self.map_raw(f as usize, tramp::call_group::<A, R>, input.into_iter(), false)
     }
 
     fn map_raw<I, R>(&self, func: usize, tramp: Trampoline, input: I, ordered: bool) -> Result<MapIter<'_, I, R>, Error>
@@ -226,25 +226,7 @@ impl Pool {
         if self.inner.is_closed() {
             return Err(Error::Closed);
         }
-        Ok(MapIter {
-            inner: &self.inner,
-            func,
-            tramp,
-            input,
-            input_done: false,
-            stream: self.inner.new_stream(),
-            submitted: 0,
-            yielded: 0,
-            outstanding: 0,
-            ordered,
-            slots: VecDeque::new(),
-            ready: VecDeque::new(),
-            done: VecDeque::new(),
-            done_base: 0,
-            staged: FrameBuf::new(self.inner.inline_max(), MAP_BATCH),
-            scratch: Scratch::new(),
-            _result: PhantomData,
-        })
+        Ok(MapIter::new(&self.inner, func, tramp, input, ordered))
     }
 
     /// Removes every task still queued (not yet taken by a worker); their
@@ -341,243 +323,10 @@ pub(crate) fn put_error<A>(e: Error, arg: A) -> PutError<A> {
 }
 
 /// A submission failure, as the error of the task that could not be submitted.
-fn to_task_error(e: Error) -> TaskError {
+pub(super) fn to_task_error(e: Error) -> TaskError {
     match e {
         Error::Task(t) => t,
         _ => TaskError::PoolGone,
-    }
-}
-
-/// How many tasks a map pushes at once.
-const MAP_BATCH: usize = 32;
-
-/// Results of [`Pool::map`] / [`Pool::map_unordered`].
-///
-/// Dropping it early discards the results still to come.
-pub struct MapIter<'p, I: Iterator, R> {
-    inner: &'p Arc<Workers>,
-    func: usize,
-    tramp: Trampoline,
-    input: I,
-    input_done: bool,
-    stream: u64,
-    submitted: u64,
-    yielded: u64,
-    outstanding: u64,
-    ordered: bool,
-    /// Ordered mode: results by `seq - yielded`.
-    slots: VecDeque<Option<Result<R, TaskError>>>,
-    /// Unordered mode: results in arrival order.
-    ready: VecDeque<Result<R, TaskError>>,
-    /// Which sequence numbers from `done_base` on have been answered: a
-    /// result that arrives twice (a worker killed right after answering) is
-    /// counted and yielded once.
-    done: VecDeque<bool>,
-    done_base: u64,
-    /// Framed tasks waiting to be pushed (16-byte aligned).
-    staged: FrameBuf,
-    scratch: Box<Scratch>,
-    _result: PhantomData<fn() -> R>,
-}
-
-impl<I: Iterator, R> fmt::Debug for MapIter<'_, I, R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MapIter")
-            .field("submitted", &self.submitted)
-            .field("yielded", &self.yielded)
-            .field("outstanding", &self.outstanding)
-            .field("ordered", &self.ordered)
-            .finish()
-    }
-}
-
-impl<I, R> MapIter<'_, I, R>
-where
-    I: Iterator,
-    I::Item: Message,
-    R: Message,
-{
-    fn place(&mut self, seq: u64, result: Result<R, TaskError>) {
-        if self.ordered {
-            let Some(i) = seq.checked_sub(self.yielded) else { return };
-            let i = i as usize;
-            if self.slots.len() <= i {
-                self.slots.resize_with(i + 1, || None);
-            }
-            if self.slots[i].is_none() {
-                self.slots[i] = Some(result);
-            }
-        } else {
-            self.ready.push_back(result);
-        }
-    }
-
-    /// Starts tracking `seq` (and every number below it) as unanswered.
-    fn pending_mark(&mut self, seq: u64) {
-        while self.done_base + (self.done.len() as u64) <= seq {
-            self.done.push_back(false);
-        }
-    }
-
-    /// Records `seq` as answered; false if it already was (a duplicate), or
-    /// was never submitted (a forged result must not grow our tables).
-    fn mark_done(&mut self, seq: u64) -> bool {
-        if seq >= self.submitted {
-            return false;
-        }
-        let Some(i) = seq.checked_sub(self.done_base) else { return false };
-        self.pending_mark(seq);
-        let slot = &mut self.done[i as usize];
-        if *slot {
-            return false;
-        }
-        *slot = true;
-        while self.done.front() == Some(&true) {
-            self.done.pop_front();
-            self.done_base += 1;
-        }
-        true
-    }
-
-    /// Submits as many inputs as the queue takes right now; waits for room
-    /// only when this map has nothing in flight (other users fill the queue).
-    fn feed(&mut self) -> Result<(), Error> {
-        while !self.input_done {
-            let deadline = if self.outstanding == 0 { Deadline::NEVER } else { Deadline::now() };
-            let room = self.inner.reserve(MAP_BATCH, deadline)?;
-            if room == 0 {
-                return Ok(());
-            }
-            let inner: &Workers = self.inner;
-            // Unused reservations go back on every way out, panics included.
-            let mut reservation = Reservation::new(inner, room);
-            // Frames encoded but not yet pushed: their blocks are freed if
-            // the input iterator or an archive panics before the push.
-            let mut hdrs = Staged { seg: &inner.seg, hdrs: Vec::with_capacity(room) };
-            let mut lens = [0usize; MAP_BATCH];
-            while hdrs.len() < room {
-                let Some(item) = self.input.next() else {
-                    self.input_done = true;
-                    break;
-                };
-                let seq = self.submitted;
-                self.submitted += 1;
-                match self.inner.frame(self.stream, seq, self.func, self.tramp, &item, &mut self.scratch) {
-                    Ok(frame) => {
-                        let k = hdrs.len();
-                        lens[k] = self.staged.fill(k, frame.inline());
-                        hdrs.push(frame.hdr);
-                    }
-                    Err(e) => {
-                        self.mark_done(seq);
-                        self.place(seq, Err(e));
-                    }
-                }
-            }
-            let staged = &self.staged;
-            let hdrs = hdrs.handed_over();
-            let pushed = inner.push_frames(&hdrs, |k| &staged.slot(k)[..lens[k]]);
-            if let Err((sent, e)) = pushed {
-                reservation.left -= sent;
-                drop(reservation);
-                for h in &hdrs[..sent] {
-                    self.pending_mark(h.seq);
-                }
-                self.outstanding += sent as u64;
-                let err = to_task_error(e);
-                for h in &hdrs[sent..] {
-                    self.mark_done(h.seq);
-                    self.place(h.seq, Err(err.clone()));
-                }
-                self.input_done = true;
-                return Ok(());
-            }
-            reservation.left -= hdrs.len();
-            drop(reservation);
-            for h in &hdrs {
-                self.pending_mark(h.seq);
-            }
-            self.outstanding += hdrs.len() as u64;
-        }
-        Ok(())
-    }
-
-    fn take_ready(&mut self) -> Option<Result<R, TaskError>> {
-        if self.ordered {
-            if matches!(self.slots.front(), Some(Some(_))) {
-                self.yielded += 1;
-                return self.slots.pop_front().flatten();
-            }
-            None
-        } else {
-            let r = self.ready.pop_front()?;
-            self.yielded += 1;
-            Some(r)
-        }
-    }
-}
-
-impl<I, R> Iterator for MapIter<'_, I, R>
-where
-    I: Iterator,
-    I::Item: Message,
-    R: Message,
-{
-    type Item = Result<R, TaskError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(r) = self.take_ready() {
-                return Some(r);
-            }
-            if let Err(e) = self.feed() {
-                // Nothing more can be submitted: the rest of the input fails.
-                self.input_done = true;
-                let seq = self.submitted;
-                self.submitted += 1;
-                self.mark_done(seq);
-                self.place(seq, Err(to_task_error(e)));
-                continue;
-            }
-            if let Some(r) = self.take_ready() {
-                // An input that could not be archived is answered at once.
-                return Some(r);
-            }
-            if self.outstanding == 0 {
-                if self.input_done && self.yielded >= self.submitted {
-                    return None;
-                }
-                continue;
-            }
-            let mut got: Vec<(u64, Result<R, TaskError>)> = Vec::new();
-            let res = self.inner.recv(Some(self.stream), Deadline::NEVER, &mut |hdr: &FrameHeader, bytes: &[u8]| {
-                got.push((hdr.seq, wire::decode_result::<R>(hdr.status, bytes)));
-            });
-            for (seq, r) in got {
-                if self.mark_done(seq) {
-                    self.outstanding = self.outstanding.saturating_sub(1);
-                    self.place(seq, r);
-                }
-            }
-            if let Err(RecvError::Gone) | Err(RecvError::Timeout) = res {
-                // Every worker is gone: what is outstanding will never come.
-                let missing: Vec<u64> = (self.done_base..self.submitted).collect();
-                for seq in missing {
-                    if self.mark_done(seq) {
-                        self.place(seq, Err(TaskError::PoolGone));
-                    }
-                }
-                self.outstanding = 0;
-                self.input_done = true;
-            }
-        }
-    }
-}
-
-impl<I: Iterator, R> Drop for MapIter<'_, I, R> {
-    fn drop(&mut self) {
-        // Results still to come, and duplicates of ones taken, are discarded.
-        self.inner.abandon(self.stream);
     }
 }
 
@@ -587,22 +336,26 @@ const _: () = assert!(HEADER + 16 <= 80);
 
 /// Framed tasks not yet handed to `push_frames` (which frees the blocks of
 /// those it cannot push): dropped early, on a panic, it frees their blocks.
-struct Staged<'a> {
+pub(super) struct Staged<'a> {
     seg: &'a crate::Segment,
     hdrs: Vec<FrameHeader>,
 }
 
-impl Staged<'_> {
-    fn len(&self) -> usize {
+impl<'a> Staged<'a> {
+    pub(super) fn new(seg: &'a crate::Segment, capacity: usize) -> Self {
+        Staged { seg, hdrs: Vec::with_capacity(capacity) }
+    }
+
+    pub(super) fn len(&self) -> usize {
         self.hdrs.len()
     }
 
-    fn push(&mut self, hdr: FrameHeader) {
+    pub(super) fn push(&mut self, hdr: FrameHeader) {
         self.hdrs.push(hdr);
     }
 
     /// The headers, now `push_frames`'s to send or free.
-    fn handed_over(mut self) -> Vec<FrameHeader> {
+    pub(super) fn handed_over(mut self) -> Vec<FrameHeader> {
         std::mem::take(&mut self.hdrs)
     }
 }

@@ -159,12 +159,14 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
             let frame = unsafe { std::slice::from_raw_parts(held_ptr.add(i * stride), len) };
             let mut reply = Reply::new(&seg, &mut scratch, results.payload_capacity());
             slot.busy_index.store(i as u32, Ordering::Relaxed);
-            slot.busy_since.store(process::monotonic_ns(), Ordering::Release);
+            let started = process::monotonic_ns();
+            slot.busy_since.store(started, Ordering::Release);
             let hdr = run_one(&seg, frame, cfg.key, &mut state, &mut reply);
             slot.busy_since.store(0, Ordering::Release);
             // `func` names the answering worker: the parent tells answered
             // tasks from unanswered ones if this worker dies.
-            let out = reply.header(&hdr, answerer);
+            let mut out = reply.header(&hdr, answerer);
+            out.check = process::monotonic_ns().saturating_sub(started);
             ran += 1;
             if quota != 0 && ran >= quota && i + 1 == n {
                 // The last answer: say so first, so that the waiter it wakes
@@ -296,7 +298,7 @@ fn install_panic_hook() {
     }));
 }
 
-fn take_panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn take_panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| payload_text(payload))
 }
 

@@ -97,6 +97,41 @@ pub(crate) unsafe fn call_owned<A: Message, R: Message>(
     }
 }
 
+/// One item's outcome in a group's answer: the value, or the message of the
+/// panic it raised.
+pub(crate) type GroupItem<R> = Result<R, String>;
+
+/// Trampoline for a group of calls of `fn(A) -> R` (many items of a map in
+/// one frame): the argument is an archived `Vec<A>`, the answer a
+/// `Vec<GroupItem<R>>` in the same order. Each item runs under its own
+/// `catch_unwind`: a panic fails that item only.
+///
+/// # Safety
+///
+/// `func` must be a `fn(A) -> R` cast to `usize`.
+pub(crate) unsafe fn call_group<A: Message, R: Message>(
+    func: usize,
+    _state: &mut WorkerState,
+    arg: &[u8],
+    out: &mut Reply<'_>,
+) {
+    // SAFETY: per this function's contract, `func` came from a `fn(A) -> R`.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
+    let items = match codec::access::<Vec<A>>(arg) {
+        Ok(items) => items,
+        Err(e) => return out.fail(Status::BadInput, &e.to_string()),
+    };
+    let answers: Vec<GroupItem<R>> = items
+        .iter()
+        .map(|item| {
+            let a = rkyv::deserialize::<A, rkyv::rancor::Error>(item).map_err(|e| format!("invalid argument: {e}"))?;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(a)))
+                .map_err(|p| crate::runtime::executor::take_panic_message(&*p))
+        })
+        .collect();
+    out.set(Status::Ok, &answers);
+}
+
 /// Trampoline for `fn(&Archived<A>) -> R`: the argument is read in place.
 ///
 /// # Safety
