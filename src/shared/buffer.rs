@@ -29,6 +29,10 @@ struct BufferHeader {
     generation: AtomicU64,
     len: AtomicU64,
     data: AtomicU64,
+    /// The segment id of the registry the buffer was made in (copied at
+    /// allocation): a hand-off names it without a directory look-up, and an
+    /// open compares it with the handle's.
+    segment: AtomicU64,
     /// `(pid << 32) | references` per holding process; 0 when free. A handle
     /// in flight counts as a reference of the process that made it.
     holders: [AtomicU64; HOLDERS],
@@ -249,6 +253,7 @@ impl SharedBuffer {
         h.generation.store(generation, Ordering::Relaxed);
         h.len.store(len, Ordering::Relaxed);
         h.data.store(header + data_at, Ordering::Relaxed);
+        h.segment.store(registry.segment_id.load(Ordering::Acquire), Ordering::Relaxed);
         h.holders[0].store(holder_word(process::current_pid(), 1), Ordering::Relaxed);
         h.issued.store(0, Ordering::Relaxed);
         for t in &h.tickets {
@@ -362,7 +367,7 @@ impl SharedBuffer {
     /// Issues a ticket for a hand-off and the handle that carries it.
     fn handoff(&self, writable: bool) -> Result<BufferHandle, SharedError> {
         let h = self.seg.get::<BufferHeader>(self.header)?;
-        let segment = registry(&self.seg)?.segment_id.load(Ordering::Acquire);
+        let segment = h.segment.load(Ordering::Acquire);
         let seq = h.issued.fetch_add(1, Ordering::Relaxed) + 1;
         let ticket = ticket(self.generation, seq, writable);
         // SYNC: the ticket's Release CAS pairs with the opener's AcqRel CAS.
@@ -438,17 +443,24 @@ impl BufferHandle {
     /// of it (a deserialised archive, say), is [`SharedError::HandleUsed`].
     /// A handle from another segment is [`SharedError::ForeignHandle`].
     pub fn open(&self, seg: &Segment) -> Result<SharedBuffer, SharedError> {
-        match existing_registry(seg)? {
-            Some(r) if r.segment_id.load(Ordering::Acquire) == self.segment => {}
-            _ => return Err(SharedError::ForeignHandle),
-        }
         if self.ticket == 0 {
             return Err(SharedError::HandleUsed);
         }
-        let h = seg.get::<BufferHeader>(self.header)?;
-        let stale = || SharedError::Segment(SegmentError::Corrupt("buffer handle names a freed buffer"));
+        // Not a live buffer of this segment: the handle is foreign (its
+        // segment id is not this segment's) or names a freed buffer. The
+        // directory is looked at only then: the hand-off's path needs none.
+        let stale = || match existing_registry(seg) {
+            Ok(Some(r)) if r.segment_id.load(Ordering::Acquire) == self.segment => {
+                SharedError::Segment(SegmentError::Corrupt("buffer handle names a freed buffer"))
+            }
+            Ok(_) => SharedError::ForeignHandle,
+            Err(e) => e,
+        };
+        let Ok(h) = seg.get::<BufferHeader>(self.header) else { return Err(stale()) };
         let live = || {
-            h.magic.load(Ordering::Acquire) == BUFFER_MAGIC && h.generation.load(Ordering::Acquire) == self.generation
+            h.magic.load(Ordering::Acquire) == BUFFER_MAGIC
+                && h.generation.load(Ordering::Acquire) == self.generation
+                && h.segment.load(Ordering::Acquire) == self.segment
         };
         if !live() {
             return Err(stale());
