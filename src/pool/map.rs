@@ -14,7 +14,8 @@
 //! millisecond or more) go one by one.
 //!
 //! Each item runs under its own `catch_unwind`: a panic fails that item
-//! only. A group counts as one task for the queue bound, the task timeout
+//! only. With `max_tasks_per_worker`, whose quota counts items, items go one
+//! by one. A group counts as one task for the queue bound, the task timeout
 //! and a dead worker's re-run (its items are run again together).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -65,6 +66,9 @@ pub struct MapIter<'p, I: Iterator, R> {
     groups: BTreeMap<u64, u64>,
     /// Items in the next group.
     group: usize,
+    /// Groups may grow: not with `max_tasks_per_worker`, whose quota counts
+    /// items (a worker replaced after `n` items, as the builder says).
+    grouping: bool,
     workers: usize,
     /// Ordered mode: results by `seq - yielded`.
     slots: VecDeque<Option<Result<R, TaskError>>>,
@@ -113,6 +117,7 @@ where
             ordered,
             groups: BTreeMap::new(),
             group: 1,
+            grouping: inner.config.max_tasks.is_none(),
             workers: inner.config.workers.max(1),
             slots: VecDeque::new(),
             ready: VecDeque::new(),
@@ -190,6 +195,9 @@ where
     /// Learns from a group of `n` items that took `ns` of work and whose
     /// archive was `bytes` long.
     fn adapt(&mut self, n: u64, ns: u64, bytes: u64) {
+        if !self.grouping {
+            return;
+        }
         let per_item = (ns / n.max(1)).max(1);
         let fits = (GROUP_WORK.as_nanos() as u64 / per_item).clamp(1, MAX_GROUP as u64) as usize;
         let mut next = fits.min(self.group.saturating_mul(2)).max(1);

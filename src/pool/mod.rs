@@ -116,7 +116,8 @@ macro_rules! builder_options {
         /// cleanly; a fresh process (a stateful one built again by
         /// `Worker::init`) takes its place at once. No task is lost or run
         /// twice by the change; [`crate::Pool::respawns`] counts the replacements.
-        /// `n == 0` is refused by `build` ([`Error::Config`]).
+        /// A map's items count one by one (a map then sends them one per
+        /// task, not grouped). `n == 0` is refused by `build` ([`Error::Config`]).
         pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
             self.config.max_tasks = Some(n);
             self

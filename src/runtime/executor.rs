@@ -165,8 +165,7 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
             slot.busy_since.store(0, Ordering::Release);
             // `func` names the answering worker: the parent tells answered
             // tasks from unanswered ones if this worker dies.
-            let mut out = reply.header(&hdr, answerer);
-            out.check = process::monotonic_ns().saturating_sub(started);
+            let out = reply.header(&hdr, answerer);
             ran += 1;
             if quota != 0 && ran >= quota && i + 1 == n {
                 // The last answer: say so first, so that the waiter it wakes
@@ -178,15 +177,20 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
             }
             // Each answer goes out as soon as its task ends: a later task of
             // the batch may wait on what the caller does with this one.
-            let pushed = wait::ring_in_slices(
-                Deadline::NEVER,
-                PARENT_CHECK,
-                |until| {
-                    let write = |_: usize, dst: &mut [u8]| out.write(dst, reply.inline());
-                    results.push_many_recorded(1, Some(until), SpinPolicy::DEFAULT, Some(&slot.push_claim), write)
-                },
-                parent_alive,
-            );
+            // A free slot is taken at once (no clock read); waiting for one
+            // is the sliced wait.
+            let write = |_: usize, dst: &mut [u8]| out.write(dst, reply.inline());
+            let pushed = match results.try_push_many_recorded(1, Some(&slot.push_claim), write) {
+                Err(RingError::WouldBlock) => wait::ring_in_slices(
+                    Deadline::NEVER,
+                    PARENT_CHECK,
+                    |until| {
+                        results.push_many_recorded(1, Some(until), SpinPolicy::DEFAULT, Some(&slot.push_claim), write)
+                    },
+                    parent_alive,
+                ),
+                other => Ok(other),
+            };
             match pushed {
                 Ok(Ok(_)) => {}
                 Ok(Err(RingError::Closed)) | Err(_) => return Ok(()),
@@ -196,7 +200,9 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
             // then a requeue may have needed it. Marked answered first, so a
             // parent recovering this worker never runs it again from a
             // block that is freed.
-            slot.answered.fetch_or(1 << i, Ordering::Release);
+            // This worker is the word's only writer: no read-modify-write.
+            let answered = slot.answered.load(Ordering::Relaxed) | 1 << i;
+            slot.answered.store(answered, Ordering::Release);
             wire::discard(&seg, &hdr);
             slot.done.fetch_add(1, Ordering::Relaxed);
         }
