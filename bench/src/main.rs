@@ -24,14 +24,21 @@
 //! * **shared map**: reads and updates from another process against Python's
 //!   `Manager().dict()`.
 //! * **hand-off**: a `SharedBuffer` of 8 B to 1 GiB handed to a worker
-//!   against a pipe copy and Python pickling, with memcpy as the floor.
+//!   against the peers' shared memory (ipc-channel's `IpcSharedMemory`,
+//!   Python's `multiprocessing.shared_memory`) and their copy paths (a pipe,
+//!   Python pickling), each beside a floor measured with its own buffers.
+//! * **pipeline**: N workers digesting 4 MiB shared buffers against N threads
+//!   of one process over the same buffers and Python's shared_memory; first
+//!   pass and steady state apart.
 //!
 //! Every ratio compares rows measured in the same run. The peers are this
 //! binary re-executed with the hidden first argument `--peer ROLE`, or
 //! `python3` running the scripts in `bench/python/` (skipped, and said so,
 //! when `python3` is missing).
 
+mod affinity;
 mod common;
+mod crc32;
 mod floor;
 mod handoff;
 mod locks;
@@ -40,6 +47,7 @@ mod oneway;
 mod params;
 mod payload;
 mod peers;
+mod pipeline;
 mod pipes;
 mod plot;
 mod process;
@@ -66,12 +74,13 @@ Options:
   --json FILE      also write the figures to FILE as JSON
   --plot DIR       also write SVG charts and the tables (tables.md) to DIR
   --only SECTIONS  measure only these, comma-separated, of: latency, throughput,
-                   oneway, payload, idle, locks, map, handoff
+                   oneway, payload, idle, locks, map, handoff, pipeline
   -h, --help       print this help
 ";
 
 /// The sections `--only` accepts, in the order they run.
-const SECTIONS: [&str; 8] = ["latency", "throughput", "oneway", "payload", "idle", "locks", "map", "handoff"];
+const SECTIONS: [&str; 9] =
+    ["latency", "throughput", "oneway", "payload", "idle", "locks", "map", "handoff", "pipeline"];
 
 fn main() {
     shmpool::init();
@@ -217,6 +226,9 @@ fn run(options: &Options) -> BoxResult<()> {
             row.python = python;
         }
         sections.push(handoff::handoff_section(&rows, &floor));
+    }
+    if options.wants("pipeline") {
+        sections.push(pipeline::measure_pipeline(mode)?);
     }
     sections.push(floor_section(&floor));
 

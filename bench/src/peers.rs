@@ -8,7 +8,7 @@
 
 mod ipc;
 mod proc_pool;
-mod python;
+pub mod python;
 
 use std::time::Duration;
 

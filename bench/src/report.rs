@@ -44,6 +44,8 @@ pub enum Cell {
     Reference,
     /// A plain factor, printed as "3.2x".
     Factor(f64),
+    /// A ratio near 1, printed with two decimals: "0.97x".
+    Ratio(f64),
     Text(String),
     /// Not measured (shown as "-", null in the JSON).
     Empty,
@@ -73,6 +75,7 @@ impl Cell {
             Cell::Slower(ratio) if *ratio >= 1.0 => format!("{ratio:.2}x slower"),
             Cell::Slower(ratio) => format!("{:.2}x faster", 1.0 / ratio),
             Cell::Factor(factor) => format!("{factor:.1}x"),
+            Cell::Ratio(ratio) => format!("{ratio:.2}x"),
             Cell::Text(text) => text.clone(),
             Cell::Empty => "-".to_owned(),
         }
@@ -81,7 +84,7 @@ impl Cell {
     fn json(&self) -> Value {
         let number = |x: f64| if x.is_finite() { json!((x * 1e4).round() / 1e4) } else { Value::Null };
         match self {
-            Cell::Nanos(x) | Cell::Rate(x) | Cell::Bandwidth(x) | Cell::Slower(x) | Cell::Factor(x) => number(*x),
+            Cell::Nanos(x) | Cell::Rate(x) | Cell::Bandwidth(x) | Cell::Slower(x) | Cell::Factor(x) | Cell::Ratio(x) => number(*x),
             Cell::Bytes(n) | Cell::Count(n) => json!(n),
             Cell::Reference => json!(1.0),
             Cell::Text(text) => json!(text),
