@@ -220,12 +220,7 @@ fn run(options: &Options) -> BoxResult<()> {
         sections.push(map::measure_map(&params)?);
     }
     if options.wants("handoff") {
-        let mut rows = handoff::measure_handoff(&params)?;
-        let python = peers::python_handoff(mode, &handoff::HANDOFF_SIZES)?;
-        for (row, python) in rows.iter_mut().zip(python) {
-            row.python = python;
-        }
-        sections.push(handoff::handoff_section(&rows, &floor));
+        sections.push(handoff::measure_handoff(&params, mode)?);
     }
     if options.wants("pipeline") {
         sections.push(pipeline::measure_pipeline(mode)?);
@@ -245,6 +240,15 @@ fn run(options: &Options) -> BoxResult<()> {
         let tables = format!("# shmpool-bench tables ({})\n\n```text\n{}```\n", mode_name(mode), report.table());
         std::fs::write(dir.join("tables.md"), tables)?;
         println!("Tables written to {}", dir.join("tables.md").display());
+    }
+    let invalid = report.invalid();
+    if !invalid.is_empty() {
+        return Err(format!(
+            "this run is INVALID and its figures must not be used: a row came out faster than its floor, which \
+             only a measuring error can do ({})",
+            invalid.join("; ")
+        )
+        .into());
     }
     Ok(())
 }

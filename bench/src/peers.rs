@@ -6,7 +6,7 @@
 //! every path, and a peer that dies or hangs is an error after a deadline,
 //! never a hang.
 
-mod ipc;
+pub mod ipc;
 mod proc_pool;
 pub mod python;
 
@@ -225,7 +225,7 @@ pub fn python_handoff(mode: Mode, sizes: &[usize]) -> BoxResult<Vec<Option<Laten
         let args = [bytes, warm_up, params.handoff_iterations, params.handoff_budget.as_nanos() as usize];
         match script.run::<Timed>("handoff", &args, params.python_timeout) {
             Ok(Some(timed)) => {
-                let row = timed.latency("Python Pool, pickled");
+                let row = timed.latency("Python Pool, pickled (copy path)");
                 last = Some((bytes, row.p50));
                 rows.push(Some(row));
             }
@@ -243,6 +243,36 @@ pub fn python_handoff(mode: Mode, sizes: &[usize]) -> BoxResult<Vec<Option<Laten
         }
     }
     Ok(rows)
+}
+
+/// Python's `multiprocessing.shared_memory` hand-off for each buffer size:
+/// one block per size, its name to a `Pool(1)` worker that attaches it once
+/// (and keeps it) and reads its length and first byte. Parent and worker
+/// pinned to the fixed pair of cores; the budget shared over `rounds`.
+/// `None` where python3 is missing.
+pub fn python_shm_handoff(mode: Mode, sizes: &[usize], rounds: usize) -> BoxResult<Vec<Option<Latency>>> {
+    let params = Params::new(mode);
+    let script = Script::write()?;
+    let (parent, child) = crate::affinity::pair();
+    let budget = params.handoff_budget / rounds.max(1) as u32;
+    let mut args = vec![
+        parent,
+        child,
+        params.handoff_warm_up,
+        params.handoff_iterations / rounds.max(1),
+        budget.as_nanos() as usize,
+    ];
+    args.extend_from_slice(sizes);
+    progress("Python shared_memory hand-off, all sizes");
+    let Some(timed) = script.run::<std::collections::HashMap<String, Timed>>("shm_handoff", &args, params.python_timeout)?
+    else {
+        python::missing();
+        return Ok(sizes.iter().map(|_| None).collect());
+    };
+    Ok(sizes
+        .iter()
+        .map(|bytes| timed.get(&bytes.to_string()).map(|t| t.latency("Python shared_memory")))
+        .collect())
 }
 
 /// The longest the calls of one hand-off size may be expected to take in

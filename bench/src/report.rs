@@ -116,11 +116,21 @@ pub struct Section {
     pub rows: Vec<Row>,
     /// Lines printed under the table: how to read it, goals met or missed.
     pub notes: Vec<String>,
+    /// Why the figures cannot stand (a row faster than its floor): the
+    /// whole run is refused.
+    pub invalid: Vec<String>,
 }
 
 impl Section {
     pub fn new(id: impl Into<String>, title: impl Into<String>, columns: Vec<Column>) -> Self {
-        Section { id: id.into(), title: title.into(), columns, rows: Vec::new(), notes: Vec::new() }
+        Section {
+            id: id.into(),
+            title: title.into(),
+            columns,
+            rows: Vec::new(),
+            notes: Vec::new(),
+            invalid: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, name: impl Into<String>, cells: Vec<Cell>) {
@@ -130,6 +140,11 @@ impl Section {
 
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
+    }
+
+    /// Marks the section's figures INVALID, saying why.
+    pub fn invalid(&mut self, why: impl Into<String>) {
+        self.invalid.push(why.into());
     }
 
     /// The section as an aligned text table.
@@ -161,6 +176,9 @@ impl Section {
         for note in &self.notes {
             out += &format!("  {note}\n");
         }
+        for why in &self.invalid {
+            out += &format!("  INVALID: {why}\n");
+        }
         out
     }
 
@@ -177,7 +195,7 @@ impl Section {
                 Value::Object(object)
             })
             .collect();
-        json!({ "title": self.title, "rows": rows, "notes": self.notes })
+        json!({ "title": self.title, "rows": rows, "notes": self.notes, "invalid": self.invalid })
     }
 }
 
@@ -189,6 +207,11 @@ pub struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// Every reason, over all sections, why the run is refused.
+    pub fn invalid(&self) -> Vec<String> {
+        self.sections.iter().flat_map(|s| s.invalid.iter().map(move |why| format!("{}: {why}", s.id))).collect()
+    }
+
     pub fn table(&self) -> String {
         let mut out = format!("\nshmpool-bench ({} mode) on {}\n", self.mode.name(), self.machine.describe());
         for section in self.sections {
@@ -223,6 +246,18 @@ mod tests {
         section.row("unmeasured", vec![Cell::Empty, Cell::slower(None, Some(1.0))]);
         section.note("a note");
         section
+    }
+
+    #[test]
+    fn an_invalid_section_says_why_and_refuses_the_report() {
+        let mut invalid = section();
+        invalid.invalid("row x beats its floor");
+        assert!(invalid.table().contains("INVALID: row x beats its floor"));
+        assert_eq!(invalid.json()["invalid"][0], "row x beats its floor");
+        let sections = [section(), invalid];
+        let machine = Machine { cpu: "cpu".into(), cores: 2, kernel: "k".into() };
+        let report = Report { mode: Mode::Quick, machine: &machine, sections: &sections };
+        assert_eq!(report.invalid(), vec!["s: row x beats its floor".to_owned()]);
     }
 
     #[test]
