@@ -1,8 +1,8 @@
 """Python's multiprocessing.Pool, measured for shmpool-bench (src/peers/python.rs).
 
-    python3 pool.py latency WARM_UP ITERATIONS BUDGET_NS
+    python3 pool.py latency WARM_UP ITERATIONS BUDGET_NS [PARENT_CORE CHILD_CORE]
     python3 pool.py throughput PROCESSES TASKS CHUNKSIZE RUNS    (CHUNKSIZE 0: map's default)
-    python3 pool.py handoff BYTES WARM_UP ITERATIONS BUDGET_NS
+    python3 pool.py handoff BYTES WARM_UP ITERATIONS BUDGET_NS [PARENT_CORE CHILD_CORE]
     python3 pool.py shm_handoff PARENT_CORE CHILD_CORE WARM_UP ITERATIONS BUDGET_NS BYTES...
     python3 pool.py pipeline PROCESSES BUFFERS SIZE PASSES PARENT_CORE CHILD_CORE
 
@@ -76,8 +76,17 @@ def timed_applies(pool, func, argument, expected, warm_up, iterations, budget_ns
     return {'samples': samples, 'cpu_ns': cpu_ns(pids) - cpu_before}
 
 
-def latency(warm_up, iterations, budget_ns):
-    with mp.Pool(1) as pool:
+def pinned_or_plain_pool(cores):
+    """Pool(1), its parent and worker pinned to the pair of cores when given."""
+    if not cores:
+        return mp.Pool(1)
+    parent_core, child_core = cores
+    pin(0, parent_core)
+    return pinned_pool(1, parent_core, child_core)
+
+
+def latency(warm_up, iterations, budget_ns, *cores):
+    with pinned_or_plain_pool(cores) as pool:
         return timed_applies(pool, square, lambda i: i, square, warm_up, iterations, budget_ns)
 
 
@@ -96,9 +105,9 @@ def throughput(processes, tasks, chunksize, runs):
     return {'elapsed_ns': elapsed}
 
 
-def handoff(size, warm_up, iterations, budget_ns):
+def handoff(size, warm_up, iterations, budget_ns, *cores):
     buf = bytes([FILL]) * size
-    with mp.Pool(1) as pool:
+    with pinned_or_plain_pool(cores) as pool:
         return timed_applies(pool, length_plus_last, lambda i: buf, lambda i: size + FILL,
                              warm_up, iterations, budget_ns)
 

@@ -215,13 +215,7 @@ impl Rig {
 }
 
 /// Measures one row over every size in one round.
-fn measure_row(
-    row: Row,
-    round: usize,
-    rig: &mut Rig,
-    rounds: &Rounds,
-    mode: Mode,
-) -> BoxResult<Vec<Option<Latency>>> {
+fn measure_row(row: Row, round: usize, rig: &mut Rig, rounds: &Rounds, mode: Mode) -> BoxResult<Vec<Option<Latency>>> {
     let mut out = Vec::with_capacity(HANDOFF_SIZES.len());
     match row {
         Row::PythonShm => return crate::peers::python_shm_handoff(mode, &HANDOFF_SIZES, rounds.rounds),
@@ -251,8 +245,7 @@ fn measure_row(
                 })?
             }
             Row::ZeroCopyFloor => {
-                let latency =
-                    floor::zero_copy_floor(rig.buffers[index].as_slice(), rounds.iterations, rounds.budget)?;
+                let latency = floor::zero_copy_floor(rig.buffers[index].as_slice(), rounds.iterations, rounds.budget)?;
                 out.push(Some(latency));
                 continue;
             }

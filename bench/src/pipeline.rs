@@ -362,7 +362,7 @@ pub fn measure_pipeline(mode: Mode) -> BoxResult<Section> {
         let mut lines = vec![
             Line { name: format!("shmpool Pool, {n}, SharedBuffer handles"), passes: pool.clone(), steady: true },
             Line {
-                name: format!("  same, workers MADV_POPULATE_READ each buffer (fresh pool)"),
+                name: "  same, workers MADV_POPULATE_READ each buffer (fresh pool)".to_owned(),
                 passes: populate.clone(),
                 steady: false,
             },

@@ -84,7 +84,12 @@ impl Cell {
     fn json(&self) -> Value {
         let number = |x: f64| if x.is_finite() { json!((x * 1e4).round() / 1e4) } else { Value::Null };
         match self {
-            Cell::Nanos(x) | Cell::Rate(x) | Cell::Bandwidth(x) | Cell::Slower(x) | Cell::Factor(x) | Cell::Ratio(x) => number(*x),
+            Cell::Nanos(x)
+            | Cell::Rate(x)
+            | Cell::Bandwidth(x)
+            | Cell::Slower(x)
+            | Cell::Factor(x)
+            | Cell::Ratio(x) => number(*x),
             Cell::Bytes(n) | Cell::Count(n) => json!(n),
             Cell::Reference => json!(1.0),
             Cell::Text(text) => json!(text),
