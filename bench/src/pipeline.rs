@@ -29,6 +29,9 @@ pub const BUFFER: usize = 4 << 20;
 const WORKERS: [usize; 2] = [1, 2];
 /// Goal: the steady state at this share of the floor's throughput or more.
 const GOAL: f64 = 0.95;
+/// A row of the same work as its floor that comes out this much faster than
+/// the floor was measured on a disturbed machine: the run is refused.
+const BEYOND_NOISE: f64 = 1.10;
 
 struct Params {
     /// Buffers per pass (96 x 4 MiB = 384 MiB, the figure of issue #11).
@@ -416,6 +419,12 @@ pub fn measure_pipeline(mode: Mode) -> BoxResult<Section> {
             );
         }
         let ratio = floor_steady / pool.steady_median().as_secs_f64().max(1e-12);
+        if ratio > BEYOND_NOISE {
+            section.invalid(format!(
+                "pipeline, {n}: the steady state is {ratio:.2}x the {t} floor's throughput (the same work cannot \
+                 beat the floor by more than the noise, {BEYOND_NOISE:.2}x: the machine was busy)"
+            ));
+        }
         goals.push(format!(
             "goal: steady state with {n} >= {GOAL:.2}x of the {t} floor's throughput: {ratio:.2}x, {}",
             if ratio >= GOAL { "MET" } else { "MISSED" }
