@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::IpcSharedMemory;
 
 use crate::affinity::{self, ParentPin};
-use crate::common::{format_bytes, histogram, median, progress, record, BoxResult, Latency, Mode};
+use crate::common::{format_bytes, histogram, progress, record, rotated, BoxResult, Latency, Mode, Rounds as Figures};
 use crate::floor;
 use crate::params::Params;
 use crate::payload::check_sum;
@@ -147,30 +147,6 @@ fn timed(
     Ok(samples)
 }
 
-/// The figures of one row at one size: one Latency per round.
-#[derive(Default, Clone)]
-struct Figures {
-    rounds: Vec<Latency>,
-}
-
-impl Figures {
-    fn p50(&self) -> Option<Duration> {
-        (!self.rounds.is_empty()).then(|| median(self.rounds.iter().map(|l| l.p50).collect()))
-    }
-
-    fn p99(&self) -> Option<Duration> {
-        (!self.rounds.is_empty()).then(|| median(self.rounds.iter().map(|l| l.p99).collect()))
-    }
-
-    /// ±half of (max - min) / median of the rounds' p50s.
-    fn spread(&self) -> Option<f64> {
-        let p50s: Vec<f64> = self.rounds.iter().map(|l| l.p50.as_secs_f64()).collect();
-        let (min, max) = p50s.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-        let median = self.p50()?.as_secs_f64().max(1e-12);
-        (p50s.len() > 1).then(|| (max - min) / 2.0 / median)
-    }
-}
-
 /// Everything the rows use, set up once and kept over the rounds.
 struct Rig {
     pool: shmpool::Pool,
@@ -274,8 +250,7 @@ pub fn measure_handoff(params: &Params, mode: Mode) -> BoxResult<Section> {
     let mut rig = Rig::new()?;
     let mut figures = vec![vec![Figures::default(); HANDOFF_SIZES.len()]; ROWS.len()];
     for round in 0..rounds.rounds {
-        for k in 0..ROWS.len() {
-            let index = (k + round) % ROWS.len();
+        for index in rotated(round, ROWS.len()) {
             let row = ROWS[index];
             progress(&format!("buffer hand-off, round {}/{}: {}", round + 1, rounds.rounds, row.name()));
             for (size, latency) in measure_row(row, round, &mut rig, &rounds, mode)?.into_iter().enumerate() {
