@@ -104,7 +104,7 @@ impl Rounds {
     fn warm_up(&self, round: usize, bytes: usize) -> usize {
         let base = if round == 0 { self.warm_up } else { self.warm_up / 10 };
         match bytes {
-            b if b >= 256 << 20 => round.min(1) ^ 1,
+            b if b >= 256 << 20 => 0,
             b if b >= 64 << 20 => base.min(2),
             _ => base,
         }
