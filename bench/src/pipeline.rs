@@ -12,6 +12,7 @@
 //! the floor alternate, so that drift of the machine hits both alike.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -209,36 +210,79 @@ fn pool_pass(filled: &mut Filled, task: fn(shmpool::BufferHandle) -> u32) -> Box
     Ok(start.elapsed())
 }
 
-/// One pass of `threads` threads of this process over the same buffers,
-/// each pinned as the workers are.
-fn threads_pass(filled: &Filled, threads: usize) -> BoxResult<Duration> {
-    let slices: Vec<&[u8]> = filled.buffers.iter().map(|b| b.as_slice()).collect();
-    let next = AtomicUsize::new(0);
-    let start = Instant::now();
-    let wrong = thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|index| {
-                let (slices, next, expect) = (&slices, &next, &filled.expect);
-                s.spawn(move || {
-                    let _ = affinity::pin_thread(0, affinity::worker_core(index, threads));
+/// The floor: `n` threads of this process over the same buffers (read-only
+/// views the parent opened from handles, as a worker does), each pinned as
+/// the workers are. They live as long as the pool's workers and, like them,
+/// sleep between passes: a thread made afresh for every pass would start
+/// each pass in a scheduler state no worker is in.
+struct FloorThreads {
+    go: Vec<mpsc::Sender<()>>,
+    done: mpsc::Receiver<Option<usize>>,
+    next: Arc<AtomicUsize>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl FloorThreads {
+    fn start(filled: &mut Filled, n: usize) -> BoxResult<FloorThreads> {
+        let mut views = Vec::with_capacity(filled.buffers.len());
+        for buffer in &mut filled.buffers {
+            views.push(buffer.share()?.open(filled.pool.segment())?);
+        }
+        let views = Arc::new(views);
+        let expect = Arc::new(filled.expect.clone());
+        let next = Arc::new(AtomicUsize::new(0));
+        let (done_tx, done) = mpsc::channel();
+        let mut go = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for index in 0..n {
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let (views, expect, next, done_tx) = (views.clone(), expect.clone(), next.clone(), done_tx.clone());
+            threads.push(thread::spawn(move || {
+                let _ = affinity::pin_thread(0, affinity::worker_core(index, n));
+                while go_rx.recv().is_ok() {
                     let mut wrong = None;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(bytes) = slices.get(i) else { break };
-                        if crc32(bytes) != expect[i] {
+                        let Some(view) = views.get(i) else { break };
+                        if crc32(view.as_slice()) != expect[i] {
                             wrong = Some(i);
                         }
                     }
-                    wrong
-                })
-            })
-            .collect();
-        workers.into_iter().find_map(|w| w.join().unwrap_or(Some(usize::MAX)))
-    });
-    let took = start.elapsed();
-    match wrong {
-        Some(index) => Err(format!("pipeline floor: buffer {index} digested wrongly").into()),
-        None => Ok(took),
+                    if done_tx.send(wrong).is_err() {
+                        return;
+                    }
+                }
+            }));
+            go.push(go_tx);
+        }
+        Ok(FloorThreads { go, done, next, threads })
+    }
+
+    /// One pass of every thread over every buffer.
+    fn pass(&self) -> BoxResult<Duration> {
+        self.next.store(0, Ordering::Relaxed);
+        let start = Instant::now();
+        for go in &self.go {
+            go.send(()).map_err(|_| "a floor thread died")?;
+        }
+        let mut wrong = None;
+        for _ in &self.go {
+            wrong = wrong.or(self.done.recv().map_err(|_| "a floor thread died")?);
+        }
+        let took = start.elapsed();
+        match wrong {
+            Some(index) => Err(format!("pipeline floor: buffer {index} digested wrongly").into()),
+            None => Ok(took),
+        }
+    }
+}
+
+impl Drop for FloorThreads {
+    fn drop(&mut self) {
+        self.go.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -258,20 +302,21 @@ fn measure_pool_and_floor(workers: usize, params: &Params) -> BoxResult<(Passes,
     progress(&format!("pipeline: {} x {} to {workers} worker(s)", params.buffers, format_bytes(BUFFER)));
     let mut filled = fill(workers, params, Variant::Plain)?;
     let pids = filled.pool.worker_pids();
+    let threads = FloorThreads::start(&mut filled, workers)?;
     let mut pool = Passes::default();
     let mut floor = Passes::default();
     let before = minor_faults(&pids);
     pool.first = pool_pass(&mut filled, digest)?;
     let after_first = minor_faults(&pids);
-    floor.first = threads_pass(&filled, workers)?;
+    floor.first = threads.pass()?;
     for round in 0..params.steady_passes {
         let before_pass = minor_faults(&pids);
         if round % 2 == 0 {
-            floor.steady.push(threads_pass(&filled, workers)?);
+            floor.steady.push(threads.pass()?);
             pool.steady.push(pool_pass(&mut filled, digest)?);
         } else {
             pool.steady.push(pool_pass(&mut filled, digest)?);
-            floor.steady.push(threads_pass(&filled, workers)?);
+            floor.steady.push(threads.pass()?);
         }
         if round == 0 {
             pool.faults = Some((after_first - before, minor_faults(&pids) - before_pass));
