@@ -180,19 +180,25 @@ fn run(options: &Options) -> BoxResult<()> {
     let mode = options.mode;
     let params = Params::new(mode);
     let machine = Machine::detect();
-    let mut memcpy_sizes: Vec<usize> = oneway::SIZES.iter().chain(&handoff::HANDOFF_SIZES).copied().collect();
-    memcpy_sizes.sort_unstable();
-    memcpy_sizes.dedup();
-    let floor = floor::measure(params.latency_iterations, &memcpy_sizes)?;
+    // The run-wide floors serve the latency and one-way tables; the hand-off
+    // and pipeline sections measure their own beside their rows.
+    let floor = if options.wants("latency") || options.wants("oneway") {
+        let mut memcpy_sizes: Vec<usize> = oneway::SIZES.to_vec();
+        memcpy_sizes.sort_unstable();
+        memcpy_sizes.dedup();
+        Some(floor::measure(params.latency_iterations, &memcpy_sizes)?)
+    } else {
+        None
+    };
     let mut sections = Vec::new();
     let mut plots = plot::Data::default();
 
     let mut empty_task = None;
-    if options.wants("latency") {
+    if let (true, Some(floor)) = (options.wants("latency"), &floor) {
         let mut rows = roundtrip::measure_latency(&params)?;
         empty_task = rows.first().map(|row| row.p50);
         rows.extend(peers::latency(mode)?);
-        sections.push(roundtrip::latency_section(&params, &rows, &floor));
+        sections.push(roundtrip::latency_section(&params, &rows, floor));
         plots.latency = rows;
         plots.latency.push(floor.round_trip.clone());
     }
@@ -202,9 +208,9 @@ fn run(options: &Options) -> BoxResult<()> {
         sections.push(roundtrip::throughput_section(&params, &rows));
         plots.throughput = rows;
     }
-    if options.wants("oneway") {
+    if let (true, Some(floor)) = (options.wants("oneway"), &floor) {
         let result = oneway::measure(mode)?;
-        sections.extend(oneway::sections(&result, &floor));
+        sections.extend(oneway::sections(&result, floor));
         plots.oneway = Some(result);
     }
     if options.wants("payload") {
@@ -225,7 +231,9 @@ fn run(options: &Options) -> BoxResult<()> {
     if options.wants("pipeline") {
         sections.push(pipeline::measure_pipeline(mode)?);
     }
-    sections.push(floor_section(&floor));
+    if let Some(floor) = &floor {
+        sections.push(floor_section(floor));
+    }
 
     let report = Report { mode, machine: &machine, sections: &sections };
     print!("{}", report.table());
@@ -264,7 +272,9 @@ fn mode_name(mode: Mode) -> &'static str {
 fn floor_section(floor: &floor::Floor) -> Section {
     let mut section = Section::new(
         "floor",
-        "Floors measured in this run: memcpy in one process (p50 of one copy; small sizes timed 1000 at a time)",
+        "Run-wide floors (latency and one-way tables): memcpy between two private buffers of one process (p50 of \
+         one copy; small sizes timed 1000 at a time); the hand-off and pipeline tables measure their own floors \
+         beside their rows, with the rows' buffers",
         vec![Column::new("time", "ns"), Column::new("bandwidth", "bytes_per_second")],
     );
     for &(bytes, time) in &floor.memcpy {
