@@ -200,6 +200,42 @@ pub fn measure_cpu<T>(pids: &[u32], f: impl FnOnce() -> T) -> (T, Duration) {
     (out, used)
 }
 
+/// The figures of one row measured in several rounds: one [`Latency`] per
+/// round. Verdicts use the median of the rounds' p50s, shown with its
+/// spread, so that one round that met a busy machine decides nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Rounds {
+    pub rounds: Vec<Latency>,
+}
+
+impl Rounds {
+    /// The median of the rounds' p50s (`None` before any round).
+    pub fn p50(&self) -> Option<Duration> {
+        (!self.rounds.is_empty()).then(|| median(self.rounds.iter().map(|l| l.p50).collect()))
+    }
+
+    /// The median of the rounds' p99s.
+    pub fn p99(&self) -> Option<Duration> {
+        (!self.rounds.is_empty()).then(|| median(self.rounds.iter().map(|l| l.p99).collect()))
+    }
+
+    /// ±half of (max - min) of the rounds' p50s, as a share of their median
+    /// (`None` with fewer than two rounds).
+    pub fn spread(&self) -> Option<f64> {
+        let p50s: Vec<f64> = self.rounds.iter().map(|l| l.p50.as_secs_f64()).collect();
+        let (min, max) = p50s.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let median = self.p50()?.as_secs_f64().max(1e-12);
+        (p50s.len() > 1).then(|| (max - min) / 2.0 / median)
+    }
+}
+
+/// The order of `n` rows in round `round`: each round starts one row
+/// further on, so that no row always runs first (or right after the same
+/// neighbour).
+pub fn rotated(round: usize, n: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| (k + round) % n.max(1))
+}
+
 /// Median of unsorted durations (zero when empty).
 pub fn median(mut times: Vec<Duration>) -> Duration {
     times.sort_unstable();
@@ -371,4 +407,26 @@ pub fn median_run(
         times.push(elapsed);
     }
     Ok(Throughput { name, delivery, workers, tasks, elapsed: median(times) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_rotate_and_report_the_median_with_its_spread() {
+        assert_eq!(rotated(1, 3).collect::<Vec<_>>(), [1, 2, 0]);
+        assert_eq!(rotated(3, 3).collect::<Vec<_>>(), [0, 1, 2]);
+        let round = |ns: u64| {
+            let mut h = histogram();
+            h.record(ns).expect("in range");
+            Latency::from_histogram("r", &h)
+        };
+        let rounds = Rounds { rounds: vec![round(100), round(300), round(200)] };
+        let p50 = rounds.p50().expect("three rounds").as_nanos() as f64;
+        assert!((p50 - 200.0).abs() < 1.0, "{p50}");
+        let spread = rounds.spread().expect("three rounds");
+        assert!((spread - 0.5).abs() < 0.01, "{spread}");
+        assert!(Rounds::default().p50().is_none() && Rounds { rounds: vec![round(5)] }.spread().is_none());
+    }
 }

@@ -27,12 +27,13 @@ impl Floor {
 /// `sizes`.
 pub fn measure(iterations: usize, sizes: &[usize]) -> BoxResult<Floor> {
     progress("floor: cache-line ping-pong between two processes");
+    let _pin = crate::affinity::ParentPin::new();
     // The best of three runs: the floor is what the hardware allows, and one
     // run can land while the other core is taken (seen here: 120 ns in one
     // run, 760 ns in another).
-    let mut round_trip = ping_pong(iterations / 3)?;
+    let mut round_trip = ping_pong(iterations / 3, None, None)?;
     for _ in 0..2 {
-        let again = ping_pong(iterations / 3)?;
+        let again = ping_pong(iterations / 3, None, None)?;
         if again.p50 < round_trip.p50 {
             round_trip = again;
         }
@@ -100,9 +101,51 @@ fn spin_until(word: &AtomicU64, want: u64, limit: Duration) -> bool {
     true
 }
 
+/// What the child answers when the byte it read is not [`READ_FILL`].
+const BAD_READ: u64 = u64::MAX - 1;
+
+/// The byte the buffer of a reading ping-pong must start with.
+pub const READ_FILL: u8 = 0xA5;
+
+/// The floor of a zero-copy hand-off of `bytes` (a buffer in shared memory,
+/// already filled with [`READ_FILL`]): the cache-line ping-pong, the child
+/// reading the buffer's first byte through its own view of the same mapping
+/// before it answers. At most `iterations` round trips, stopping once they
+/// took `budget`; the parent on the parent's core (the caller pins it), the
+/// child on the child's.
+pub fn zero_copy_floor(bytes: &[u8], iterations: usize, budget: Duration) -> BoxResult<Latency> {
+    ping_pong(iterations, Some(bytes), Some(budget))
+}
+
+/// The floor of a copy of `source` out of its buffer: the median of one
+/// memcpy into a private, already faulted-in target, `samples` of them (at
+/// least 1) or fewer once `budget` is spent (3 at least).
+pub fn copy_floor(source: &[u8], samples: usize, budget: Duration) -> Latency {
+    let mut target = vec![0u8; source.len()];
+    target.copy_from_slice(source);
+    let mut histogram = crate::common::histogram();
+    let mut spent = Duration::ZERO;
+    for i in 0..samples.max(1) {
+        if i >= 3 && spent > budget {
+            break;
+        }
+        let start = Instant::now();
+        target.copy_from_slice(std::hint::black_box(source));
+        std::hint::black_box(&mut target);
+        let took = start.elapsed();
+        spent += took;
+        crate::common::record(&mut histogram, took);
+    }
+    Latency::from_histogram("copy floor: one memcpy out of the buffer", &histogram)
+}
+
 /// Round trips of one cache line between this process and a forked child,
-/// both spinning: no system call, no scheduler, no framing.
-fn ping_pong(iterations: usize) -> BoxResult<Latency> {
+/// both spinning: no system call, no scheduler, no framing. With `read`, the
+/// child reads its first byte before each answer (and stops the run with
+/// [`BAD_READ`] if it is not [`READ_FILL`]).
+fn ping_pong(iterations: usize, read: Option<&[u8]>, budget: Option<Duration>) -> BoxResult<Latency> {
+    let read = read.filter(|bytes| !bytes.is_empty()).map(|bytes| bytes.as_ptr());
+    let child_core = crate::affinity::pair().1;
     let page = SharedPage::new()?;
     let word = page.word();
     // SAFETY: fork in a process whose other threads (if any) hold no lock the
@@ -113,6 +156,9 @@ fn ping_pong(iterations: usize) -> BoxResult<Latency> {
         return Err(io::Error::last_os_error().into());
     }
     if child == 0 {
+        // Failure leaves the child where the scheduler put it: the parent's
+        // figures stay valid, only less steady.
+        let _ = crate::affinity::pin_thread(0, child_core);
         let mut expect = 1;
         loop {
             // Answer or, if the parent stops answering for 10 s, leave.
@@ -133,6 +179,18 @@ fn ping_pong(iterations: usize) -> BoxResult<Latency> {
                     unsafe { libc::_exit(1) };
                 }
             }
+            if let Some(first) = read {
+                // SAFETY: `first` points at the first byte of a buffer the
+                // parent keeps mapped (MAP_SHARED, inherited by fork) for as
+                // long as this child runs: the parent waits for it before
+                // returning. A volatile read: the byte is read every time.
+                let byte = unsafe { std::ptr::read_volatile(first) };
+                if byte != READ_FILL {
+                    word.store(BAD_READ, Ordering::Release);
+                    // SAFETY: as above.
+                    unsafe { libc::_exit(1) };
+                }
+            }
             word.store(expect + 1, Ordering::Release);
             expect += 2;
         }
@@ -142,15 +200,23 @@ fn ping_pong(iterations: usize) -> BoxResult<Latency> {
         let mut round_trip = |_| -> BoxResult<()> {
             word.store(next, Ordering::Release);
             if !spin_until(word, next + 1, Duration::from_secs(10)) {
+                if word.load(Ordering::Acquire) == BAD_READ {
+                    return Err("the ping-pong child read a wrong byte from the buffer".into());
+                }
                 return Err("the ping-pong child stopped answering".into());
             }
             next += 2;
             Ok(())
         };
-        let (histogram, cpu) =
-            measure_cpu(&[0, child as u32], || time_ops(iterations / 10, iterations, None, &mut round_trip));
-        Ok(Latency::from_histogram("floor: cache-line ping-pong between 2 processes (both spin)", &histogram?)
-            .with_cpu(cpu, iterations + iterations / 10))
+        time_ops(iterations / 10, 0, None, &mut round_trip)?;
+        let (histogram, cpu) = measure_cpu(&[0, child as u32], || time_ops(0, iterations, budget, &mut round_trip));
+        let histogram = histogram?;
+        let name = if read.is_some() {
+            "zero-copy floor: cache-line ping-pong, the child reads 1 byte of the buffer (both spin)"
+        } else {
+            "floor: cache-line ping-pong between 2 processes (both spin)"
+        };
+        Ok(Latency::from_histogram(name, &histogram).with_cpu(cpu, histogram.len() as usize))
     })();
     word.store(STOP, Ordering::Release);
     let mut status = 0;

@@ -24,14 +24,21 @@
 //! * **shared map**: reads and updates from another process against Python's
 //!   `Manager().dict()`.
 //! * **hand-off**: a `SharedBuffer` of 8 B to 1 GiB handed to a worker
-//!   against a pipe copy and Python pickling, with memcpy as the floor.
+//!   against the peers' shared memory (ipc-channel's `IpcSharedMemory`,
+//!   Python's `multiprocessing.shared_memory`) and their copy paths (a pipe,
+//!   Python pickling), each beside a floor measured with its own buffers.
+//! * **pipeline**: N workers digesting 4 MiB shared buffers against N threads
+//!   of one process over the same buffers and Python's shared_memory; first
+//!   pass and steady state apart.
 //!
 //! Every ratio compares rows measured in the same run. The peers are this
 //! binary re-executed with the hidden first argument `--peer ROLE`, or
 //! `python3` running the scripts in `bench/python/` (skipped, and said so,
 //! when `python3` is missing).
 
+mod affinity;
 mod common;
+mod crc32;
 mod floor;
 mod handoff;
 mod locks;
@@ -40,6 +47,7 @@ mod oneway;
 mod params;
 mod payload;
 mod peers;
+mod pipeline;
 mod pipes;
 mod plot;
 mod process;
@@ -66,12 +74,13 @@ Options:
   --json FILE      also write the figures to FILE as JSON
   --plot DIR       also write SVG charts and the tables (tables.md) to DIR
   --only SECTIONS  measure only these, comma-separated, of: latency, throughput,
-                   oneway, payload, idle, locks, map, handoff
+                   oneway, payload, idle, locks, map, handoff, pipeline
   -h, --help       print this help
 ";
 
 /// The sections `--only` accepts, in the order they run.
-const SECTIONS: [&str; 8] = ["latency", "throughput", "oneway", "payload", "idle", "locks", "map", "handoff"];
+const SECTIONS: [&str; 9] =
+    ["latency", "throughput", "oneway", "payload", "idle", "locks", "map", "handoff", "pipeline"];
 
 fn main() {
     shmpool::init();
@@ -171,19 +180,25 @@ fn run(options: &Options) -> BoxResult<()> {
     let mode = options.mode;
     let params = Params::new(mode);
     let machine = Machine::detect();
-    let mut memcpy_sizes: Vec<usize> = oneway::SIZES.iter().chain(&handoff::HANDOFF_SIZES).copied().collect();
-    memcpy_sizes.sort_unstable();
-    memcpy_sizes.dedup();
-    let floor = floor::measure(params.latency_iterations, &memcpy_sizes)?;
+    // The run-wide floors serve the latency and one-way tables; the hand-off
+    // and pipeline sections measure their own beside their rows.
+    let floor = if options.wants("latency") || options.wants("oneway") {
+        let mut memcpy_sizes: Vec<usize> = oneway::SIZES.to_vec();
+        memcpy_sizes.sort_unstable();
+        memcpy_sizes.dedup();
+        Some(floor::measure(params.latency_iterations, &memcpy_sizes)?)
+    } else {
+        None
+    };
     let mut sections = Vec::new();
     let mut plots = plot::Data::default();
 
     let mut empty_task = None;
-    if options.wants("latency") {
+    if let (true, Some(floor)) = (options.wants("latency"), &floor) {
         let mut rows = roundtrip::measure_latency(&params)?;
         empty_task = rows.first().map(|row| row.p50);
         rows.extend(peers::latency(mode)?);
-        sections.push(roundtrip::latency_section(&params, &rows, &floor));
+        sections.push(roundtrip::latency_section(&params, &rows, floor));
         plots.latency = rows;
         plots.latency.push(floor.round_trip.clone());
     }
@@ -193,9 +208,9 @@ fn run(options: &Options) -> BoxResult<()> {
         sections.push(roundtrip::throughput_section(&params, &rows));
         plots.throughput = rows;
     }
-    if options.wants("oneway") {
+    if let (true, Some(floor)) = (options.wants("oneway"), &floor) {
         let result = oneway::measure(mode)?;
-        sections.extend(oneway::sections(&result, &floor));
+        sections.extend(oneway::sections(&result, floor));
         plots.oneway = Some(result);
     }
     if options.wants("payload") {
@@ -211,14 +226,14 @@ fn run(options: &Options) -> BoxResult<()> {
         sections.push(map::measure_map(&params)?);
     }
     if options.wants("handoff") {
-        let mut rows = handoff::measure_handoff(&params)?;
-        let python = peers::python_handoff(mode, &handoff::HANDOFF_SIZES)?;
-        for (row, python) in rows.iter_mut().zip(python) {
-            row.python = python;
-        }
-        sections.push(handoff::handoff_section(&rows, &floor));
+        sections.push(handoff::measure_handoff(&params, mode)?);
     }
-    sections.push(floor_section(&floor));
+    if options.wants("pipeline") {
+        sections.push(pipeline::measure_pipeline(mode)?);
+    }
+    if let Some(floor) = &floor {
+        sections.push(floor_section(floor));
+    }
 
     let report = Report { mode, machine: &machine, sections: &sections };
     print!("{}", report.table());
@@ -234,6 +249,15 @@ fn run(options: &Options) -> BoxResult<()> {
         std::fs::write(dir.join("tables.md"), tables)?;
         println!("Tables written to {}", dir.join("tables.md").display());
     }
+    let invalid = report.invalid();
+    if !invalid.is_empty() {
+        return Err(format!(
+            "this run is INVALID and its figures must not be used: a row came out faster than its floor, which \
+             only a measuring error can do ({})",
+            invalid.join("; ")
+        )
+        .into());
+    }
     Ok(())
 }
 
@@ -248,7 +272,9 @@ fn mode_name(mode: Mode) -> &'static str {
 fn floor_section(floor: &floor::Floor) -> Section {
     let mut section = Section::new(
         "floor",
-        "Floors measured in this run: memcpy in one process (p50 of one copy; small sizes timed 1000 at a time)",
+        "Run-wide floors (latency and one-way tables): memcpy between two private buffers of one process (p50 of \
+         one copy; small sizes timed 1000 at a time); the hand-off and pipeline tables measure their own floors \
+         beside their rows, with the rows' buffers",
         vec![Column::new("time", "ns"), Column::new("bandwidth", "bytes_per_second")],
     );
     for &(bytes, time) in &floor.memcpy {

@@ -35,10 +35,10 @@ pub struct Params {
     /// copies (fewer warm-ups from 64 MiB up).
     pub handoff_warm_up: usize,
     pub handoff_iterations: usize,
-    /// Time after which the hand-off rounds, or a pipe row, stop early (3
-    /// samples at least).
+    /// Time the timed calls of one hand-off row may take over all its sizes
+    /// and rounds, and after which they stop early (3 samples at least per
+    /// size and round, 1 for 1 GiB).
     pub handoff_budget: Duration,
-    pub pipe_budget: Duration,
 }
 
 impl Params {
@@ -60,7 +60,6 @@ impl Params {
                 handoff_warm_up: 100,
                 handoff_iterations: 2_000,
                 handoff_budget: Duration::from_secs(2),
-                pipe_budget: Duration::from_secs(2),
             },
             Mode::Full => Params {
                 latency_warm_up: 20_000,
@@ -78,7 +77,6 @@ impl Params {
                 handoff_warm_up: 500,
                 handoff_iterations: 10_000,
                 handoff_budget: Duration::from_secs(5),
-                pipe_budget: Duration::from_secs(5),
             },
         }
     }

@@ -6,9 +6,9 @@
 //! every path, and a peer that dies or hangs is an error after a deadline,
 //! never a hang.
 
-mod ipc;
+pub mod ipc;
 mod proc_pool;
-mod python;
+pub mod python;
 
 use std::time::Duration;
 
@@ -81,9 +81,13 @@ impl Params {
 pub fn latency(mode: Mode) -> BoxResult<Vec<Latency>> {
     let params = Params::new(mode);
     let mut rows = Vec::new();
+    // Parent and child of every row on one fixed pair of cores.
+    let _pin = crate::affinity::ParentPin::new();
+    let child = crate::affinity::pair().1;
 
     progress("ipc-channel request/reply latency");
     let peer = IpcPeer::<u64>::spawn()?;
+    crate::affinity::pin_process(peer.pid(), child)?;
     let op = |x: u64| -> BoxResult<()> { Ok(check_reply(x, peer.call(x)?)?) };
     time_ops(params.ipc_warm_up, 0, None, op)?;
     let (samples, cpu) = measure_cpu(&[0, peer.pid()], || time_ops(0, params.ipc_iterations, None, op));
@@ -97,6 +101,7 @@ pub fn latency(mode: Mode) -> BoxResult<Vec<Latency>> {
     progress("procspawn pool latency");
     let pool = proc_pool::pool(1)?;
     let worker = proc_pool::pid(&pool)?;
+    crate::affinity::pin_process(worker, child)?;
     let op = |x: u64| -> BoxResult<()> { Ok(check_reply(x, proc_pool::call(&pool, x)?)?) };
     time_ops(params.slow_warm_up, 0, None, op)?;
     let (samples, cpu) =
@@ -107,7 +112,8 @@ pub fn latency(mode: Mode) -> BoxResult<Vec<Latency>> {
 
     progress("Python multiprocessing.Pool apply latency");
     let script = Script::write()?;
-    let args = [params.slow_warm_up, params.slow_iterations, params.slow_budget.as_nanos() as usize];
+    let (parent, child) = crate::affinity::pair();
+    let args = [params.slow_warm_up, params.slow_iterations, params.slow_budget.as_nanos() as usize, parent, child];
     match script.run::<Timed>("latency", &args, params.python_timeout)? {
         Some(timed) => rows.push(timed.latency("Python multiprocessing.Pool apply")),
         None => python::missing(),
@@ -222,10 +228,12 @@ pub fn python_handoff(mode: Mode, sizes: &[usize]) -> BoxResult<Vec<Option<Laten
             continue;
         }
         progress(&format!("Python Pool, pickled, {size}"));
-        let args = [bytes, warm_up, params.handoff_iterations, params.handoff_budget.as_nanos() as usize];
+        let (parent, child) = crate::affinity::pair();
+        let args =
+            [bytes, warm_up, params.handoff_iterations, params.handoff_budget.as_nanos() as usize, parent, child];
         match script.run::<Timed>("handoff", &args, params.python_timeout) {
             Ok(Some(timed)) => {
-                let row = timed.latency("Python Pool, pickled");
+                let row = timed.latency("Python Pool, pickled (copy path)");
                 last = Some((bytes, row.p50));
                 rows.push(Some(row));
             }
@@ -243,6 +251,34 @@ pub fn python_handoff(mode: Mode, sizes: &[usize]) -> BoxResult<Vec<Option<Laten
         }
     }
     Ok(rows)
+}
+
+/// Python's `multiprocessing.shared_memory` hand-off for each buffer size:
+/// one block per size, its name to a `Pool(1)` worker that attaches it once
+/// (and keeps it) and reads its length and first byte. Parent and worker
+/// pinned to the fixed pair of cores; the budget shared over `rounds`.
+/// `None` where python3 is missing.
+pub fn python_shm_handoff(mode: Mode, sizes: &[usize], rounds: usize) -> BoxResult<Vec<Option<Latency>>> {
+    let params = Params::new(mode);
+    let script = Script::write()?;
+    let (parent, child) = crate::affinity::pair();
+    let budget = params.handoff_budget / rounds.max(1) as u32;
+    let mut args = vec![
+        parent,
+        child,
+        params.handoff_warm_up,
+        params.handoff_iterations / rounds.max(1),
+        budget.as_nanos() as usize,
+    ];
+    args.extend_from_slice(sizes);
+    progress("Python shared_memory hand-off, all sizes");
+    let Some(timed) =
+        script.run::<std::collections::HashMap<String, Timed>>("shm_handoff", &args, params.python_timeout)?
+    else {
+        python::missing();
+        return Ok(sizes.iter().map(|_| None).collect());
+    };
+    Ok(sizes.iter().map(|bytes| timed.get(&bytes.to_string()).map(|t| t.latency("Python shared_memory"))).collect())
 }
 
 /// The longest the calls of one hand-off size may be expected to take in

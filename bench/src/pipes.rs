@@ -240,6 +240,11 @@ impl Sink {
         Ok(Sink { child, stdin, stdout })
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Copies `message` through the pipe and waits for the one-byte reply.
     pub fn round_trip(&mut self, message: &[u8]) -> io::Result<()> {
         self.stdin.write_all(message)?;

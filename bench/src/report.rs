@@ -44,6 +44,8 @@ pub enum Cell {
     Reference,
     /// A plain factor, printed as "3.2x".
     Factor(f64),
+    /// A ratio near 1, printed with two decimals: "0.97x".
+    Ratio(f64),
     Text(String),
     /// Not measured (shown as "-", null in the JSON).
     Empty,
@@ -73,6 +75,7 @@ impl Cell {
             Cell::Slower(ratio) if *ratio >= 1.0 => format!("{ratio:.2}x slower"),
             Cell::Slower(ratio) => format!("{:.2}x faster", 1.0 / ratio),
             Cell::Factor(factor) => format!("{factor:.1}x"),
+            Cell::Ratio(ratio) => format!("{ratio:.2}x"),
             Cell::Text(text) => text.clone(),
             Cell::Empty => "-".to_owned(),
         }
@@ -81,7 +84,12 @@ impl Cell {
     fn json(&self) -> Value {
         let number = |x: f64| if x.is_finite() { json!((x * 1e4).round() / 1e4) } else { Value::Null };
         match self {
-            Cell::Nanos(x) | Cell::Rate(x) | Cell::Bandwidth(x) | Cell::Slower(x) | Cell::Factor(x) => number(*x),
+            Cell::Nanos(x)
+            | Cell::Rate(x)
+            | Cell::Bandwidth(x)
+            | Cell::Slower(x)
+            | Cell::Factor(x)
+            | Cell::Ratio(x) => number(*x),
             Cell::Bytes(n) | Cell::Count(n) => json!(n),
             Cell::Reference => json!(1.0),
             Cell::Text(text) => json!(text),
@@ -113,11 +121,21 @@ pub struct Section {
     pub rows: Vec<Row>,
     /// Lines printed under the table: how to read it, goals met or missed.
     pub notes: Vec<String>,
+    /// Why the figures cannot stand (a row faster than its floor): the
+    /// whole run is refused.
+    pub invalid: Vec<String>,
 }
 
 impl Section {
     pub fn new(id: impl Into<String>, title: impl Into<String>, columns: Vec<Column>) -> Self {
-        Section { id: id.into(), title: title.into(), columns, rows: Vec::new(), notes: Vec::new() }
+        Section {
+            id: id.into(),
+            title: title.into(),
+            columns,
+            rows: Vec::new(),
+            notes: Vec::new(),
+            invalid: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, name: impl Into<String>, cells: Vec<Cell>) {
@@ -127,6 +145,11 @@ impl Section {
 
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
+    }
+
+    /// Marks the section's figures INVALID, saying why.
+    pub fn invalid(&mut self, why: impl Into<String>) {
+        self.invalid.push(why.into());
     }
 
     /// The section as an aligned text table.
@@ -158,6 +181,9 @@ impl Section {
         for note in &self.notes {
             out += &format!("  {note}\n");
         }
+        for why in &self.invalid {
+            out += &format!("  INVALID: {why}\n");
+        }
         out
     }
 
@@ -174,7 +200,7 @@ impl Section {
                 Value::Object(object)
             })
             .collect();
-        json!({ "title": self.title, "rows": rows, "notes": self.notes })
+        json!({ "title": self.title, "rows": rows, "notes": self.notes, "invalid": self.invalid })
     }
 }
 
@@ -186,6 +212,11 @@ pub struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// Every reason, over all sections, why the run is refused.
+    pub fn invalid(&self) -> Vec<String> {
+        self.sections.iter().flat_map(|s| s.invalid.iter().map(move |why| format!("{}: {why}", s.id))).collect()
+    }
+
     pub fn table(&self) -> String {
         let mut out = format!("\nshmpool-bench ({} mode) on {}\n", self.mode.name(), self.machine.describe());
         for section in self.sections {
@@ -220,6 +251,18 @@ mod tests {
         section.row("unmeasured", vec![Cell::Empty, Cell::slower(None, Some(1.0))]);
         section.note("a note");
         section
+    }
+
+    #[test]
+    fn an_invalid_section_says_why_and_refuses_the_report() {
+        let mut invalid = section();
+        invalid.invalid("row x beats its floor");
+        assert!(invalid.table().contains("INVALID: row x beats its floor"));
+        assert_eq!(invalid.json()["invalid"][0], "row x beats its floor");
+        let sections = [section(), invalid];
+        let machine = Machine { cpu: "cpu".into(), cores: 2, kernel: "k".into() };
+        let report = Report { mode: Mode::Quick, machine: &machine, sections: &sections };
+        assert_eq!(report.invalid(), vec!["s: row x beats its floor".to_owned()]);
     }
 
     #[test]

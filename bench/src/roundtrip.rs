@@ -54,10 +54,18 @@ pub fn measure_latency(params: &Params) -> BoxResult<Vec<Latency>> {
     Ok(rows)
 }
 
-/// Times the round trips of `op` and the CPU time `pids` used meanwhile.
-fn timed(params: &Params, name: &str, pids: &[u32], op: impl FnMut(u64) -> BoxResult<()>) -> BoxResult<Latency> {
-    let (histogram, cpu) = measure_cpu(pids, || time_ops(params.latency_warm_up, params.latency_iterations, None, op));
-    Ok(Latency::from_histogram(name, &histogram?).with_cpu(cpu, params.latency_warm_up + params.latency_iterations))
+/// Times the round trips of `op` and the CPU time `pids` used meanwhile
+/// (warm-up excluded, as in every row), this thread and `pids` pinned to the
+/// fixed pair of cores.
+fn timed(params: &Params, name: &str, pids: &[u32], mut op: impl FnMut(u64) -> BoxResult<()>) -> BoxResult<Latency> {
+    let _pin = crate::affinity::ParentPin::new();
+    for &pid in pids.iter().filter(|&&pid| pid != 0) {
+        crate::affinity::pin_process(pid, crate::affinity::pair().1)?;
+    }
+    time_ops(params.latency_warm_up, 0, None, &mut op)?;
+    let (histogram, cpu) = measure_cpu(pids, || time_ops(0, params.latency_iterations, None, op));
+    let histogram = histogram?;
+    Ok(Latency::from_histogram(name, &histogram).with_cpu(cpu, histogram.len() as usize))
 }
 
 fn shmpool_latency(params: &Params) -> BoxResult<Latency> {
@@ -155,7 +163,7 @@ pub fn latency_section(params: &Params, rows: &[Latency], floor: &Floor) -> Sect
         cells.push(if i == 0 { Cell::Reference } else { Cell::slower(Some(row.p50.as_secs_f64()), reference) });
         section.row(row.name.clone(), cells);
     }
-    section.note("CPU/op: CPU time of both processes (all threads) per round trip, warm-up included");
+    section.note("CPU/op: CPU time of both processes (all threads) per timed round trip, warm-up excluded");
     section.note("\"slower\"/\"faster\": p50 time relative to the first shmpool row");
     if let Some(reference) = rows.first() {
         let floor_p50 = floor.round_trip.p50.as_secs_f64();

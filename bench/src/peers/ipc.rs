@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender};
+use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender, IpcSharedMemory};
 use ipc_channel::IpcError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -71,6 +71,36 @@ impl Message for Vec<u64> {
         out.extend(self);
     }
 }
+
+/// ipc-channel's own answer for large payloads, as its own benchmark uses
+/// it: one region passed back and forth (its descriptor travels, the
+/// receiver maps it), read in place. The child reads the length and the
+/// first byte, checks it, and sends the region back.
+impl Message for IpcSharedMemory {
+    const KIND: &'static str = "shm";
+
+    fn request(range: Range<u64>) -> Self {
+        IpcSharedMemory::from_byte(SHM_FILL, (range.end - range.start) as usize)
+    }
+
+    fn answer(self) -> Self {
+        // The parent fills every region with SHM_FILL: anything else is a
+        // torn or foreign mapping, and the child stops (the parent sees its
+        // channel close: an error, not a wrong figure).
+        if self.first() != Some(&SHM_FILL) {
+            eprintln!("ipc-channel shm peer: the region's first byte is not {SHM_FILL:#x}");
+            std::process::exit(1);
+        }
+        self
+    }
+
+    fn append_to(self, out: &mut Vec<u64>) {
+        out.push(self.len() as u64 + self.first().copied().unwrap_or(0) as u64);
+    }
+}
+
+/// The byte the regions of [`IpcSharedMemory`] requests are filled with.
+pub const SHM_FILL: u8 = 0xA5;
 
 /// The parent's side: the channels to a child and the child itself.
 pub struct IpcPeer<T: Message> {
@@ -179,11 +209,12 @@ impl<T: Message> IpcPeer<T> {
 /// kind `args[1]` until the parent closes the request channel.
 pub fn run_peer(args: &[String]) -> BoxResult<()> {
     let [name, kind] = args else {
-        return Err(format!("usage: shmpool-bench {PEER_FLAG} {ROLE} SERVER-NAME one|batch").into());
+        return Err(format!("usage: shmpool-bench {PEER_FLAG} {ROLE} SERVER-NAME one|batch|shm").into());
     };
     match kind.as_str() {
         <u64 as Message>::KIND => serve::<u64>(name),
         <Vec<u64> as Message>::KIND => serve::<Vec<u64>>(name),
+        <IpcSharedMemory as Message>::KIND => serve::<IpcSharedMemory>(name),
         other => Err(format!("unknown ipc-channel message kind {other}").into()),
     }
 }
