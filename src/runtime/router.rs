@@ -19,6 +19,10 @@ use crate::TaskError;
 pub(super) struct Routing {
     /// A thread is popping the result ring; others wait on the condvar.
     draining: bool,
+    /// Threads waiting on the condvar (`routed`) now. A change made under
+    /// this lock wakes them only if there are any: `Condvar::notify_all`
+    /// is a futex system call even when nobody waits (one per result).
+    waiting: usize,
     /// Results popped by a thread that was not their owner.
     stash: HashMap<u64, VecDeque<OwnedFrame>>,
     /// Streams whose owner still reads them. A result for any other stream
@@ -74,7 +78,9 @@ impl Workers {
                 }
                 let wait = deadline.slice(HEALTH_CHECK).saturating_duration_since(Instant::now());
                 let before = self.in_flight.load(Ordering::Relaxed);
+                routing.waiting += 1;
                 routing = self.routed.wait_timeout(routing, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+                routing.waiting -= 1;
                 if stream.is_none() && self.in_flight.load(Ordering::Relaxed) != before {
                     return Ok(0);
                 }
@@ -160,9 +166,8 @@ impl Workers {
                 for item in foreign {
                     self.route(&mut routing, item);
                 }
-                drop(routing);
                 // Their owners may be waiting on the condvar: tell them now.
-                self.routed.notify_all();
+                self.wake_routed(routing);
             }
             match got {
                 Ok(_) if mine > 0 || stream.is_none() => return Ok(mine),
@@ -182,6 +187,18 @@ impl Workers {
         let last = self.last_supervised.load(Ordering::Relaxed);
         now.saturating_sub(last) >= HEALTH_CHECK.as_nanos() as u64
             && self.last_supervised.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
+    /// Releases `routing` after a change its waiters look for, and wakes
+    /// them if any wait. A thread that will wait counts itself in
+    /// `waiting` under the same lock, after it looked at the state: one
+    /// that is not counted yet will see this change before it waits.
+    pub(super) fn wake_routed(&self, routing: std::sync::MutexGuard<'_, Routing>) {
+        let anyone = routing.waiting > 0;
+        drop(routing);
+        if anyone {
+            self.routed.notify_all();
+        }
     }
 
     pub(super) fn route(&self, routing: &mut Routing, item: OwnedFrame) {
@@ -235,8 +252,7 @@ impl Workers {
         let item = OwnedFrame::inline(hdr, &detail);
         let mut routing = lock(&self.routing);
         self.route(&mut routing, item);
-        drop(routing);
-        self.routed.notify_all();
+        self.wake_routed(routing);
     }
 
     /// Removes every queued task; each owner gets `TaskError::Cancelled`.
@@ -265,8 +281,9 @@ pub(super) struct Draining<'a>(&'a Workers);
 
 impl Drop for Draining<'_> {
     fn drop(&mut self) {
-        lock(&self.0.routing).draining = false;
-        self.0.routed.notify_all();
+        let mut routing = lock(&self.0.routing);
+        routing.draining = false;
+        self.0.wake_routed(routing);
     }
 }
 
