@@ -1,6 +1,7 @@
 //! Routing results to their waiters: whichever thread pops the result
 //! ring delivers its own results and stashes the others' for them.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -24,7 +25,7 @@ pub(super) struct Routing {
     /// is a futex system call even when nobody waits (one per result).
     waiting: usize,
     /// Results popped by a thread that was not their owner.
-    stash: HashMap<u64, VecDeque<OwnedFrame>>,
+    stash: HashMap<u64, Stashed>,
     /// Streams whose owner still reads them. A result for any other stream
     /// (its owner went away, or it is a duplicate of one already taken, as
     /// when a worker dies right after answering and the task runs again)
@@ -36,6 +37,38 @@ impl Routing {
     /// Registers `stream`: its results are kept for its owner.
     pub(super) fn open(&mut self, stream: u64) {
         self.live.insert(stream);
+    }
+}
+
+/// The results stashed for one stream: nearly always one (a ticket's), kept
+/// without a queue, so a result routed to its owner allocates no queue.
+pub(super) enum Stashed {
+    One(OwnedFrame),
+    Many(VecDeque<OwnedFrame>),
+}
+
+impl Stashed {
+    fn push(&mut self, item: OwnedFrame) {
+        match self {
+            Stashed::Many(queue) => queue.push_back(item),
+            Stashed::One(_) => {
+                let Stashed::One(first) = std::mem::replace(self, Stashed::Many(VecDeque::with_capacity(4))) else {
+                    unreachable!("matched One above")
+                };
+                if let Stashed::Many(queue) = self {
+                    queue.extend([first, item]);
+                }
+            }
+        }
+    }
+
+    /// The results, oldest first.
+    fn items(&self) -> impl Iterator<Item = &OwnedFrame> {
+        let (one, many) = match self {
+            Stashed::One(item) => (Some(item), None),
+            Stashed::Many(queue) => (None, Some(queue.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
     }
 }
 
@@ -62,14 +95,14 @@ impl Workers {
         let mut routing = lock(&self.routing);
         loop {
             if let Some(s) = stream {
-                if let Some(queue) = routing.stash.get_mut(&s) {
-                    let items: Vec<OwnedFrame> = queue.drain(..).collect();
-                    routing.stash.remove(&s);
+                if let Some(stashed) = routing.stash.remove(&s) {
                     drop(routing);
-                    for item in &items {
+                    let mut n = 0;
+                    for item in stashed.items() {
                         self.deliver_stashed(item, on);
+                        n += 1;
                     }
-                    return Ok(items.len());
+                    return Ok(n);
                 }
             }
             if routing.draining {
@@ -208,7 +241,12 @@ impl Workers {
             item.discard(&self.seg);
             return;
         }
-        routing.stash.entry(s).or_default().push_back(item);
+        match routing.stash.entry(s) {
+            Entry::Occupied(mut stashed) => stashed.get_mut().push(item),
+            Entry::Vacant(slot) => {
+                slot.insert(Stashed::One(item));
+            }
+        }
     }
 
     pub(super) fn deliver_stashed(&self, item: &OwnedFrame, on: &mut dyn FnMut(&FrameHeader, &[u8])) {
@@ -238,8 +276,8 @@ impl Workers {
     pub fn abandon(&self, stream: u64) {
         let mut routing = lock(&self.routing);
         routing.live.remove(&stream);
-        if let Some(items) = routing.stash.remove(&stream) {
-            for item in items {
+        if let Some(stashed) = routing.stash.remove(&stream) {
+            for item in stashed.items() {
                 item.discard(&self.seg);
             }
         }
