@@ -126,7 +126,8 @@ const STEP: u32 = 2;
 /// leaves at most the `SLEEPERS` bit behind, which costs one extra
 /// `futex_wake` on the next notify, and then the bit is clear again. A
 /// waiter that announced after another one and then found its condition
-/// true (or timed out) leaves the bit the same way.
+/// true (or timed out) leaves the bit the same way, and so does
+/// [`wait_any`], which never retracts (it is for waiting on idle events).
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct Event {
@@ -291,8 +292,11 @@ impl Event {
                 self.retract(announced);
                 return true;
             }
+            // Not asleep any more, whatever happens next: take the announce
+            // back (a spurious wake-up left the word as it was), so that the
+            // next announce can be retracted in its turn.
+            self.retract(announced);
             if woke == os::Wake::TimedOut || deadline.is_some_and(|d| Instant::now() >= d) {
-                self.retract(announced);
                 return false;
             }
         }
