@@ -3,6 +3,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -25,13 +26,43 @@ pub(super) struct Routing {
     /// is a futex system call even when nobody waits (one per result).
     waiting: usize,
     /// Results popped by a thread that was not their owner.
-    stash: HashMap<u64, Stashed>,
+    stash: HashMap<u64, Stashed, StreamIds>,
     /// Streams whose owner still reads them. A result for any other stream
     /// (its owner went away, or it is a duplicate of one already taken, as
     /// when a worker dies right after answering and the task runs again)
     /// is discarded at once, block and all, never left in the stash.
-    live: HashSet<u64>,
+    live: HashSet<u64, StreamIds>,
 }
+
+/// Hashing for stream ids: one multiplication (by 2^64 / the golden ratio).
+///
+/// std's default, SipHash, costs more than the rest of a look-up, and a
+/// task round trip makes four. The ids are handed out in sequence by this
+/// process, and only those are ever inserted (a result for any other id is
+/// discarded: see `live`), so a worker writing hostile ids into results can
+/// only look ids up: the multiplication is a bijection on the low bits the
+/// table indexes by, so consecutive ids never share a bucket chain.
+#[derive(Default, Clone, Copy)]
+pub(super) struct StreamHasher(u64);
+
+impl Hasher for StreamHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// The hasher of the routing tables.
+pub(super) type StreamIds = BuildHasherDefault<StreamHasher>;
 
 impl Routing {
     /// Registers `stream`: its results are kept for its owner.
