@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::codec::Message;
 use crate::ring::RingError;
 use crate::runtime::{submit_until, tramp, Config, Ticket, Workers};
+use crate::sync::SpinPolicy;
 use crate::wait::Deadline;
 use crate::{Error, TaskError};
 
@@ -94,7 +95,22 @@ impl<T: 'static> Remote<T> {
     /// Starts a process that builds `creator(args)` and keeps it; returns once
     /// the object exists.
     pub fn spawn<A: Message>(creator: fn(A) -> T, args: A) -> Result<Remote<T>, RemoteError> {
+        Remote::spawn_with_policy(creator, args, SpinPolicy::DEFAULT)
+    }
+
+    /// [`Remote::spawn`], with both sides waiting under `policy`: the
+    /// process waiting for calls and this one waiting for their results.
+    /// [`SpinPolicy::BUSY_POLL`] spins without ever sleeping for the lowest
+    /// call latency, and takes a core on each side while it waits (see its
+    /// doc for when that starves); calls still time out and a dead process
+    /// is still noticed.
+    pub fn spawn_with_policy<A: Message>(
+        creator: fn(A) -> T,
+        args: A,
+        policy: SpinPolicy,
+    ) -> Result<Remote<T>, RemoteError> {
         let config = Config {
+            spin: policy,
             workers: 1,
             queue_capacity: 64,
             segment_size: 64 << 20,

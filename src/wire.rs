@@ -361,18 +361,55 @@ impl FrameBuf {
 pub(crate) struct OwnedFrame {
     pub hdr: FrameHeader,
     /// The inline archive; empty for block bodies.
-    inline: Vec<u128>,
+    inline: Words,
+}
+
+/// Whole 16-byte words of an inline archive: a small one (most results)
+/// kept in place, a larger one on the heap.
+#[derive(Debug, Clone)]
+enum Words {
+    Small([u128; SMALL_WORDS]),
+    Large(Vec<u128>),
+}
+
+/// Archives of up to this many words travel in an `OwnedFrame` without an
+/// allocation.
+const SMALL_WORDS: usize = 2;
+
+impl Words {
+    /// `n` zeroed words.
+    fn zeroed(n: usize) -> Words {
+        if n <= SMALL_WORDS {
+            Words::Small([0; SMALL_WORDS])
+        } else {
+            Words::Large(vec![0; n])
+        }
+    }
+
+    fn as_slice(&self) -> &[u128] {
+        match self {
+            Words::Small(w) => w,
+            Words::Large(w) => w,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u128] {
+        match self {
+            Words::Small(w) => w,
+            Words::Large(w) => w,
+        }
+    }
 }
 
 impl OwnedFrame {
     /// Copies the frame `hdr` read from `slot`.
     pub fn copy(hdr: FrameHeader, slot: &[u8]) -> OwnedFrame {
-        let mut inline = Vec::new();
+        let mut inline = Words::zeroed(0);
         let mut hdr = hdr;
         if hdr.body == BODY_INLINE {
             let len = (hdr.len as usize).min(slot.len().saturating_sub(HEADER));
-            inline = vec![0u128; len.div_ceil(16)];
-            as_bytes_mut(&mut inline)[..len].copy_from_slice(&slot[HEADER..HEADER + len]);
+            inline = Words::zeroed(len.div_ceil(16));
+            as_bytes_mut(inline.as_mut_slice())[..len].copy_from_slice(&slot[HEADER..HEADER + len]);
             hdr.len = len as u64;
         }
         OwnedFrame { hdr, inline }
@@ -382,15 +419,15 @@ impl OwnedFrame {
     pub fn inline<T: Message>(hdr: FrameHeader, value: &T) -> OwnedFrame {
         let mut s = Scratch::new();
         let n = codec::encode_into(value, &mut s.0).unwrap_or(0);
-        let mut words = vec![0u128; n.div_ceil(16)];
-        as_bytes_mut(&mut words)[..n].copy_from_slice(&s.0[..n]);
+        let mut words = Words::zeroed(n.div_ceil(16));
+        as_bytes_mut(words.as_mut_slice())[..n].copy_from_slice(&s.0[..n]);
         OwnedFrame { hdr: FrameHeader { body: BODY_INLINE, len: n as u64, block: 0, ..hdr }, inline: words }
     }
 
     /// Calls `f` with the archive; a block body is consumed (freed after).
     pub fn with_body<R>(&self, seg: &Segment, f: impl FnOnce(&[u8]) -> R) -> Result<R, TaskError> {
         if self.hdr.body == BODY_INLINE {
-            return Ok(f(&as_bytes(&self.inline)[..self.hdr.len as usize]));
+            return Ok(f(&as_bytes(self.inline.as_slice())[..self.hdr.len as usize]));
         }
         with_body(seg, &self.hdr, &[], true, f)
     }

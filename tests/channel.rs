@@ -341,3 +341,24 @@ fn exchange_waits_have_timed_forms() {
         drop(ex);
     });
 }
+
+fn busy_doubler(chan: Channel<u64, u64>, _: ()) {
+    let chan = chan.busy_poll();
+    while let Ok(x) = chan.recv() {
+        chan.send(&(x * 2)).unwrap();
+    }
+}
+
+// Issue 11 item 1: busy-polling ends still time out and notice a dead peer.
+#[test]
+fn busy_polling_ends_answer_time_out_and_notice_a_dead_child() {
+    let chan = start(busy_doubler, ()).unwrap().busy_poll();
+    for x in 0..1000u64 {
+        chan.send(&x).unwrap();
+        assert_eq!(chan.recv(), Ok(x * 2));
+    }
+    assert_eq!(chan.recv_timeout(Duration::from_millis(30)), Err(ChannelError::Timeout));
+    let dead = start(die, 3).unwrap().busy_poll();
+    let pid = dead.pid().unwrap();
+    assert_eq!(dead.recv(), Err(ChannelError::Dead { pid }));
+}

@@ -460,3 +460,18 @@ fn slow_items_of_a_map_spread_over_every_worker() {
         pool.map(pid_after, std::iter::repeat_n(30u64, 8)).unwrap().map(Result::unwrap).collect();
     assert_eq!(pids.len(), 2, "both workers ran some of the 8 slow items");
 }
+
+// Issue 11 item 1: a busy-polling pool answers, times out, and notices a
+// dead worker like a sleeping one (its waits never sleep).
+#[test]
+fn a_busy_polling_pool_answers_times_out_and_notices_a_dead_worker() {
+    let pool = Pool::builder().workers(1).busy_poll().on_worker_death(OnWorkerDeath::Report).build().unwrap();
+    for x in 0..1000u64 {
+        assert_eq!(pool.submit(square, x).unwrap().wait(), Ok(x * x));
+    }
+    let ticket = pool.submit(sleepy, 300).unwrap();
+    let ticket = ticket.wait_timeout(Duration::from_millis(20)).expect_err("a 300 ms task answered within 20 ms");
+    assert_eq!(ticket.wait(), Ok(300));
+    assert!(matches!(pool.submit(die, 7).unwrap().wait(), Err(TaskError::WorkerDied { .. })));
+    assert_eq!(pool.submit(square, 6u64).unwrap().wait(), Ok(36));
+}

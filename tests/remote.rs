@@ -143,3 +143,15 @@ fn every_pending_call_of_a_dead_remote_ends_with_dead() {
     }
     assert_eq!(c.call_timeout(add, 1, Duration::MAX), Err(RemoteError::Dead { pid }));
 }
+
+// Issue 11 item 1: a busy-polling remote answers and still notices its death.
+#[test]
+fn a_busy_polling_remote_answers_and_notices_its_death() {
+    let c = Remote::spawn_with_policy(make_counter, 1u64, shmpool::sync::SpinPolicy::BUSY_POLL).unwrap();
+    for _ in 0..1000 {
+        c.call(add, 1).unwrap();
+    }
+    assert_eq!(c.get(read_n), Ok(1001));
+    let pid = c.pid();
+    assert_eq!(c.call(die, 4), Err(RemoteError::Dead { pid }));
+}

@@ -19,6 +19,7 @@ mod link;
 mod shm;
 
 use link::{Echoed, Plan, Streamed};
+use shm::Wait;
 
 /// Message sizes of the one-way rows.
 pub const SIZES: [usize; 3] = [8, 4 << 10, 1 << 20];
@@ -49,8 +50,10 @@ pub struct OneWay {
 enum Transport {
     ShmVec,
     ShmVecBlocking,
+    ShmVecBusyPoll,
     ShmBuffer,
     ShmBufferBlocking,
+    ShmBufferBusyPoll,
     IoxPolling,
     IoxBlocking,
     IpcChannel,
@@ -59,11 +62,13 @@ enum Transport {
 const SHMPOOL_PREFIX: &str = "shmpool";
 
 impl Transport {
-    const ALL: [Transport; 7] = [
+    const ALL: [Transport; 9] = [
         Transport::ShmVec,
         Transport::ShmVecBlocking,
+        Transport::ShmVecBusyPoll,
         Transport::ShmBuffer,
         Transport::ShmBufferBlocking,
+        Transport::ShmBufferBusyPoll,
         Transport::IoxPolling,
         Transport::IoxBlocking,
         Transport::IpcChannel,
@@ -73,8 +78,10 @@ impl Transport {
         match self {
             Transport::ShmVec => "shmpool channel, Vec<u8>",
             Transport::ShmVecBlocking => "shmpool channel, Vec<u8>, no spinning",
+            Transport::ShmVecBusyPoll => "shmpool channel, Vec<u8>, busy-poll",
             Transport::ShmBuffer => "shmpool channel, SharedBuffer handle",
             Transport::ShmBufferBlocking => "shmpool channel, SharedBuffer handle, no spinning",
+            Transport::ShmBufferBusyPoll => "shmpool channel, SharedBuffer handle, busy-poll",
             Transport::IoxPolling => "iceoryx2 pub-sub, loaned, polling",
             Transport::IoxBlocking => "iceoryx2 pub-sub, loaned, event wait",
             Transport::IpcChannel => "ipc-channel, IpcBytesSender",
@@ -83,15 +90,18 @@ impl Transport {
 
     /// A handle is larger than an 8-byte payload: the buffer rows start at 4 KiB.
     fn runs_at(self, size: usize) -> bool {
-        !matches!(self, Transport::ShmBuffer | Transport::ShmBufferBlocking) || size >= 4 << 10
+        !matches!(self, Transport::ShmBuffer | Transport::ShmBufferBlocking | Transport::ShmBufferBusyPoll)
+            || size >= 4 << 10
     }
 
     fn run(self, size: usize, plan: &Plan, row: usize) -> BoxResult<(Echoed, Streamed)> {
         match self {
-            Transport::ShmVec => shm::vec_rows(size, false, plan),
-            Transport::ShmVecBlocking => shm::vec_rows(size, true, plan),
-            Transport::ShmBuffer => shm::buffer_rows(size, false, plan),
-            Transport::ShmBufferBlocking => shm::buffer_rows(size, true, plan),
+            Transport::ShmVec => shm::vec_rows(size, Wait::Spin, plan),
+            Transport::ShmVecBlocking => shm::vec_rows(size, Wait::Sleep, plan),
+            Transport::ShmVecBusyPoll => shm::vec_rows(size, Wait::BusyPoll, plan),
+            Transport::ShmBuffer => shm::buffer_rows(size, Wait::Spin, plan),
+            Transport::ShmBufferBlocking => shm::buffer_rows(size, Wait::Sleep, plan),
+            Transport::ShmBufferBusyPoll => shm::buffer_rows(size, Wait::BusyPoll, plan),
             Transport::IoxPolling => iox::rows(size, false, plan, row),
             Transport::IoxBlocking => iox::rows(size, true, plan, row),
             Transport::IpcChannel => ipc::rows(size, plan),
@@ -240,18 +250,29 @@ fn latency_section(result: &OneWay, floor: &Floor) -> Section {
             _ => "GOAL MISSED",
         };
         verdicts.push(format!("{line}: {verdict}"));
-        let blocking_shmpool =
-            rows.iter().filter(|r| r.transport.ends_with("no spinning")).min_by_key(|r| r.latency.p50);
-        if let (Some(a), Some(b)) =
-            (blocking_shmpool, rows.iter().find(|r| r.transport == Transport::IoxBlocking.name()))
-        {
+        // Like with like: sleeping shmpool vs iceoryx2's event wait,
+        // busy-polling shmpool vs iceoryx2's polling subscriber.
+        for (suffix, what, peer) in [
+            ("no spinning", "without spinning", Transport::IoxBlocking),
+            ("busy-poll", "busy-polling", Transport::IoxPolling),
+        ] {
+            let ours = rows.iter().filter(|r| r.transport.ends_with(suffix)).min_by_key(|r| r.latency.p50);
+            let theirs = rows.iter().find(|r| r.transport == peer.name());
+            let (Some(a), Some(b)) = (ours, theirs) else { continue };
+            let cpu = |r: &OneWayLatency| r.latency.cpu_per_op.map_or("-".to_owned(), |d| format_nanos(nanos(d)));
+            let ahead = a.latency.p50 < b.latency.p50 && a.latency.p99 < b.latency.p99;
             verdicts.push(format!(
-                "{}: without spinning, shmpool p50 {} (CPU/msg {}) vs iceoryx2 with its event {} (CPU/msg {})",
+                "{}: {what}, shmpool ({}) p50 {} / p99 {} (CPU/msg {}) vs {} p50 {} / p99 {} (CPU/msg {}): {}",
                 format_bytes(size),
+                a.transport,
                 format_nanos(nanos(a.latency.p50)),
-                a.latency.cpu_per_op.map_or("-".to_owned(), |d| format_nanos(nanos(d))),
+                format_nanos(nanos(a.latency.p99)),
+                cpu(a),
+                b.transport,
                 format_nanos(nanos(b.latency.p50)),
-                b.latency.cpu_per_op.map_or("-".to_owned(), |d| format_nanos(nanos(d))),
+                format_nanos(nanos(b.latency.p99)),
+                cpu(b),
+                if ahead { "ahead at p50 and p99" } else { "NOT ahead at both p50 and p99" },
             ));
         }
     }
@@ -265,7 +286,8 @@ fn latency_section(result: &OneWay, floor: &Floor) -> Section {
         "  Both zero-copy senders reuse the buffer freed last (still in the cache), so at 1 MiB each costs about one",
         "  memcpy of the payload; Vec<u8> costs two, plus an allocation.",
         "Waiting: shmpool spins up to 50 µs (adaptively) then sleeps on a futex; \"no spinning\" sleeps at once;",
-        "  iceoryx2 polling never sleeps; \"event wait\" sleeps on an iceoryx2 listener, notified after every sample.",
+        "  \"busy-poll\" (Channel::busy_poll) spins and never sleeps, as iceoryx2 polling does; \"event wait\" sleeps on",
+        "  an iceoryx2 listener, notified after every sample. Like with like: busy-poll vs polling, no spinning vs event.",
         "CPU/op: CPU time of both processes per one-way message (spinning shows here, not as speed).",
         "vs shmpool: p50 against the fastest shmpool row of the same size (marked reference).",
         "vs floor: p50 against half a bare cache-line round trip between two processes (8 B, 4 KiB) or one memcpy of",

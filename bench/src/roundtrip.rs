@@ -43,6 +43,8 @@ pub fn measure_latency(params: &Params) -> BoxResult<Vec<Latency>> {
     let mut rows = vec![shmpool_latency(params)?];
     progress("shmpool latency without spinning");
     rows.push(shmpool_blocking_latency(params)?);
+    progress("shmpool latency busy-polling");
+    rows.push(shmpool_busy_poll_latency(params)?);
     progress("shmpool remote call latency");
     rows.push(remote_latency(params)?);
     for transport in [Transport::Pipe, Transport::Unix] {
@@ -77,6 +79,16 @@ fn shmpool_blocking_latency(params: &Params) -> BoxResult<Latency> {
     let pool = shmpool::Pool::builder().workers(1).queue_capacity(WINDOW).spin(Duration::ZERO).build()?;
     shmpool_latency_with(params, pool, "shmpool submit + wait, blocking (futex only)")
 }
+
+/// Busy-polling on both sides (`PoolBuilder::busy_poll`): nobody ever
+/// sleeps; compared with the floor, which spins the same way.
+fn shmpool_busy_poll_latency(params: &Params) -> BoxResult<Latency> {
+    let pool = shmpool::Pool::builder().workers(1).queue_capacity(WINDOW).busy_poll().build()?;
+    shmpool_latency_with(params, pool, BUSY_POLL_ROW)
+}
+
+/// The name of the busy-poll round-trip row.
+const BUSY_POLL_ROW: &str = "shmpool submit + wait, busy-poll (never sleeps)";
 
 fn shmpool_latency_with(params: &Params, pool: shmpool::Pool, name: &str) -> BoxResult<Latency> {
     let mut pids = vec![0];
@@ -178,6 +190,13 @@ pub fn latency_section(params: &Params, rows: &[Latency], floor: &Floor) -> Sect
             "goal: shmpool ahead of every cross-process peer: {}; within 3x of the floor: {factor:.1}x{}",
             if beaten.is_empty() { "met".to_owned() } else { format!("MISSED ({})", beaten.join(", ")) },
             if factor <= 3.0 { "" } else { "  GOAL MISSED" }
+        ));
+    }
+    if let Some(busy) = rows.iter().find(|row| row.name == BUSY_POLL_ROW) {
+        let factor = busy.p50.as_secs_f64() / floor.round_trip.p50.as_secs_f64().max(1e-12);
+        section.note(format!(
+            "goal: busy-poll within 3x of the floor (both spin, like with like): {factor:.1}x{}",
+            if factor <= 3.0 { " met" } else { "  GOAL MISSED" }
         ));
     }
     section

@@ -292,8 +292,27 @@ impl<S, R> Channel<S, R> {
     ///
     /// Each end chooses for itself: a child that should not spin either calls
     /// this on the end its function receives.
+    ///
+    /// Replaces [`Channel::busy_poll`].
     pub fn with_spin(mut self, spin: Duration) -> Self {
-        self.spin = SpinPolicy { spin };
+        self.spin = SpinPolicy::spin_for(spin);
+        self
+    }
+
+    /// This end busy-polls: it waits for a message or for room by spinning
+    /// without ever sleeping (as iceoryx2's polling subscriber does), the
+    /// lowest latency at the cost of a whole core while it waits. Timeouts
+    /// still end the wait, and a dead peer is still noticed (it is looked
+    /// at every 100 ms of waiting, as always).
+    ///
+    /// Each end chooses for itself. Two ends that both busy-poll need a
+    /// core each: on a 2-core machine with anything else running, one
+    /// takes the core the other needs to answer, and a hand-off costs a
+    /// scheduler time slice (milliseconds) instead of nanoseconds (see
+    /// [`SpinPolicy::BUSY_POLL`](crate::sync::SpinPolicy::BUSY_POLL)).
+    /// Replaces [`Channel::with_spin`].
+    pub fn busy_poll(mut self) -> Self {
+        self.spin = SpinPolicy::BUSY_POLL;
         self
     }
 

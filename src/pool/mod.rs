@@ -82,8 +82,28 @@ macro_rules! builder_options {
 
         /// How long a waiting side spins before it sleeps (default 50 us).
         /// `Duration::ZERO` never spins: lowest CPU use, higher latency.
+        /// Replaces [`busy_poll`](Self::busy_poll).
         pub fn spin(mut self, spin: Duration) -> Self {
-            self.config.spin = $crate::sync::SpinPolicy { spin };
+            self.config.spin = $crate::sync::SpinPolicy::spin_for(spin);
+            self
+        }
+
+        /// Busy-poll on every receive path: the workers waiting for tasks
+        /// and the caller waiting for results spin without ever sleeping
+        /// (as iceoryx2's polling subscriber does), for the lowest latency.
+        /// Each waiting side then takes a whole core while it waits, idle or
+        /// not. Waits still time out, and dead workers are still noticed
+        /// (the clock is read every few microseconds, the workers' health
+        /// every 50 ms as always).
+        ///
+        /// Only for machines with a core per busy process: with more
+        /// busy-polling processes (workers plus the caller) than free
+        /// cores, a poller holds the core its peer needs and hand-offs cost
+        /// scheduler time slices (see [`SpinPolicy::BUSY_POLL`](crate::sync::SpinPolicy::BUSY_POLL)).
+        /// On 2 cores, one worker and a caller that both poll starve as soon
+        /// as anything else runs. Replaces [`spin`](Self::spin).
+        pub fn busy_poll(mut self) -> Self {
+            self.config.spin = $crate::sync::SpinPolicy::BUSY_POLL;
             self
         }
 

@@ -101,7 +101,10 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
     let mut lens = [0usize; MAX_BATCH];
     let mut scratch = Scratch::new();
     // The parent's choice: spin this long before sleeping (0: never spin).
-    let spin = SpinPolicy { spin: Duration::from_nanos(layout.spin_ns) };
+    let spin = spin_of(layout.spin_ns);
+    // A full result ring waits as the pool waits, but a busy-polling pool's
+    // worker spins only for a result slot when it is not polling for tasks.
+    let push_spin = if spin.busy_poll { SpinPolicy::BUSY_POLL } else { SpinPolicy::DEFAULT };
     let answerer = cfg.index as i64 + 1;
     // `max_tasks_per_worker`: this process runs at most `quota` tasks, then
     // retires (0: no limit).
@@ -184,9 +187,7 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
                 Err(RingError::WouldBlock) => wait::ring_in_slices(
                     Deadline::NEVER,
                     PARENT_CHECK,
-                    |until| {
-                        results.push_many_recorded(1, Some(until), SpinPolicy::DEFAULT, Some(&slot.push_claim), write)
-                    },
+                    |until| results.push_many_recorded(1, Some(until), push_spin, Some(&slot.push_claim), write),
                     parent_alive,
                 ),
                 other => Ok(other),
@@ -204,13 +205,36 @@ pub(crate) fn run(cfg: &WorkerConfig) -> Result<(), Error> {
             let answered = slot.answered.load(Ordering::Relaxed) | 1 << i;
             slot.answered.store(answered, Ordering::Release);
             wire::discard(&seg, &hdr);
-            slot.done.fetch_add(1, Ordering::Relaxed);
+            // One writer (this worker) here too: no read-modify-write.
+            slot.done.store(slot.done.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         }
         slot.held_n.store(0, Ordering::Release);
         if quota != 0 && ran >= quota {
             // Every task taken was answered: exit cleanly, to be replaced.
             return Ok(());
         }
+    }
+}
+
+/// The control block's `spin_ns` meaning busy-poll: no spin time is this long.
+const BUSY_POLL_CODE: u64 = u64::MAX;
+
+/// How a pool's wait policy travels to its workers in the control block's
+/// `spin_ns`: the spin time in nanoseconds, or [`BUSY_POLL_CODE`].
+pub(crate) fn spin_code(policy: SpinPolicy) -> u64 {
+    if policy.busy_poll {
+        BUSY_POLL_CODE
+    } else {
+        policy.spin.as_nanos().min((BUSY_POLL_CODE - 1) as u128) as u64
+    }
+}
+
+/// The policy [`spin_code`] wrote.
+pub(crate) fn spin_of(code: u64) -> SpinPolicy {
+    if code == BUSY_POLL_CODE {
+        SpinPolicy::BUSY_POLL
+    } else {
+        SpinPolicy::spin_for(Duration::from_nanos(code))
     }
 }
 

@@ -1,7 +1,9 @@
 //! Routing results to their waiters: whichever thread pops the result
 //! ring delivers its own results and stashes the others' for them.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -19,19 +21,85 @@ use crate::TaskError;
 pub(super) struct Routing {
     /// A thread is popping the result ring; others wait on the condvar.
     draining: bool,
+    /// Threads waiting on the condvar (`routed`) now. A change made under
+    /// this lock wakes them only if there are any: `Condvar::notify_all`
+    /// is a futex system call even when nobody waits (one per result).
+    waiting: usize,
     /// Results popped by a thread that was not their owner.
-    stash: HashMap<u64, VecDeque<OwnedFrame>>,
+    stash: HashMap<u64, Stashed, StreamIds>,
     /// Streams whose owner still reads them. A result for any other stream
     /// (its owner went away, or it is a duplicate of one already taken, as
     /// when a worker dies right after answering and the task runs again)
     /// is discarded at once, block and all, never left in the stash.
-    live: HashSet<u64>,
+    live: HashSet<u64, StreamIds>,
 }
+
+/// Hashing for stream ids: one multiplication (by 2^64 / the golden ratio).
+///
+/// std's default, SipHash, costs more than the rest of a look-up, and a
+/// task round trip makes four. The ids are handed out in sequence by this
+/// process, and only those are ever inserted (a result for any other id is
+/// discarded: see `live`), so a worker writing hostile ids into results can
+/// only look ids up: the multiplication is a bijection on the low bits the
+/// table indexes by, so consecutive ids never share a bucket chain.
+#[derive(Default, Clone, Copy)]
+pub(super) struct StreamHasher(u64);
+
+impl Hasher for StreamHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// The hasher of the routing tables.
+pub(super) type StreamIds = BuildHasherDefault<StreamHasher>;
 
 impl Routing {
     /// Registers `stream`: its results are kept for its owner.
     pub(super) fn open(&mut self, stream: u64) {
         self.live.insert(stream);
+    }
+}
+
+/// The results stashed for one stream: nearly always one (a ticket's), kept
+/// without a queue, so a result routed to its owner allocates no queue.
+pub(super) enum Stashed {
+    One(OwnedFrame),
+    Many(VecDeque<OwnedFrame>),
+}
+
+impl Stashed {
+    fn push(&mut self, item: OwnedFrame) {
+        match self {
+            Stashed::Many(queue) => queue.push_back(item),
+            Stashed::One(_) => {
+                let Stashed::One(first) = std::mem::replace(self, Stashed::Many(VecDeque::with_capacity(4))) else {
+                    unreachable!("matched One above")
+                };
+                if let Stashed::Many(queue) = self {
+                    queue.extend([first, item]);
+                }
+            }
+        }
+    }
+
+    /// The results, oldest first.
+    fn items(&self) -> impl Iterator<Item = &OwnedFrame> {
+        let (one, many) = match self {
+            Stashed::One(item) => (Some(item), None),
+            Stashed::Many(queue) => (None, Some(queue.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
     }
 }
 
@@ -58,14 +126,14 @@ impl Workers {
         let mut routing = lock(&self.routing);
         loop {
             if let Some(s) = stream {
-                if let Some(queue) = routing.stash.get_mut(&s) {
-                    let items: Vec<OwnedFrame> = queue.drain(..).collect();
-                    routing.stash.remove(&s);
+                if let Some(stashed) = routing.stash.remove(&s) {
                     drop(routing);
-                    for item in &items {
+                    let mut n = 0;
+                    for item in stashed.items() {
                         self.deliver_stashed(item, on);
+                        n += 1;
                     }
-                    return Ok(items.len());
+                    return Ok(n);
                 }
             }
             if routing.draining {
@@ -74,7 +142,9 @@ impl Workers {
                 }
                 let wait = deadline.slice(HEALTH_CHECK).saturating_duration_since(Instant::now());
                 let before = self.in_flight.load(Ordering::Relaxed);
+                routing.waiting += 1;
                 routing = self.routed.wait_timeout(routing, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+                routing.waiting -= 1;
                 if stream.is_none() && self.in_flight.load(Ordering::Relaxed) != before {
                     return Ok(0);
                 }
@@ -160,9 +230,8 @@ impl Workers {
                 for item in foreign {
                     self.route(&mut routing, item);
                 }
-                drop(routing);
                 // Their owners may be waiting on the condvar: tell them now.
-                self.routed.notify_all();
+                self.wake_routed(routing);
             }
             match got {
                 Ok(_) if mine > 0 || stream.is_none() => return Ok(mine),
@@ -184,6 +253,18 @@ impl Workers {
             && self.last_supervised.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
+    /// Releases `routing` after a change its waiters look for, and wakes
+    /// them if any wait. A thread that will wait counts itself in
+    /// `waiting` under the same lock, after it looked at the state: one
+    /// that is not counted yet will see this change before it waits.
+    pub(super) fn wake_routed(&self, routing: std::sync::MutexGuard<'_, Routing>) {
+        let anyone = routing.waiting > 0;
+        drop(routing);
+        if anyone {
+            self.routed.notify_all();
+        }
+    }
+
     pub(super) fn route(&self, routing: &mut Routing, item: OwnedFrame) {
         let s = item.hdr.stream;
         if !routing.live.contains(&s) {
@@ -191,7 +272,12 @@ impl Workers {
             item.discard(&self.seg);
             return;
         }
-        routing.stash.entry(s).or_default().push_back(item);
+        match routing.stash.entry(s) {
+            Entry::Occupied(mut stashed) => stashed.get_mut().push(item),
+            Entry::Vacant(slot) => {
+                slot.insert(Stashed::One(item));
+            }
+        }
     }
 
     pub(super) fn deliver_stashed(&self, item: &OwnedFrame, on: &mut dyn FnMut(&FrameHeader, &[u8])) {
@@ -221,8 +307,8 @@ impl Workers {
     pub fn abandon(&self, stream: u64) {
         let mut routing = lock(&self.routing);
         routing.live.remove(&stream);
-        if let Some(items) = routing.stash.remove(&stream) {
-            for item in items {
+        if let Some(stashed) = routing.stash.remove(&stream) {
+            for item in stashed.items() {
                 item.discard(&self.seg);
             }
         }
@@ -235,8 +321,7 @@ impl Workers {
         let item = OwnedFrame::inline(hdr, &detail);
         let mut routing = lock(&self.routing);
         self.route(&mut routing, item);
-        drop(routing);
-        self.routed.notify_all();
+        self.wake_routed(routing);
     }
 
     /// Removes every queued task; each owner gets `TaskError::Cancelled`.
@@ -265,8 +350,9 @@ pub(super) struct Draining<'a>(&'a Workers);
 
 impl Drop for Draining<'_> {
     fn drop(&mut self) {
-        lock(&self.0.routing).draining = false;
-        self.0.routed.notify_all();
+        let mut routing = lock(&self.0.routing);
+        routing.draining = false;
+        self.0.wake_routed(routing);
     }
 }
 

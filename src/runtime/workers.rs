@@ -180,7 +180,7 @@ impl Workers {
             log_ring: log_ring.offset(),
             log_dropped,
             log_level: logs::filter_code(log::max_level()),
-            spin_ns: config.spin.spin.as_nanos().min(u64::MAX as u128) as u64,
+            spin_ns: super::executor::spin_code(config.spin),
             max_tasks: config.max_tasks.unwrap_or(0),
             call_ring: call_ring.offset(),
         };

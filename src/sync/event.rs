@@ -6,25 +6,68 @@ use std::time::{Duration, Instant};
 
 use super::os;
 
-/// How long a waiter spins before it sleeps.
+/// How a waiter waits: spin for a bounded time and then sleep (the
+/// default), sleep at once, or busy-poll (spin, never sleep).
 ///
 /// A futex round trip costs about 11 us on the reference machine, a
 /// cache-line round trip about 70 ns, so a short spin turns most hand-offs
 /// between busy processes into sub-microsecond ones. The spin is bounded, so an
 /// idle waiter sleeps and burns no core.
+///
+/// [`SpinPolicy::BUSY_POLL`] never sleeps: the waiter polls its condition
+/// until it holds or its deadline passes (as iceoryx2's polling subscriber
+/// does), so a message is seen within a cache-line transfer of its arrival,
+/// at the price of a whole core per waiter for as long as it waits. A
+/// busy-polling wait still ends at its deadline (the clock is read once
+/// every [`BUSY_CLOCK_EVERY`] polls), and the waits built on it still look
+/// at their peer between slices. Choose it only when every busy-polling
+/// process has a core of its own: on a machine with fewer cores than
+/// busy-polling processes plus the processes they wait for, a poller takes
+/// the core its peer needs to answer and each hand-off costs a scheduler
+/// time slice (milliseconds), not nanoseconds. Two processes busy-polling
+/// each other on a 2-core machine shared with anything else starve this way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpinPolicy {
     /// The longest time to spin before sleeping (at most `u32::MAX`
-    /// nanoseconds, about 4.3 s, are used).
+    /// nanoseconds, about 4.3 s, are used). Ignored when `busy_poll` is set.
     pub spin: Duration,
+    /// Spin until the condition holds or the deadline passes; never sleep,
+    /// never yield the core.
+    pub busy_poll: bool,
 }
 
 impl SpinPolicy {
     /// Never spin: sleep at once (lowest CPU use).
-    pub const SLEEP: SpinPolicy = SpinPolicy { spin: Duration::ZERO };
+    pub const SLEEP: SpinPolicy = SpinPolicy::spin_for(Duration::ZERO);
     /// The default: spin up to 50 us, then sleep.
-    pub const DEFAULT: SpinPolicy = SpinPolicy { spin: Duration::from_micros(50) };
+    pub const DEFAULT: SpinPolicy = SpinPolicy::spin_for(Duration::from_micros(50));
+    /// Busy-poll: spin without ever sleeping (lowest latency, a core per
+    /// waiter; see the type's doc for when it starves).
+    pub const BUSY_POLL: SpinPolicy = SpinPolicy { spin: Duration::MAX, busy_poll: true };
+
+    /// Spin up to `spin`, then sleep (`Duration::ZERO`: sleep at once).
+    pub const fn spin_for(spin: Duration) -> SpinPolicy {
+        SpinPolicy { spin, busy_poll: false }
+    }
 }
+
+/// A busy-polling wait reads the clock (for its deadline) once in this many
+/// polls of its condition: ~20 ns of clock every few microseconds.
+pub const BUSY_CLOCK_EVERY: u32 = 256;
+
+/// A spinning (not busy-polling) wait reads the clock once in this many
+/// polls of its condition (a poll is one pause, ~33 ns here), to end its
+/// spin budget.
+const SPIN_CLOCK_EVERY: u32 = 64;
+
+/// A spinning wait yields its core once in this many clock reads (~4 us
+/// of spinning): if the side it waits for shares the core, it runs then.
+const YIELD_EVERY: u32 = 2;
+
+/// A yield that kept this process off its core this long means another
+/// process ran there: the machine has more busy processes than cores.
+/// (An uncontended `sched_yield` returns in under a microsecond.)
+const SHARED_CORE: Duration = Duration::from_micros(20);
 
 impl Default for SpinPolicy {
     fn default() -> Self {
@@ -34,6 +77,9 @@ impl Default for SpinPolicy {
 
 /// Bit 0 of [`Event::word`]: some waiter may be asleep on the word.
 const SLEEPERS: u32 = 1;
+/// What an announce adds to [`Event::word`] besides setting `SLEEPERS`: one
+/// step of the counter in bits 1..=31.
+const STEP: u32 = 2;
 
 /// A futex doorbell: `#[repr(C)]`, two words (8 bytes), valid when zeroed.
 ///
@@ -41,37 +87,47 @@ const SLEEPERS: u32 = 1;
 ///
 /// | bits    | meaning                                                        |
 /// |---------|----------------------------------------------------------------|
-/// | 0       | `SLEEPERS`: a waiter announced it is going to sleep; set by waiters, cleared only by a notify that then wakes everyone |
-/// | 1..=31  | the epoch: bumped (by the same add that clears `SLEEPERS`) by every notify that finds `SLEEPERS` set |
+/// | 0       | `SLEEPERS`: a waiter announced it is going to sleep; set by waiters, cleared by a notify that then wakes everyone, or by the waiter that set it if nothing changed the word since |
+/// | 1..=31  | a counter: bumped by every announce, and (by the same add that clears `SLEEPERS`) by every notify that finds `SLEEPERS` set |
 ///
 /// The second word is unused (kept zero) so the layout of everything that
 /// embeds an `Event` stays as it was.
 ///
 /// Protocol:
 ///
-/// - Waiter: `w = word.fetch_or(SLEEPERS) | SLEEPERS` (announce), SeqCst
-///   fence F2, re-check the condition; if still false, `futex_wait(word, w)`.
-///   After waking it re-checks, and if it must sleep again it announces again.
+/// - Waiter: announce, `w = CAS(old -> (old | SLEEPERS) + STEP)` (so every
+///   announce changes the word), SeqCst fence F2, re-check the condition; if
+///   still false, `futex_wait(word, w)`. After waking it re-checks, and if
+///   it must sleep again it announces again.
 /// - Notifier: publish the state change, SeqCst fence F1, load `word`. Bit
 ///   clear: nothing else to do (no read-modify-write, no system call: the hot
 ///   path). Bit set: CAS `w -> w + 1` (`w` is odd, so this clears `SLEEPERS`
-///   and bumps the epoch at once), then `futex_wake` every sleeper.
+///   and bumps the counter at once), then `futex_wake` every sleeper.
+/// - Retract: a waiter that announced and then does not sleep (its
+///   re-check found the condition true, or it timed out) clears the bit
+///   again, `CAS(w -> w + 1)`, if it was the first to set it (`old` had the
+///   bit clear) and the word is still `w`. Every other announce and every
+///   clearing notify changes the word, so an unchanged word means no other
+///   waiter has announced since the bit was clear: nobody else relies on it.
+///   Otherwise the bit stays, and the next notify pays one wake for it.
 ///
 /// No lost wake-up: F1 and F2 are ordered in the single SeqCst order. If F1
 /// comes first, the waiter's re-check after F2 sees the published change. If
 /// F2 comes first, the notifier's load after F1 sees the waiter's announce or
 /// a later value of the word; a later value still has `SLEEPERS` unless some
-/// notify's CAS cleared it since, and every notify that sees the bit (whose
-/// CAS succeeds or finds it cleared by another) calls `futex_wake` after that
-/// clearing CAS. The clear changes the word away from `w` (the epoch moves),
-/// so the waiter's `futex_wait(word, w)` either finds the word changed and
-/// returns at once, or was queued before the change and is woken.
+/// notify's CAS cleared it since (a retract clears only a bit no sleeper
+/// relies on: see above), and every notify that sees the bit (whose CAS
+/// succeeds or finds it cleared by another) calls `futex_wake` after that
+/// clearing CAS. The clear changes the word away from `w` (the counter
+/// moves), so the waiter's `futex_wait(word, w)` either finds the word
+/// changed and returns at once, or was queued before the change and is woken.
 ///
 /// Self-healing: nothing counts sleepers, so a sleeper that dies (SIGKILL)
 /// leaves at most the `SLEEPERS` bit behind, which costs one extra
-/// `futex_wake` on the next notify, and then the bit is clear again. The
-/// same holds for a waiter that announced and then found its condition true
-/// or timed out: it leaves the bit for the next notify to clear.
+/// `futex_wake` on the next notify, and then the bit is clear again. A
+/// waiter that announced after another one and then found its condition
+/// true (or timed out) leaves the bit the same way, and so does
+/// [`wait_any`], which never retracts (it is for waiting on idle events).
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct Event {
@@ -84,6 +140,14 @@ pub struct Event {
 
 // SAFETY: two atomics, `#[repr(C)]`, no pointers, no Drop; every bit pattern is valid.
 unsafe impl crate::segment::ShmSafe for Event {}
+
+/// What an announce did: the word it left (to sleep on) and whether it was
+/// the one that set `SLEEPERS` (so it may retract it).
+#[derive(Clone, Copy)]
+struct Announced {
+    word: u32,
+    first: bool,
+}
 
 impl Event {
     /// Wakes every process sleeping in [`Event::wait_until`] or [`wait_any`]
@@ -103,11 +167,11 @@ impl Event {
         }
     }
 
-    /// Clears `SLEEPERS` (bumping the epoch) and wakes every sleeper.
+    /// Clears `SLEEPERS` (bumping the counter) and wakes every sleeper.
     #[cold]
     fn wake(&self, mut w: u32) {
         while w & SLEEPERS != 0 {
-            // `w` is odd: `w + 1` clears the bit and carries into the epoch.
+            // `w` is odd: `w + 1` clears the bit and carries into the counter.
             match self.word.compare_exchange_weak(w, w.wrapping_add(1), Ordering::SeqCst, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(now) => w = now,
@@ -125,23 +189,42 @@ impl Event {
         self.word.load(Ordering::Relaxed) & SLEEPERS != 0
     }
 
-    /// Sets `SLEEPERS` and returns the word value to sleep on.
+    /// Sets `SLEEPERS` and moves the counter; returns the word to sleep on.
     #[inline]
-    fn announce(&self) -> u32 {
-        let w = self.word.fetch_or(SLEEPERS, Ordering::SeqCst) | SLEEPERS;
+    fn announce(&self) -> Announced {
+        let mut old = self.word.load(Ordering::Relaxed);
+        let new = loop {
+            let new = (old | SLEEPERS).wrapping_add(STEP);
+            match self.word.compare_exchange_weak(old, new, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => break new,
+                Err(now) => old = now,
+            }
+        };
         // SYNC: F2 (see the type's doc): pairs with F1 in `notify`; the
         // caller's re-check of its condition after this cannot be ordered
         // before our `SLEEPERS` is visible to a notifier.
         fence(Ordering::SeqCst);
-        w
+        Announced { word: new, first: old & SLEEPERS == 0 }
+    }
+
+    /// Takes back an announce whose waiter will not sleep, if nobody else
+    /// announced or notified since (see the type's doc, "Retract").
+    #[inline]
+    fn retract(&self, a: Announced) {
+        // No ordering needed: the CAS succeeds only if the word is still
+        // ours in its modification order, whatever was published meanwhile.
+        if a.first && self.word.load(Ordering::Relaxed) == a.word {
+            let _ = self.word.compare_exchange(a.word, a.word.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     /// Waits until `ready()` is true or `deadline` passes; returns the last
     /// value of `ready()`.
     ///
-    /// Spins for at most the budget `adapt` allows under `policy`, then
-    /// sleeps; `adapt` learns from the outcome. `ready` is called repeatedly
-    /// and must be cheap and free of side effects on failure.
+    /// Under [`SpinPolicy::BUSY_POLL`] it polls until then and never sleeps.
+    /// Otherwise it spins for at most the budget `adapt` allows under
+    /// `policy`, then sleeps; `adapt` learns from the outcome. `ready` is
+    /// called repeatedly and must be cheap and free of side effects on failure.
     pub fn wait_until(
         &self,
         mut ready: impl FnMut() -> bool,
@@ -152,6 +235,10 @@ impl Event {
         if ready() {
             return true;
         }
+        // The loom model explores interleavings, not timings: it sleeps.
+        if policy.busy_poll && !cfg!(loom) {
+            return busy_poll(ready, deadline);
+        }
         let budget = adapt.budget(policy);
         if !budget.is_zero() {
             // A budget too large to add to the clock means no spin deadline
@@ -159,41 +246,77 @@ impl Event {
             let spin_end = Instant::now().checked_add(budget);
             let mut i = 0u32;
             loop {
-                for _ in 0..16 {
-                    std::hint::spin_loop();
-                }
+                // One pause per poll: a message is seen within a pause of
+                // its arrival (the poll reads lines the sender is about to
+                // write, which stay in our cache until it does).
+                std::hint::spin_loop();
                 if ready() {
                     adapt.record(true, policy);
                     return true;
                 }
-                i += 1;
-                // Reading the clock costs ~20 ns: check it every few rounds.
-                if i % 8 == 0 {
+                i = i.wrapping_add(1);
+                // Reading the clock costs ~35 ns: check it every few polls.
+                if i % SPIN_CLOCK_EVERY == 0 {
                     let now = Instant::now();
                     if spin_end.is_some_and(|e| now >= e) || deadline.is_some_and(|d| now >= d) {
                         break;
                     }
                     // Give the other side the core if we share one.
-                    if i % 64 == 0 {
+                    if i % (SPIN_CLOCK_EVERY * YIELD_EVERY) == 0 {
                         std::thread::yield_now();
+                        if now.elapsed() >= SHARED_CORE {
+                            // Something else ran on this core meanwhile: the
+                            // cores are oversubscribed, and spinning holds
+                            // one the other side may need. Look once more
+                            // (it may have been the other side), then sleep,
+                            // and spin less next time.
+                            if ready() {
+                                adapt.record(false, policy);
+                                return true;
+                            }
+                            break;
+                        }
                     }
                 }
             }
             adapt.record(false, policy);
         }
         loop {
-            let w = self.announce();
+            let announced = self.announce();
             if ready() {
-                // SLEEPERS stays set: the next notify clears it (one wake).
+                self.retract(announced);
                 return true;
             }
-            let woke = os::futex_wait(&self.word, w, deadline);
+            let woke = os::futex_wait(&self.word, announced.word, deadline);
             if ready() {
+                self.retract(announced);
                 return true;
             }
+            // Not asleep any more, whatever happens next: take the announce
+            // back (a spurious wake-up left the word as it was), so that the
+            // next announce can be retracted in its turn.
+            self.retract(announced);
             if woke == os::Wake::TimedOut || deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
+        }
+    }
+}
+
+/// Polls `ready()` until it is true or `deadline` passes, never sleeping
+/// and never yielding (see [`SpinPolicy::BUSY_POLL`]); the clock is read
+/// once every [`BUSY_CLOCK_EVERY`] polls.
+#[inline]
+fn busy_poll(mut ready: impl FnMut() -> bool, deadline: Option<Instant>) -> bool {
+    loop {
+        for _ in 0..BUSY_CLOCK_EVERY {
+            std::hint::spin_loop();
+            if ready() {
+                return true;
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return ready();
         }
     }
 }
@@ -224,7 +347,7 @@ pub fn wait_any(events: &[&Event], mut ready: impl FnMut() -> bool, deadline: Op
         // SYNC: each `announce` ends with its F2 fence, so the re-check in
         // `ready()` below comes after every event's SLEEPERS is visible (as
         // in `wait_until`).
-        let words: Vec<(&AtomicU32, u32)> = events.iter().map(|e| (&e.word, e.announce())).collect();
+        let words: Vec<(&AtomicU32, u32)> = events.iter().map(|e| (&e.word, e.announce().word)).collect();
         let woke = if ready() { Some(os::Wake::Woken) } else { os::futex_wait_any(&words, deadline) };
         if woke.is_none() {
             // No futex_waitv: poll.
@@ -314,7 +437,7 @@ mod tests {
 
     #[test]
     fn budget_halves_on_failure_and_resets_on_success() {
-        let policy = SpinPolicy { spin: Duration::from_micros(64) };
+        let policy = SpinPolicy::spin_for(Duration::from_micros(64));
         let a = AdaptiveSpin::new();
         assert_eq!(a.budget(policy), Duration::from_micros(64));
         a.record(false, policy);
@@ -339,7 +462,7 @@ mod tests {
     /// below `MIN_SPIN`.
     #[test]
     fn a_spin_policy_of_duration_max_never_overflows_the_clock() {
-        let policy = SpinPolicy { spin: Duration::MAX };
+        let policy = SpinPolicy::spin_for(Duration::MAX);
         let a = AdaptiveSpin::new();
         for _ in 0..40 {
             a.record(false, policy);
@@ -353,20 +476,73 @@ mod tests {
         assert!(a.budget(policy) <= Duration::from_nanos(u32::MAX as u64));
     }
 
-    /// A sleeper that leaves (dies, times out) without being woken costs the
-    /// next notify one wake system call, and later notifies none.
+    /// A sleeper that leaves without being woken and without retracting
+    /// (it died) costs the next notify one wake system call, and later
+    /// notifies none.
     #[test]
     fn a_left_sleepers_bit_costs_one_wake() {
         let e = Event::default();
+        // A waiter that announced and was killed before it could retract.
+        let dead = e.announce();
+        assert!(dead.first && e.has_sleepers());
+        e.notify();
+        assert!(!e.has_sleepers());
+        e.notify();
+        assert!(!e.has_sleepers());
+        // One announce and one clearing notify moved the counter: 2 steps.
+        assert_eq!(e.word.load(Ordering::Relaxed), 2 * STEP);
+    }
+
+    /// Regression (issue 11 item 3): a waiter that announced and then found
+    /// its condition true, or timed out, left SLEEPERS set, and the next
+    /// notify paid a CAS and a futex_wake system call for nobody.
+    #[test]
+    fn a_waiter_that_does_not_sleep_leaves_no_sleepers_bit() {
+        let e = Event::default();
+        let mut polls = 0;
+        // False at the first poll, true at the re-check after the announce.
+        let ready = || {
+            polls += 1;
+            polls > 1
+        };
+        assert!(e.wait_until(ready, None, SpinPolicy::SLEEP, &AdaptiveSpin::new()));
+        assert!(!e.has_sleepers());
         let d = Some(Instant::now() + Duration::from_millis(5));
         assert!(!e.wait_until(|| false, d, SpinPolicy::SLEEP, &AdaptiveSpin::new()));
+        assert!(!e.has_sleepers());
+    }
+
+    /// A retract never clears a bit another waiter announced after it.
+    #[test]
+    fn a_retract_keeps_a_later_announce() {
+        let e = Event::default();
+        let (a, b) = (e.announce(), e.announce());
+        assert!(a.first && !b.first);
+        e.retract(a);
+        assert!(e.has_sleepers(), "the second waiter's announce was taken back");
+        e.retract(b);
+        // Not the first: it cannot tell whether the first one still sleeps.
         assert!(e.has_sleepers());
-        e.notify();
+    }
+
+    #[test]
+    fn busy_poll_never_sleeps_and_ends_at_its_deadline() {
+        let e = Event::default();
+        let d = Instant::now() + Duration::from_millis(5);
+        assert!(!e.wait_until(|| false, Some(d), SpinPolicy::BUSY_POLL, &AdaptiveSpin::new()));
+        assert!(Instant::now() >= d);
+        // Never announced: a notify has nobody to wake.
         assert!(!e.has_sleepers());
-        e.notify();
-        assert!(!e.has_sleepers());
-        // The epoch moved once: the word is 2 (epoch 1, no sleepers).
-        assert_eq!(e.word.load(Ordering::Relaxed), 2);
+        let mut polls = 0;
+        assert!(e.wait_until(
+            || {
+                polls += 1;
+                polls == 1000
+            },
+            None,
+            SpinPolicy::BUSY_POLL,
+            &AdaptiveSpin::new()
+        ));
     }
 
     #[test]

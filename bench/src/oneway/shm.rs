@@ -1,6 +1,6 @@
 //! The shmpool rows: a [`shmpool::Channel`] carrying `Vec<u8>` (copied in
 //! and out), or [`SharedBuffer`] handles (written once in place, read in
-//! place), spinning or not.
+//! place), spinning, sleeping at once, or busy-polling.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -10,8 +10,8 @@ use shmpool::{BufferHandle, Channel, ChannelError, SharedBuffer};
 use super::link::{self, Echoed, Link, Plan, Streamed, TIMEOUT};
 use crate::common::BoxResult;
 
-/// What the child is told: the payload size and whether it may spin.
-type Args = (u64, bool);
+/// What the child is told: the payload size and how to wait ([`Wait`]).
+type Args = (u64, u8);
 
 /// A message of the buffer rows: a sequence number (or acknowledgement) and
 /// the handle of the buffer holding the payload (none for acknowledgements).
@@ -113,18 +113,43 @@ impl Link for BufferLink<'_> {
     }
 }
 
-fn spin_of(blocking: bool) -> Duration {
-    if blocking {
-        Duration::ZERO
-    } else {
-        Duration::from_micros(50)
+/// How both ends of a shmpool row wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// The default: spin up to 50 µs (adaptively), then sleep on a futex.
+    Spin,
+    /// Sleep at once: no spinning.
+    Sleep,
+    /// `Channel::busy_poll`: spin, never sleep.
+    BusyPoll,
+}
+
+impl Wait {
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn of(code: u8) -> Wait {
+        match code {
+            1 => Wait::Sleep,
+            2 => Wait::BusyPoll,
+            _ => Wait::Spin,
+        }
+    }
+
+    fn apply<S, R>(self, chan: Channel<S, R>) -> Channel<S, R> {
+        match self {
+            Wait::Spin => chan.with_spin(Duration::from_micros(50)),
+            Wait::Sleep => chan.with_spin(Duration::ZERO),
+            Wait::BusyPoll => chan.busy_poll(),
+        }
     }
 }
 
 /// The child of the `Vec<u8>` rows. A failure panics: the parent's next
 /// receive reports it as [`ChannelError::Panicked`].
-fn vec_child(chan: Channel<Vec<u8>, Vec<u8>>, (size, blocking): Args) {
-    let chan = chan.with_spin(spin_of(blocking));
+fn vec_child(chan: Channel<Vec<u8>, Vec<u8>>, (size, wait): Args) {
+    let chan = Wait::of(wait).apply(chan);
     let size = size as usize;
     if let Err(e) = link::serve(&mut VecLink::new(&chan, size), link::window(size).1) {
         panic!("one-way child (Vec<u8>): {e}");
@@ -132,8 +157,8 @@ fn vec_child(chan: Channel<Vec<u8>, Vec<u8>>, (size, blocking): Args) {
 }
 
 /// The child of the buffer rows: one buffer of its own is enough to echo.
-fn buffer_child(chan: Channel<Handoff, Handoff>, (size, blocking): Args) {
-    let chan = chan.with_spin(spin_of(blocking));
+fn buffer_child(chan: Channel<Handoff, Handoff>, (size, wait): Args) {
+    let chan = Wait::of(wait).apply(chan);
     let size = size as usize;
     let served = BufferLink::new(&chan, size, 1).and_then(|mut l| link::serve(&mut l, link::window(size).1));
     if let Err(e) = served {
@@ -154,8 +179,8 @@ fn finish<S: shmpool::Message, R: shmpool::Message>(chan: Channel<S, R>) -> BoxR
 }
 
 /// Both phases over a channel of `Vec<u8>`.
-pub fn vec_rows(size: usize, blocking: bool, plan: &Plan) -> BoxResult<(Echoed, Streamed)> {
-    let chan = shmpool::start(vec_child, (size as u64, blocking))?.with_spin(spin_of(blocking));
+pub fn vec_rows(size: usize, wait: Wait, plan: &Plan) -> BoxResult<(Echoed, Streamed)> {
+    let chan = wait.apply(shmpool::start(vec_child, (size as u64, wait.code()))?);
     let pids = [0, chan.pid().ok_or("channel without a child pid")?];
     let mut link = VecLink::new(&chan, size);
     let latency = link::ping_pong(&mut link, plan, &pids)?;
@@ -165,8 +190,8 @@ pub fn vec_rows(size: usize, blocking: bool, plan: &Plan) -> BoxResult<(Echoed, 
 }
 
 /// Both phases over a channel of buffer handles.
-pub fn buffer_rows(size: usize, blocking: bool, plan: &Plan) -> BoxResult<(Echoed, Streamed)> {
-    let chan = shmpool::start(buffer_child, (size as u64, blocking))?.with_spin(spin_of(blocking));
+pub fn buffer_rows(size: usize, wait: Wait, plan: &Plan) -> BoxResult<(Echoed, Streamed)> {
+    let chan = wait.apply(shmpool::start(buffer_child, (size as u64, wait.code()))?);
     let pids = [0, chan.pid().ok_or("channel without a child pid")?];
     let mut link = BufferLink::new(&chan, size, link::window(size).0)?;
     let latency = link::ping_pong(&mut link, plan, &pids)?;
