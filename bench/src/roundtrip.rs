@@ -27,9 +27,6 @@ const BATCH_CHANNEL_CAPACITY: usize = 4;
 /// Tasks run through a fresh pool before its throughput is measured.
 const POOL_WARM_UP_TASKS: u64 = 10_000;
 
-/// The task of the latency rows: does nothing.
-fn empty(_: ()) {}
-
 pub fn build_pool(workers: usize) -> Result<shmpool::Pool, shmpool::Error> {
     shmpool::Pool::builder().workers(workers).queue_capacity(WINDOW).build()
 }
@@ -93,9 +90,10 @@ const BUSY_POLL_ROW: &str = "shmpool submit + wait, busy-poll (never sleeps)";
 fn shmpool_latency_with(params: &Params, pool: shmpool::Pool, name: &str) -> BoxResult<Latency> {
     let mut pids = vec![0];
     pids.extend(pool.worker_pids());
-    timed(params, name, &pids, |_| {
-        pool.submit(empty, ())?.wait()?;
-        Ok(())
+    // The peers' work, like with like: square the request, check the reply.
+    timed(params, name, &pids, |i| {
+        let reply = pool.submit(square, i)?.wait()?;
+        Ok(check_reply(i, reply)?)
     })
 }
 
@@ -163,8 +161,8 @@ pub fn latency_section(params: &Params, rows: &[Latency], floor: &Floor) -> Sect
     let mut section = Section::new(
         "latency",
         format!(
-            "Round trip of one task (shmpool: an empty task through a pool of 1 worker; peers: an 8-byte request \
-             squared and sent back), {} timed after {} for warm-up",
+            "Round trip of one task (an 8-byte request squared and sent back, the reply checked; shmpool: a \
+             pool of 1 worker), {} timed after {} for warm-up",
             params.latency_iterations, params.latency_warm_up
         ),
         columns,
