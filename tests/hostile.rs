@@ -4,6 +4,8 @@
 //! Every call ends in a value or a typed error, nothing hangs, and the thing
 //! called stays usable.
 
+#[path = "common/capture.rs"]
+mod capture;
 #[path = "common/mod.rs"]
 #[allow(dead_code)]
 mod common;

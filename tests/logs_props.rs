@@ -8,7 +8,6 @@ mod common;
 #[path = "common/values.rs"]
 #[allow(dead_code)]
 mod values;
-use std::sync::Mutex;
 use values::text;
 
 use proptest::prelude::*;
@@ -17,19 +16,9 @@ use shmpool::Pool;
 
 const CAP: usize = 64 << 10;
 
-struct Capture(Mutex<Vec<(String, String)>>);
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        self.0.lock().unwrap().push((r.target().to_owned(), r.args().to_string()));
-    }
-    fn flush(&self) {}
-}
-
-static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+#[path = "common/capture.rs"]
+mod capture;
+use capture::CAPTURE;
 
 fn log_text((seed, len): (u64, u64)) -> u64 {
     log::info!(target: "prop", "{}", text(len as usize, seed));

@@ -454,12 +454,9 @@ mod tests {
         }
     }
 
-    // Review finding: a dead worker's task whose answer it had published
-    // (and whose argument block it had freed) was run again when the
-    // parent had not yet recorded that answer: the requeued frame named a
-    // block that may already belong to someone else.
-    #[test]
-    fn a_dead_workers_answered_tasks_are_not_run_again() {
+    /// A group of one worker, SIGKILLed (and reaped) before any task: its
+    /// slot is what the tests below fill in as a dead worker would have.
+    fn dead_worker() -> (Arc<Workers>, u32) {
         let config = Config { workers: 1, segment_size: 8 << 20, respawn: false, ..Config::default() };
         let w = Workers::start::<()>(config, None).unwrap();
         let pid = {
@@ -469,20 +466,35 @@ mod tests {
             c.wait().unwrap();
             c.id()
         };
+        (w, pid)
+    }
+
+    /// Writes `hdr` as held task `k` of the dead worker 0.
+    fn hold(w: &Workers, k: u64, hdr: &FrameHeader) {
+        let slot = control::slot(&w.seg, w.layout.control, w.layout.workers, 0).unwrap();
+        let stride = (w.tasks.payload_capacity().div_ceil(16) * 16) as u64;
+        let p = w.seg.ptr(slot.held_frames.load(Ordering::Acquire) + k * stride, stride).unwrap();
+        // SAFETY: the dead worker's own held area, in bounds (checked);
+        // nothing else touches it.
+        hdr.write(unsafe { std::slice::from_raw_parts_mut(p, stride as usize) }, &[]);
+    }
+
+    // Review finding: a dead worker's task whose answer it had published
+    // (and whose argument block it had freed) was run again when the
+    // parent had not yet recorded that answer: the requeued frame named a
+    // block that may already belong to someone else.
+    #[test]
+    fn a_dead_workers_answered_tasks_are_not_run_again() {
+        let (w, pid) = dead_worker();
         // What the worker left: two held tasks, the first answered (its
         // block freed), the second not (its block still its own).
         let slot = control::slot(&w.seg, w.layout.control, w.layout.workers, 0).unwrap();
-        let stride = (w.tasks.payload_capacity().div_ceil(16) * 16) as u64;
-        let area = slot.held_frames.load(Ordering::Acquire);
         let freed = w.seg.alloc(100).unwrap().offset;
         w.seg.release(freed).unwrap();
         let live = w.seg.alloc(100).unwrap().offset;
         for (k, block) in [(0u64, freed), (1, live)] {
             let hdr = FrameHeader { stream: 7, seq: k, body: wire::BODY_BLOCK, len: 8, block, ..Default::default() };
-            let p = w.seg.ptr(area + k * stride, stride).unwrap();
-            // SAFETY: the dead worker's own held area, in bounds (checked);
-            // nothing else touches it.
-            hdr.write(unsafe { std::slice::from_raw_parts_mut(p, stride as usize) }, &[]);
+            hold(&w, k, &hdr);
         }
         slot.held_n.store(2, Ordering::Relaxed);
         slot.answered.store(0b01, Ordering::Release);
@@ -499,24 +511,12 @@ mod tests {
     // overflowed `HEADER + len` and panicked the parent's supervisor.
     #[test]
     fn a_hostile_held_frame_is_answered_not_a_panic() {
-        let config = Config { workers: 1, segment_size: 8 << 20, respawn: false, ..Config::default() };
-        let w = Workers::start::<()>(config, None).unwrap();
-        let pid = {
-            let mut children = lock(&w.children);
-            let c = children[0].as_mut().unwrap();
-            c.kill().unwrap();
-            c.wait().unwrap();
-            c.id()
-        };
+        let (w, pid) = dead_worker();
         let slot = control::slot(&w.seg, w.layout.control, w.layout.workers, 0).unwrap();
-        let stride = (w.tasks.payload_capacity().div_ceil(16) * 16) as u64;
-        let area = slot.held_frames.load(Ordering::Acquire);
         let stream = w.new_stream();
         let hdr =
             FrameHeader { stream, seq: 0, body: wire::BODY_INLINE, len: u64::MAX - 8, status: 0, ..Default::default() };
-        let p = w.seg.ptr(area, stride).unwrap();
-        // SAFETY: the dead worker's own held area, in bounds (checked).
-        hdr.write(unsafe { std::slice::from_raw_parts_mut(p, stride as usize) }, &[]);
+        hold(&w, 0, &hdr);
         slot.held_n.store(1, Ordering::Release);
         w.in_flight.store(1, Ordering::Relaxed);
         w.recover(0, pid, false);

@@ -5,24 +5,11 @@
 //! This binary's logger is installed here if nobody else installed one;
 //! what arrives is checked only then.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use shmpool::Pool;
 
-struct Capture(Mutex<Vec<(String, String)>>);
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        self.0.lock().unwrap().push((r.target().to_owned(), r.args().to_string()));
-    }
-    fn flush(&self) {}
-}
-
-static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+use crate::capture::CAPTURE;
 
 fn flood(n: u32) -> u32 {
     let huge = "ü".repeat(1 << 19); // 1 MiB of two-byte characters
