@@ -22,7 +22,7 @@ fn main() -> Result<(), shmpool::Error> {
     shmpool::init();
     let objects: Vec<_> = (0..10).map(|i| shmpool::Remote::spawn(make, i)).collect::<Result<_, _>>()?;
     let start = Instant::now();
-    let pending: Vec<_> = objects.iter().zip(0..).map(|(o, i)| o.call_async(nap, i + 2)).collect::<Result<_, _>>()?;
+    let pending: Vec<_> = objects.iter().zip(0..).map(|(o, i)| o.call_async(nap, i + 2)).collect();
     let ids = shmpool::wait_all(pending)?;
     let elapsed = start.elapsed();
     assert_eq!(ids, (0..10).collect::<Vec<_>>());

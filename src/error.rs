@@ -35,6 +35,9 @@ pub enum TaskError {
     Decode(String),
     /// Every worker is gone, or the pool shut down, before the result came.
     PoolGone,
+    /// The result was already taken: a ticket (or pending call) polled
+    /// again after its future completed.
+    AlreadyTaken,
 }
 
 impl fmt::Display for TaskError {
@@ -47,6 +50,7 @@ impl fmt::Display for TaskError {
             TaskError::Encode(e) => write!(f, "could not archive the task's value: {e}"),
             TaskError::Decode(e) => write!(f, "task's archive is invalid: {e}"),
             TaskError::PoolGone => write!(f, "the pool's workers are gone"),
+            TaskError::AlreadyTaken => write!(f, "the result was already taken (polled after it completed)"),
         }
     }
 }

@@ -47,7 +47,7 @@ pub mod service;
 pub use channel::{start, Channel, ChannelError, ChannelId, Exchange};
 pub use codec::Message;
 pub use error::{Error, GetError, PutError, TaskError};
-pub use pool::{FeedError, FeedHandle, MapIter, Pool, PoolBuilder, Worker, WorkerPool, WorkerPoolBuilder};
+pub use pool::{FeedError, FeedHandle, MapIter, MapStream, Pool, PoolBuilder, Worker, WorkerPool, WorkerPoolBuilder};
 pub use remote::{wait_all, Pending, Remote, RemoteError};
 pub use runtime::bootstrap::init;
 pub use runtime::executor::pool_segment;

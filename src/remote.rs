@@ -8,8 +8,11 @@
 //! call then fails with [`RemoteError::Dead`].
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::codec::Message;
@@ -44,6 +47,9 @@ pub enum RemoteError {
     /// A timed call gave up: the queue stayed full, or the result had not
     /// come by the deadline (the call may still run; its result is discarded).
     Timeout,
+    /// The result was already taken: a [`Pending`] polled again after its
+    /// future completed.
+    AlreadyTaken,
 }
 
 impl fmt::Display for RemoteError {
@@ -56,6 +62,7 @@ impl fmt::Display for RemoteError {
             RemoteError::Segment(e) => write!(f, "remote object's shared segment failed: {e}"),
             RemoteError::Ring(e) => write!(f, "remote object's ring failed: {e}"),
             RemoteError::Timeout => write!(f, "remote call timed out"),
+            RemoteError::AlreadyTaken => write!(f, "the call's result was already taken (polled after it completed)"),
         }
     }
 }
@@ -72,6 +79,7 @@ impl From<RemoteError> for Error {
             RemoteError::Segment(e) => Error::Task(TaskError::Encode(e)),
             RemoteError::Ring(e) => Error::Ring(e),
             RemoteError::Timeout => Error::Timeout,
+            RemoteError::AlreadyTaken => Error::Task(TaskError::AlreadyTaken),
         }
     }
 }
@@ -130,7 +138,7 @@ impl<T: 'static> Remote<T> {
 
     /// Calls `f(&mut object, arg)` in the remote process and waits for the result.
     pub fn call<A: Message, R: Message>(&self, f: fn(&mut T, A) -> R, arg: A) -> Result<R, RemoteError> {
-        self.call_async(f, arg)?.wait()
+        self.call_async(f, arg).wait()
     }
 
     /// [`Remote::call`], giving up after `timeout` in all (`Duration::MAX`:
@@ -160,9 +168,11 @@ impl<T: 'static> Remote<T> {
     }
 
     /// Starts `f(&mut object, arg)` and returns at once; the result (or the
-    /// error, as a value) comes from [`Pending::wait`] or [`wait_all`].
-    pub fn call_async<A: Message, R: Message>(&self, f: fn(&mut T, A) -> R, arg: A) -> Result<Pending<R>, RemoteError> {
-        self.start(f as usize, tramp::call_remote::<T, A, R>, &arg, Deadline::NEVER)
+    /// error, a failure to send the call included, as a value) comes from
+    /// [`Pending::wait`], [`wait_all`], or `.await` on the [`Pending`].
+    pub fn call_async<A: Message, R: Message>(&self, f: fn(&mut T, A) -> R, arg: A) -> Pending<R> {
+        let started = self.start(f as usize, tramp::call_remote::<T, A, R>, &arg, Deadline::NEVER);
+        started.unwrap_or_else(|e| Pending { ticket: Err(Some(e)), pid: self.pid })
     }
 
     /// Sends one call, waiting for room in the queue until `deadline`.
@@ -174,7 +184,7 @@ impl<T: 'static> Remote<T> {
         deadline: Deadline,
     ) -> Result<Pending<R>, RemoteError> {
         match submit_until(&self.inner, func, tramp, arg, deadline) {
-            Ok(Some(ticket)) => Ok(Pending { ticket, pid: self.pid }),
+            Ok(Some(ticket)) => Ok(Pending { ticket: Ok(ticket), pid: self.pid }),
             Ok(None) => Err(RemoteError::Timeout),
             Err(e) => Err(self.error(e)),
         }
@@ -232,19 +242,26 @@ fn from_task_error(e: TaskError, pid: u32) -> RemoteError {
         TaskError::WorkerDied { pid } | TaskError::TimedOut { pid } => RemoteError::Dead { pid },
         TaskError::PoolGone | TaskError::Cancelled => RemoteError::Dead { pid },
         TaskError::Encode(e) | TaskError::Decode(e) => RemoteError::Codec(e),
+        TaskError::AlreadyTaken => RemoteError::AlreadyTaken,
     }
 }
 
-/// The result of a call started with [`Remote::call_async`].
+/// The result of a call started with [`Remote::call_async`]: wait for it
+/// with [`Pending::wait`], or `.await` it on any executor (the same wait,
+/// polled: see [`Ticket`]'s "As a future").
+///
+/// Dropping it discards the result when it comes.
 #[must_use = "a pending call does nothing unless waited for"]
 pub struct Pending<R> {
-    ticket: Ticket<R>,
+    /// The call's ticket, or why the call could not be sent (taken by the
+    /// first wait or poll that reports it).
+    ticket: Result<Ticket<R>, Option<RemoteError>>,
     pid: u32,
 }
 
 impl<R> fmt::Debug for Pending<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pending").field("pid", &self.pid).finish()
+        f.debug_struct("Pending").field("pid", &self.pid).field("sent", &self.ticket.is_ok()).finish()
     }
 }
 
@@ -252,16 +269,22 @@ impl<R: Message> Pending<R> {
     /// Waits for the call's result.
     pub fn wait(self) -> Result<R, RemoteError> {
         let pid = self.pid;
-        self.ticket.wait().map_err(|e| from_task_error(e, pid))
+        match self.ticket {
+            Ok(ticket) => ticket.wait().map_err(|e| from_task_error(e, pid)),
+            Err(e) => Err(e.unwrap_or(RemoteError::AlreadyTaken)),
+        }
     }
 
     /// Waits up to `timeout` (`Duration::MAX`: no limit); `Err(self)` gives
     /// the pending call back if its result has not come.
     pub fn wait_timeout(self, timeout: Duration) -> Result<Result<R, RemoteError>, Pending<R>> {
         let pid = self.pid;
-        match self.ticket.wait_timeout(timeout) {
-            Ok(r) => Ok(r.map_err(|e| from_task_error(e, pid))),
-            Err(ticket) => Err(Pending { ticket, pid }),
+        match self.ticket {
+            Ok(ticket) => match ticket.wait_timeout(timeout) {
+                Ok(r) => Ok(r.map_err(|e| from_task_error(e, pid))),
+                Err(ticket) => Err(Pending { ticket: Ok(ticket), pid }),
+            },
+            Err(e) => Ok(Err(e.unwrap_or(RemoteError::AlreadyTaken))),
         }
     }
 
@@ -271,6 +294,19 @@ impl<R: Message> Pending<R> {
         match deadline.remaining() {
             None => self.wait(),
             Some(left) => self.wait_timeout(left).unwrap_or(Err(RemoteError::Timeout)),
+        }
+    }
+}
+
+impl<R: Message> Future for Pending<R> {
+    type Output = Result<R, RemoteError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let pid = this.pid;
+        match &mut this.ticket {
+            Ok(ticket) => Pin::new(ticket).poll(cx).map_err(|e| from_task_error(e, pid)),
+            Err(e) => Poll::Ready(Err(e.take().unwrap_or(RemoteError::AlreadyTaken))),
         }
     }
 }

@@ -183,7 +183,13 @@ pub(crate) struct Frame<'s> {
     scratch: &'s Scratch,
 }
 
-impl Frame<'_> {
+impl<'s> Frame<'s> {
+    /// A frame from the parts an earlier [`encode`] into `scratch` made
+    /// (for a sender that keeps them across attempts).
+    pub fn from_parts(hdr: FrameHeader, body: Body, scratch: &'s Scratch) -> Frame<'s> {
+        Frame { hdr, body, scratch }
+    }
+
     /// Writes the frame into a slot payload; returns the bytes used.
     pub fn write(&self, slot: &mut [u8]) -> usize {
         self.hdr.write(slot, self.body.inline(self.scratch))

@@ -79,12 +79,12 @@ fn calls_and_reads_run_in_the_child_in_order() {
 #[test]
 fn pending_calls_and_wait_all() {
     let c = Remote::spawn(make_counter, 0u64).unwrap();
-    let pending: Vec<_> = (1..=5).map(|i| c.call_async(add, i).unwrap()).collect();
+    let pending: Vec<_> = (1..=5).map(|i| c.call_async(add, i)).collect();
     // Calls on one object run in order: running totals.
     assert_eq!(wait_all(pending), Ok(vec![1, 3, 6, 10, 15]));
     // Several objects work in parallel, each in its own process.
     let objects: Vec<_> = (0..4).map(|_| Remote::spawn(make_counter, 0u64).unwrap()).collect();
-    let pending: Vec<_> = objects.iter().map(|o| o.call_async(slow_add, 50).unwrap()).collect();
+    let pending: Vec<_> = objects.iter().map(|o| o.call_async(slow_add, 50)).collect();
     assert_eq!(wait_all(pending), Ok(vec![50; 4]));
     let pids: std::collections::HashSet<u32> = objects.iter().map(|o| o.pid()).collect();
     assert_eq!(pids.len(), 4);
@@ -99,7 +99,7 @@ fn a_panicking_call_is_an_error_and_the_object_lives_on() {
     }
     assert_eq!(c.call(add, 1), Ok(2), "state survived the panic");
     // In parallel mode the error comes back as a value.
-    let p = c.call_async(explode, ()).unwrap();
+    let p = c.call_async(explode, ());
     assert!(matches!(p.wait(), Err(RemoteError::Panicked { .. })));
 }
 
@@ -135,8 +135,8 @@ fn every_pending_call_of_a_dead_remote_ends_with_dead() {
     let _w = watchdog("dead_remote_pending", Duration::from_secs(120));
     let c = Remote::spawn(make_counter, 1u64).unwrap();
     let pid = c.pid();
-    let first = c.call_async(die, 4).unwrap();
-    let rest: Vec<_> = (0..60).map(|_| c.call_async(add, 1).unwrap()).collect();
+    let first = c.call_async(die, 4);
+    let rest: Vec<_> = (0..60).map(|_| c.call_async(add, 1)).collect();
     assert_eq!(first.wait(), Err(RemoteError::Dead { pid }));
     for p in rest {
         assert_eq!(p.wait(), Err(RemoteError::Dead { pid }));

@@ -38,9 +38,11 @@ use error::{start_error, wire_text};
 pub use exchange::{ChannelId, Exchange};
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::codec::{self, Message};
@@ -50,6 +52,7 @@ use crate::runtime::{lock, submit_to, Config, Ticket, Workers};
 use crate::segment::Segment;
 use crate::sync::SpinPolicy;
 use crate::sys::process;
+use crate::wait::reactor::Parked;
 use crate::wait::{self, Deadline, Step, Waited};
 use crate::wire::{self, FrameHeader, Status};
 use crate::TaskError;
@@ -555,6 +558,61 @@ impl<S: Message, R: Message> Channel<S, R> {
                 _ => Ok(()),
             },
         ))
+    }
+
+    /// [`Channel::recv`] as a future, for async code: the same wait, polled
+    /// (a poll takes a message if one is there, spins as `recv` would, then
+    /// parks its task with the process's reactor until a message comes or
+    /// the peer is found gone; see [`Ticket`](crate::Ticket)'s "As a
+    /// future"). Dropping it cancels the wait and loses no message.
+    pub fn recv_async(&self) -> impl Future<Output = Result<R, ChannelError>> + '_ {
+        let mut parked = Parked::default();
+        std::future::poll_fn(move |cx| {
+            // A timeout here is "nothing yet": the peer is looked at on the
+            // first try of each poll, and the reactor re-polls a quiet wait.
+            let attempt = |look: bool| match self.recv_by(Deadline::now()) {
+                Err(ChannelError::Timeout) => match look.then(|| self.peer_gone()).flatten() {
+                    Some(e) if self.rx.is_empty() => Some(Err(e)),
+                    _ => None,
+                },
+                done => Some(done),
+            };
+            if let Some(done) = attempt(true) {
+                return Poll::Ready(done);
+            }
+            let (ring, policy) = (&self.rx, self.spin.for_poll());
+            if ring.readable().spin(|| ring.can_pop(), None, policy, ring.pop_spin()) {
+                if let Some(done) = attempt(false) {
+                    return Poll::Ready(done);
+                }
+            }
+            parked.park(cx, &self.seg, ring.readable(), Some(PEER_CHECK), || attempt(false))
+        })
+    }
+
+    /// [`Channel::send`] as a future, for async code: resolves once `value`
+    /// is in the channel (or with why it cannot be), parking its task while
+    /// the channel is full. Dropping it before then sends nothing.
+    pub fn send_async<'a>(&'a self, value: &'a S) -> impl Future<Output = Result<(), ChannelError>> + 'a {
+        let mut parked = Parked::default();
+        std::future::poll_fn(move |cx| {
+            // Full: the peer is looked at on the first try of each poll (a
+            // dead one never makes room), and the reactor re-polls a quiet wait.
+            let attempt = |look: bool| match self.send_by(value, Deadline::now()) {
+                Err(ChannelError::Timeout) => look.then(|| self.peer_gone()).flatten().map(Err),
+                done => Some(done),
+            };
+            if let Some(done) = attempt(true) {
+                return Poll::Ready(done);
+            }
+            let (ring, policy) = (&self.tx, self.spin.for_poll());
+            if ring.writable().spin(|| ring.can_push(), None, policy, ring.push_spin()) {
+                if let Some(done) = attempt(false) {
+                    return Poll::Ready(done);
+                }
+            }
+            parked.park(cx, &self.seg, ring.writable(), Some(PEER_CHECK), || attempt(false))
+        })
     }
 
     /// Reads one frame's message (consuming its block, if any).

@@ -21,13 +21,15 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::{to_task_error, Staged};
 use crate::codec::{Message, Scratch};
 use crate::runtime::tramp::{GroupItem, Trampoline};
-use crate::runtime::{RecvError, Reservation, Workers};
+use crate::runtime::{ParkOn, RecvError, Reservation, Workers};
 use crate::wait::Deadline;
 use crate::wire::{self, FrameBuf, FrameHeader};
 use crate::{Error, TaskError};
@@ -40,6 +42,14 @@ const MAX_GROUP: usize = 512;
 const GROUP_BYTES: u64 = 64 << 10;
 /// The work a group aims at, as the workers measure it.
 const GROUP_WORK: Duration = Duration::from_micros(100);
+
+/// One step of a map (see `MapIter::advance`).
+enum Advance<T> {
+    /// The next item, or the end.
+    Done(Option<T>),
+    /// Nothing before the deadline: what to wait for.
+    Again(ParkOn),
+}
 
 /// A group's answer: its items' results, or why the group has none.
 type Answer<R> = Result<Vec<GroupItem<R>>, TaskError>;
@@ -208,10 +218,11 @@ where
     }
 
     /// Submits as many groups as the queue takes right now; waits for room
-    /// only when this map has nothing in flight (other users fill the queue).
-    fn feed(&mut self) -> Result<(), Error> {
+    /// (until `deadline`) only when this map has nothing in flight (other
+    /// users fill the queue).
+    fn feed(&mut self, deadline: Deadline) -> Result<(), Error> {
         while !self.input_done {
-            let deadline = if self.outstanding == 0 { Deadline::NEVER } else { Deadline::now() };
+            let deadline = if self.outstanding == 0 { deadline } else { Deadline::now() };
             let room = self.inner.reserve(MAP_BATCH, deadline)?;
             if room == 0 {
                 return Ok(());
@@ -315,20 +326,22 @@ where
     }
 }
 
-impl<I, R> Iterator for MapIter<'_, I, R>
+impl<'p, I, R> MapIter<'p, I, R>
 where
     I: Iterator,
     I::Item: Message,
     R: Message,
 {
-    type Item = Result<R, TaskError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// One step of the map, waiting until `deadline`: `Done(Some(r))` the
+    /// next result, `Done(None)` the end, `Again(on)` nothing before the
+    /// deadline (waiting for a result of this map, or for room to send).
+    /// The iterator waits with no deadline; the stream polls with a due one.
+    fn advance(&mut self, deadline: Deadline) -> Advance<Result<R, TaskError>> {
         loop {
             if let Some(r) = self.take_ready() {
-                return Some(r);
+                return Advance::Done(Some(r));
             }
-            if let Err(e) = self.feed() {
+            if let Err(e) = self.feed(deadline) {
                 // Nothing more can be submitted: the rest of the input fails.
                 self.input_done = true;
                 let seq = self.submitted;
@@ -339,28 +352,123 @@ where
             }
             if let Some(r) = self.take_ready() {
                 // A group that could not be archived is answered at once.
-                return Some(r);
+                return Advance::Done(Some(r));
             }
             if self.outstanding == 0 {
                 if self.input_done && self.yielded >= self.submitted {
-                    return None;
+                    return Advance::Done(None);
+                }
+                if deadline.passed() {
+                    // The queue had no room for a first group.
+                    return Advance::Again(ParkOn::Room);
                 }
                 continue;
             }
             let mut got: Vec<(FrameHeader, Answer<R>)> = Vec::new();
-            let res = self.inner.recv(Some(self.stream), Deadline::NEVER, &mut |hdr: &FrameHeader, bytes: &[u8]| {
+            let res = self.inner.recv(Some(self.stream), deadline, &mut |hdr: &FrameHeader, bytes: &[u8]| {
                 got.push((*hdr, wire::decode_result::<Vec<GroupItem<R>>>(hdr.status, bytes)));
             });
             for (hdr, answer) in got {
                 self.receive(&hdr, answer);
             }
-            if let Err(RecvError::Gone) | Err(RecvError::Timeout) = res {
-                // Every worker is gone: what is outstanding will never come.
-                let missing = self.submitted - self.done_base;
-                self.fail_all(self.done_base, missing, &TaskError::PoolGone);
-                self.groups.clear();
-                self.outstanding = 0;
-                self.input_done = true;
+            match res {
+                Err(RecvError::Timeout) if deadline != Deadline::NEVER => {
+                    if let Some(r) = self.take_ready() {
+                        return Advance::Done(Some(r));
+                    }
+                    return Advance::Again(ParkOn::Stream(self.stream));
+                }
+                Err(RecvError::Gone | RecvError::Timeout) => {
+                    // Every worker is gone: what is outstanding will never come.
+                    let missing = self.submitted - self.done_base;
+                    self.fail_all(self.done_base, missing, &TaskError::PoolGone);
+                    self.groups.clear();
+                    self.outstanding = 0;
+                    self.input_done = true;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The results as a [`Stream`](futures_core::Stream), for async code:
+    /// the same map, polled (see [`MapStream`]).
+    pub fn into_stream(self) -> MapStream<'p, I, R> {
+        MapStream { map: self, retried: false }
+    }
+}
+
+impl<I, R> Iterator for MapIter<'_, I, R>
+where
+    I: Iterator,
+    I::Item: Message,
+    R: Message,
+{
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.advance(Deadline::NEVER) {
+            Advance::Done(r) => r,
+            // Unreachable with no deadline; the end, should it ever be.
+            Advance::Again(_) => None,
+        }
+    }
+}
+
+/// A map's results as a [`Stream`](futures_core::Stream), from
+/// [`MapIter::into_stream`]: in input order for `map`, in completion order
+/// for `map_unordered`, grouped and re-run exactly as the iterator's.
+///
+/// A poll sends what the queue takes, takes the results that are there,
+/// spins as a blocking wait would (see [`Ticket`](crate::Ticket)'s "As a
+/// future"), and then parks the task until a result of this map (or room in
+/// the queue) comes. Dropping the stream discards the results still to come.
+pub struct MapStream<'p, I: Iterator, R> {
+    map: MapIter<'p, I, R>,
+    /// Parked on room and tried once more since (room that came in between
+    /// wakes nobody).
+    retried: bool,
+}
+
+impl<I: Iterator, R> fmt::Debug for MapStream<'_, I, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("MapStream").field(&self.map).finish()
+    }
+}
+
+// Nothing in a map is pinned structurally: the stream moves its fields freely.
+impl<I: Iterator, R> Unpin for MapStream<'_, I, R> {}
+
+impl<I, R> futures_core::Stream for MapStream<'_, I, R>
+where
+    I: Iterator,
+    I::Item: Message,
+    R: Message,
+{
+    type Item = Result<R, TaskError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            let on = match this.map.advance(Deadline::now()) {
+                Advance::Done(r) => {
+                    this.retried = false;
+                    return Poll::Ready(r);
+                }
+                Advance::Again(on) => on,
+            };
+            match on {
+                ParkOn::Stream(_) if this.map.inner.spin_for_results() => continue,
+                ParkOn::Stream(_) => {
+                    if this.map.inner.park(on, cx.waker()) {
+                        return Poll::Pending;
+                    }
+                }
+                ParkOn::Room if this.retried => return Poll::Pending,
+                ParkOn::Room => {
+                    this.map.inner.park(on, cx.waker());
+                    this.retried = true;
+                }
             }
         }
     }

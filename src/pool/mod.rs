@@ -23,7 +23,7 @@ use crate::wire::{self, FrameHeader, HEADER};
 use crate::{Error, PutError, TaskError};
 
 pub use feed::{FeedError, FeedHandle};
-pub use map::MapIter;
+pub use map::{MapIter, MapStream};
 pub use stateful::{Worker, WorkerPool, WorkerPoolBuilder};
 
 /// A pool of worker processes running plain functions.

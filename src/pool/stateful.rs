@@ -5,15 +5,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use super::builder_options;
 use crate::codec::Message;
-use crate::runtime::{lock, tramp, Config, RecvError, Reservation, Workers};
-use crate::wait::Deadline;
+use crate::runtime::{lock, tramp, Config, ParkOn, RecvError, Reservation, Workers};
+use crate::wait::{Changed, Deadline};
 use crate::wire::{self, FrameHeader};
 use crate::{Error, GetError, PutError, TaskError};
 
@@ -59,7 +61,7 @@ pub(super) struct Shared<W: Worker> {
     pub(super) state: Mutex<GetState<W::Output>>,
     /// Signalled when a receiving thread has merged what it got, when a
     /// put went in, and when a feed ended.
-    pub(super) changed: Condvar,
+    pub(super) changed: Changed,
     _worker: PhantomData<fn() -> W>,
 }
 
@@ -124,7 +126,7 @@ impl<W: Worker> WorkerPoolBuilder<W> {
             inner,
             stream,
             next_seq: AtomicU64::new(0),
-            changed: Condvar::new(),
+            changed: Changed::default(),
             state: Mutex::new(GetState {
                 pending: 0,
                 feeding: 0,
@@ -166,12 +168,39 @@ impl<W: Worker> WorkerPool<W> {
 
     /// Takes the next result, waiting for it.
     pub fn get(&self) -> Result<W::Output, GetError> {
-        self.shared.get_until(Deadline::NEVER)
+        self.shared.get_until(Deadline::NEVER, None)
+    }
+
+    /// [`WorkerPool::get`] as a future, for async code: the same wait,
+    /// polled (see [`Ticket`](crate::Ticket)'s "As a future"). Dropping it
+    /// cancels the wait and loses no result: the next `get` takes it.
+    pub fn get_async(&self) -> impl Future<Output = Result<W::Output, GetError>> + '_ {
+        std::future::poll_fn(move |cx| self.shared.poll_get(cx))
+    }
+
+    /// [`WorkerPool::put`] as a future, for async code: resolves once the
+    /// task is queued (or with why it cannot be). Dropping it before then
+    /// drops the task unsent.
+    pub fn put_async(&self, task: W::Task) -> impl Future<Output = Result<(), PutError<W::Task>>> + '_ {
+        let mut task = Some(task);
+        std::future::poll_fn(move |cx| {
+            let Some(t) = task.take() else {
+                // Polled again after it completed: nothing is left to put.
+                return Poll::Ready(Ok(()));
+            };
+            match self.shared.poll_put(cx, t) {
+                Ok(done) => Poll::Ready(done),
+                Err(t) => {
+                    task = Some(t);
+                    Poll::Pending
+                }
+            }
+        })
     }
 
     /// Takes the next result, waiting at most `timeout` (`Duration::MAX`: no limit).
     pub fn get_timeout(&self, timeout: Duration) -> Result<W::Output, GetError> {
-        self.shared.get_until(Deadline::after(timeout))
+        self.shared.get_until(Deadline::after(timeout), None)
     }
 
     /// Takes every outstanding result, in the pool's order (while a
@@ -233,7 +262,11 @@ impl<W: Worker> Shared<W> {
         }
     }
 
-    fn get_until(&self, deadline: Deadline) -> Result<W::Output, GetError> {
+    /// Takes the next result, waiting until `deadline`. With `park`, a
+    /// wait that would go past the deadline parks that task's waker where
+    /// the result (or the change it waits for) will wake it, and returns
+    /// `Timeout`: the async `get` is this, polled with a due deadline.
+    fn get_until(&self, deadline: Deadline, park: Option<&Waker>) -> Result<W::Output, GetError> {
         let mut state = lock(&self.state);
         loop {
             if let Some(r) = take_next(&mut state) {
@@ -242,15 +275,20 @@ impl<W: Worker> Shared<W> {
             if state.pending == 0 && state.feeding == 0 {
                 return Err(GetError::NothingPending);
             }
-            if deadline.passed() {
-                return Err(GetError::Timeout);
-            }
             if state.receiving || state.pending == 0 {
                 // Another thread is receiving, or a feed has yet to put:
                 // wait for what it brings without holding the state lock
                 // (puts must go on).
+                if deadline.passed() {
+                    if let Some(waker) = park {
+                        // Under the state lock: the change we wait for is
+                        // made under it, and notified after.
+                        self.changed.park(waker);
+                    }
+                    return Err(GetError::Timeout);
+                }
                 let wait = deadline.slice(RECEIVER_CHECK).saturating_duration_since(std::time::Instant::now());
-                state = self.changed.wait_timeout(state, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+                state = self.changed.wait_timeout(state, wait);
                 continue;
             }
             state.receiving = true;
@@ -271,7 +309,23 @@ impl<W: Worker> Shared<W> {
             }
             self.changed.notify_all();
             match res {
-                Ok(_) | Err(RecvError::Timeout) => {}
+                Ok(_) => {}
+                Err(RecvError::Timeout) => {
+                    if let Some(r) = take_next(&mut state) {
+                        return r.map_err(GetError::Task);
+                    }
+                    if deadline.passed() {
+                        drop(state);
+                        match park {
+                            // A result was stashed meanwhile: look again.
+                            Some(waker) if !self.inner.park(ParkOn::Stream(self.stream), waker) => {
+                                state = lock(&self.state);
+                                continue;
+                            }
+                            _ => return Err(GetError::Timeout),
+                        }
+                    }
+                }
                 Err(RecvError::Gone) => {
                     if let Some(r) = take_next(&mut state) {
                         return r.map_err(GetError::Task);
@@ -280,6 +334,30 @@ impl<W: Worker> Shared<W> {
                     return Err(GetError::Task(TaskError::PoolGone));
                 }
             }
+        }
+    }
+
+    /// One poll of the async `get` (see [`WorkerPool::get_async`]).
+    fn poll_get(&self, cx: &mut Context<'_>) -> Poll<Result<W::Output, GetError>> {
+        match self.get_until(Deadline::now(), Some(cx.waker())) {
+            Err(GetError::Timeout) => Poll::Pending,
+            done => Poll::Ready(done),
+        }
+    }
+
+    /// One poll of the async `put` (see [`WorkerPool::put_async`]): the
+    /// task back if the queue is still full (and the waker parked on room).
+    fn poll_put(&self, cx: &mut Context<'_>, task: W::Task) -> Result<Result<(), PutError<W::Task>>, W::Task> {
+        match self.put_until(task, Deadline::now()) {
+            Err(PutError::Full(task)) => {
+                self.inner.park(ParkOn::Room, cx.waker());
+                // Room that came before the park woke nobody: one more try.
+                match self.put_until(task, Deadline::now()) {
+                    Err(PutError::Full(task)) => Err(task),
+                    done => Ok(done),
+                }
+            }
+            done => Ok(done),
         }
     }
 }

@@ -308,6 +308,27 @@ impl Ring {
         queue::pop_ready(self.cursors(), &SlotSeqs(self))
     }
 
+    /// The event a push waits on (notified by every pop and by close).
+    pub fn writable(&self) -> &Event {
+        &self.header().not_full
+    }
+
+    /// Whether a push would find room now, or the ring is closed.
+    pub fn can_push(&self) -> bool {
+        queue::push_ready(self.cursors(), &SlotSeqs(self))
+    }
+
+    /// This process's memory of whether spinning pays off for pops (an
+    /// async poll spins with it as a blocking pop does).
+    pub(crate) fn pop_spin(&self) -> &AdaptiveSpin {
+        &self.pop_spin
+    }
+
+    /// The same for pushes.
+    pub(crate) fn push_spin(&self) -> &AdaptiveSpin {
+        &self.push_spin
+    }
+
     /// Hands a copy of every published, unclaimed message to `f` without
     /// taking it (a message claimed meanwhile is skipped: its sequence number
     /// is read before and after the copy, as in a seqlock).

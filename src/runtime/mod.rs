@@ -15,6 +15,7 @@
 //! Nothing here knows the user APIs: `Pool`, `WorkerPool`, `Remote` and
 //! `Channel` are peers built on [`Workers`] and [`Ticket`].
 
+pub(crate) mod awaits;
 pub(crate) mod bootstrap;
 pub(crate) mod calls;
 pub(crate) mod code;
@@ -29,6 +30,7 @@ pub(crate) mod workers;
 
 use std::sync::{Mutex, MutexGuard};
 
+pub(crate) use awaits::ParkOn;
 pub use calls::{parent_call, parent_call_timeout, ParentCallError};
 pub use code::build_id;
 pub(crate) use router::RecvError;

@@ -5,6 +5,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::Ordering;
+use std::task::Waker;
 use std::time::Instant;
 
 use super::control::MAX_BATCH;
@@ -26,12 +27,19 @@ pub(super) struct Routing {
     /// is a futex system call even when nobody waits (one per result).
     waiting: usize,
     /// Results popped by a thread that was not their owner.
-    stash: HashMap<u64, Stashed, StreamIds>,
+    pub(super) stash: HashMap<u64, Stashed, StreamIds>,
     /// Streams whose owner still reads them. A result for any other stream
     /// (its owner went away, or it is a duplicate of one already taken, as
     /// when a worker dies right after answering and the task runs again)
     /// is discarded at once, block and all, never left in the stash.
     live: HashSet<u64, StreamIds>,
+    /// Tasks parked on a stream (async waits): woken when a result of the
+    /// stream is stashed (see `awaits`).
+    pub(super) wakers: HashMap<u64, Waker, StreamIds>,
+    /// Tasks parked on room in the queue: woken when a task leaves flight.
+    pub(super) room: Vec<Waker>,
+    /// The group's drainer is in the reactor (see `awaits`).
+    pub(super) armed: bool,
 }
 
 /// Hashing for stream ids: one multiplication (by 2^64 / the golden ratio).
@@ -183,9 +191,6 @@ impl Workers {
     ) -> Result<usize, RecvError> {
         let stashed = |s: Option<u64>| s.is_some_and(|s| lock(&self.routing).stash.contains_key(&s));
         loop {
-            if deadline.passed() {
-                return Err(RecvError::Timeout);
-            }
             // Due by the pool's clock, not this call's: results that keep
             // flowing must not keep supervision from running.
             if self.retire_due() || self.supervision_due() {
@@ -205,7 +210,10 @@ impl Workers {
             let mut mine = 0;
             let mut popped = 0;
             let mut foreign: Vec<OwnedFrame> = Vec::new();
-            let got = self.results.pop_many_with(MAX_BATCH * 2, Some(until), self.config.spin, |bytes| {
+            // A deadline already due (a poll, an async wait's try) takes
+            // what is there and never waits, not even to spin.
+            let polling = deadline.passed();
+            let read = |bytes: &[u8]| {
                 popped += 1;
                 let Some(hdr) = FrameHeader::read(bytes) else { return };
                 if let Some(r) =
@@ -223,7 +231,12 @@ impl Workers {
                 } else {
                     foreign.push(OwnedFrame::copy(hdr, bytes));
                 }
-            });
+            };
+            let got = if polling {
+                self.results.try_pop_many(MAX_BATCH * 2, read)
+            } else {
+                self.results.pop_many_with(MAX_BATCH * 2, Some(until), self.config.spin, read)
+            };
             self.land(popped);
             if !foreign.is_empty() {
                 let mut routing = lock(&self.routing);
@@ -235,7 +248,11 @@ impl Workers {
             }
             match got {
                 Ok(_) if mine > 0 || stream.is_none() => return Ok(mine),
-                Ok(_) | Err(RingError::Timeout) => {}
+                Ok(_) | Err(RingError::Timeout | RingError::WouldBlock) => {
+                    if deadline.passed() {
+                        return Err(RecvError::Timeout);
+                    }
+                }
                 // Closed and drained (terminated): an answer the parent put
                 // in the stash (cleared, worker died) still counts.
                 Err(_) if stashed(stream) => return Ok(0),
@@ -278,6 +295,9 @@ impl Workers {
                 slot.insert(Stashed::One(item));
             }
         }
+        if let Some(parked) = routing.wakers.remove(&s) {
+            parked.wake();
+        }
     }
 
     pub(super) fn deliver_stashed(&self, item: &OwnedFrame, on: &mut dyn FnMut(&FrameHeader, &[u8])) {
@@ -307,6 +327,7 @@ impl Workers {
     pub fn abandon(&self, stream: u64) {
         let mut routing = lock(&self.routing);
         routing.live.remove(&stream);
+        routing.wakers.remove(&stream);
         if let Some(stashed) = routing.stash.remove(&stream) {
             for item in stashed.items() {
                 item.discard(&self.seg);
@@ -352,7 +373,14 @@ impl Drop for Draining<'_> {
     fn drop(&mut self) {
         let mut routing = lock(&self.0.routing);
         routing.draining = false;
+        let armed = routing.armed;
         self.0.wake_routed(routing);
+        if armed {
+            // The group's drainer may have found us draining and gone to
+            // sleep on the ring's event: results we left in the ring are
+            // its to route now. It announced on the event, so this wakes it.
+            self.0.results.readable().notify();
+        }
     }
 }
 

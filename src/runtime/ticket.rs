@@ -2,10 +2,14 @@
 //! submission path every API's single calls go through.
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::awaits::ParkOn;
 use super::router::RecvError;
 use super::tramp::Trampoline;
 use super::workers::{Reservation, Workers};
@@ -50,17 +54,36 @@ pub(crate) fn submit_until<A: Message, R: Message>(
         return Err(e);
     }
     reservation.left = 0;
-    Ok(Some(Ticket { inner: Arc::clone(inner), stream, done: false, _result: PhantomData }))
+    Ok(Some(Ticket { inner: Arc::clone(inner), stream, done: false, spun: false, _result: PhantomData }))
 }
 
-/// The result of one submitted task, to be waited for.
+/// The result of one submitted task, to be waited for: with
+/// [`Ticket::wait`] (blocking), or as a [`Future`] on any executor.
 ///
-/// Dropping a ticket without waiting discards the result when it arrives.
+/// Dropping a ticket without waiting (a future dropped mid-wait included)
+/// discards the result when it arrives, arena block and all.
+///
+/// # As a future
+///
+/// `ticket.await` is the same wait, polled: a poll takes the result if it
+/// is there, else spins for the pool's spin budget as a blocking wait does
+/// (adaptive, capped at [`SpinPolicy::DEFAULT`](crate::sync::SpinPolicy::DEFAULT)'s,
+/// none under [`SpinPolicy::SLEEP`](crate::sync::SpinPolicy::SLEEP)), then
+/// parks the task. While tasks are parked on a pool, the process's reactor
+/// thread sleeps on the pool's result ring for them, routes each result to
+/// its ticket's task, and supervises the workers every 50 ms (a dead
+/// worker's task is re-run or answered with [`TaskError::WorkerDied`]), so
+/// no thread blocks and none spins. Dropping the future cancels the wait.
+/// A ticket polled again after it completed gives
+/// [`TaskError::AlreadyTaken`].
 #[must_use = "a ticket does nothing unless waited for"]
 pub struct Ticket<R> {
     inner: Arc<Workers>,
     stream: u64,
     done: bool,
+    /// A poll has spun once already: later polls of a wait that is taking
+    /// long park at once.
+    spun: bool,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -102,6 +125,31 @@ impl<R: Message> Ticket<R> {
                     self.done = true;
                     return Some(Err(TaskError::PoolGone));
                 }
+            }
+        }
+    }
+}
+
+impl<R: Message> Future for Ticket<R> {
+    type Output = Result<R, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(Err(TaskError::AlreadyTaken));
+        }
+        loop {
+            if let Some(r) = this.wait_until(Deadline::now()) {
+                return Poll::Ready(r);
+            }
+            if !this.spun {
+                this.spun = true;
+                if this.inner.spin_for_results() {
+                    continue;
+                }
+            }
+            if this.inner.park(ParkOn::Stream(this.stream), cx.waker()) {
+                return Poll::Pending;
             }
         }
     }

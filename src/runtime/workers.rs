@@ -129,6 +129,9 @@ pub(crate) struct Workers {
     /// `terminate` ran: nothing is started any more, not even to finish
     /// the queue of a closed pool.
     pub(super) terminated: AtomicBool,
+    /// A task is parked on room in the queue (see `awaits`): a hint, so
+    /// that landing results costs no lock when none is.
+    pub(super) room_parked: AtomicBool,
 }
 
 impl std::fmt::Debug for Workers {
@@ -230,6 +233,7 @@ impl Workers {
             calls: Mutex::new(Some(calls)),
             retire_seen: AtomicU64::new(0),
             terminated: AtomicBool::new(false),
+            room_parked: AtomicBool::new(false),
         });
         for i in 0..workers {
             let child = inner.spawn_worker(i)?;
@@ -302,6 +306,7 @@ impl Workers {
     pub(super) fn land(&self, n: usize) {
         if n > 0 {
             let _ = self.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_sub(n)));
+            self.wake_room();
         }
     }
 

@@ -2,9 +2,11 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::{
@@ -19,7 +21,8 @@ use crate::runtime::tramp::{self, Trampoline};
 use crate::segment::{Segment, SegmentError};
 use crate::sync::SpinPolicy;
 use crate::sys::process;
-use crate::wait::{self, Deadline, Step, Waited};
+use crate::wait::reactor::Parked;
+use crate::wait::{self, Changed, Deadline, Step, Waited};
 use crate::wire::{self, FrameHeader, Status};
 use crate::TaskError;
 
@@ -126,6 +129,91 @@ impl<T: 'static> Client<T> {
         self.request(f as usize, tramp::read_remote::<T, R>, &(), Deadline::after(timeout))
     }
 
+    /// [`Client::call`] as a future, for async code: the same call, polled
+    /// (each step, taking the client's turn, sending the request, taking
+    /// the answer, parks its task with the process's reactor when it would
+    /// block, and the server is looked at every 100 ms as a blocking call
+    /// does; see [`Ticket`](crate::Ticket)'s "As a future"). Dropping it
+    /// cancels the call: a request already sent may still run, and its late
+    /// answer is dropped.
+    pub fn call_async<'a, A: Message + 'a, R: Message + 'a>(
+        &'a self,
+        f: fn(&mut T, A) -> R,
+        arg: A,
+    ) -> impl Future<Output = Result<R, ServiceError>> + 'a {
+        let (func, tramp) = (f as usize, tramp::call_remote::<T, A, R> as Trampoline);
+        let mut call: Option<Call<'_>> = None;
+        let mut parked = Parked::default();
+        std::future::poll_fn(move |cx| {
+            let c = match &mut call {
+                Some(c) => c,
+                None => match self.begin(func, tramp, &arg, Deadline::now(), Some(cx.waker())) {
+                    Ok(c) => call.insert(c),
+                    // Another call of this client holds the turn; its end wakes us.
+                    Err(ServiceError::Timeout) => return Poll::Pending,
+                    Err(e) => return Poll::Ready(Err(e)),
+                },
+            };
+            let done = self.poll_call::<R>(c, &mut parked, cx);
+            if done.is_ready() {
+                call = None;
+            }
+            done
+        })
+    }
+
+    /// One poll of an async call that has its turn: sends the request if
+    /// it is not sent yet, then takes the answer; parks when a step would block.
+    fn poll_call<R: Message>(
+        &self,
+        c: &mut Call<'_>,
+        parked: &mut Parked,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<R, ServiceError>> {
+        // A step's timeout is "nothing yet": on the first try of each poll
+        // the server is looked at too (the reactor re-polls a quiet wait).
+        if !c.pushed {
+            let push = |c: &mut Call<'_>, look: bool| match self.push_request(c, Deadline::now()) {
+                Err(ServiceError::Timeout) if look => c.h.check(self.server).err().map(Err),
+                Err(ServiceError::Timeout) => None,
+                done => Some(done),
+            };
+            let pushed = match push(c, true) {
+                Some(done) => done,
+                None => match parked.park(cx, &self.seg, self.requests.writable(), Some(CHECK), || push(c, false)) {
+                    Poll::Ready(done) => done,
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            if let Err(e) = pushed {
+                return Poll::Ready(Err(e));
+            }
+        }
+        let answer = |c: &mut Call<'_>, look: bool| match self.take_answer::<R>(c, Deadline::now()) {
+            Err(ServiceError::Timeout) if look => match c.h.check(self.server) {
+                // One last look: the answer may have come just before the
+                // server stopped.
+                Err(e) => {
+                    c.last_look = true;
+                    Some(self.take_answer::<R>(c, Deadline::now()).or(Err(e)))
+                }
+                Ok(()) => None,
+            },
+            Err(ServiceError::Timeout) => None,
+            done => Some(done),
+        };
+        if let Some(done) = answer(c, true) {
+            return Poll::Ready(done);
+        }
+        let (ring, policy) = (&self.responses, SpinPolicy::DEFAULT.for_poll());
+        if ring.readable().spin(|| ring.can_pop(), None, policy, ring.pop_spin()) {
+            if let Some(done) = answer(c, false) {
+                return Poll::Ready(done);
+            }
+        }
+        parked.park(cx, &self.seg, ring.readable(), Some(CHECK), || answer(c, false))
+    }
+
     fn request<A: Message, R: Message>(
         &self,
         func: usize,
@@ -133,8 +221,58 @@ impl<T: 'static> Client<T> {
         arg: &A,
         deadline: Deadline,
     ) -> Result<R, ServiceError> {
+        let mut call = self.begin(func, tramp, arg, deadline, None)?;
+        let h = call.h;
+        let pushed = wait::in_slices(
+            deadline,
+            CHECK,
+            |until| match self.push_request(&mut call, Some(until).into()) {
+                Err(ServiceError::Timeout) => Step::Again,
+                done => Step::Done(done),
+            },
+            || h.check(self.server),
+        );
+        pushed.unwrap_or_else(|w| Err(waited(w)))?;
+        // After the peer check fails, one last look: the answer may have
+        // come just before the server stopped.
+        let last_look = Cell::new(false);
+        let got = wait::in_slices(
+            deadline,
+            CHECK,
+            |until| {
+                call.last_look = last_look.get();
+                match self.take_answer::<R>(&mut call, Some(until).into()) {
+                    Err(ServiceError::Timeout) => Step::Again,
+                    done => Step::Done(done),
+                }
+            },
+            || match h.check(self.server) {
+                Err(_) if !last_look.get() => {
+                    last_look.set(true);
+                    Ok(())
+                }
+                other => other,
+            },
+        );
+        got.unwrap_or_else(|w| Err(waited(w)))
+    }
+
+    /// A call's first step: takes this client's turn (waiting until
+    /// `deadline`; with `park`, a turn still busy then parks that task
+    /// until it is free) and frames the request.
+    fn begin<A: Message>(
+        &self,
+        func: usize,
+        tramp: Trampoline,
+        arg: &A,
+        deadline: Deadline,
+        park: Option<&Waker>,
+    ) -> Result<Call<'_>, ServiceError> {
         let h = self.seg.get::<Header>(self.header)?;
-        let _turn = self.turn.take(deadline, || h.check(self.server))?;
+        let turn = match park {
+            Some(waker) => self.turn.try_take(waker).ok_or(ServiceError::Timeout)?,
+            None => self.turn.take(deadline, || h.check(self.server))?,
+        };
         if h.state.load(Ordering::Acquire) != SERVING {
             h.check(self.server)?;
         }
@@ -148,70 +286,64 @@ impl<T: 'static> Client<T> {
         let mut scratch = Scratch::new();
         let frame = wire::encode(&self.seg, hdr, arg, &mut scratch, self.requests.payload_capacity())
             .map_err(ServiceError::task)?;
+        let (hdr, body) = (frame.hdr, frame.body);
+        Ok(Call { _turn: turn, seg: &self.seg, h, seq, hdr, body, scratch, pushed: false, last_look: false })
+    }
+
+    /// Pushes the call's request, waiting for room until `deadline`
+    /// (`Timeout` if there was none).
+    fn push_request(&self, c: &mut Call<'_>, deadline: Deadline) -> Result<(), ServiceError> {
         // Claims are recorded in the header, so that the server can let go
         // of what this process holds in the rings if it dies holding it.
-        let push_claim = &h.push_claims[self.slot];
+        let push_claim = Some(&c.h.push_claims[self.slot]);
+        let frame = wire::Frame::from_parts(c.hdr, c.body, &c.scratch);
         let write = |_: usize, dst: &mut [u8]| {
             super::pause_point("service-request");
             frame.write(dst)
         };
-        let pushed = wait::ring_in_slices(
-            deadline,
-            CHECK,
-            |until| self.requests.push_many_recorded(1, Some(until), SpinPolicy::DEFAULT, Some(push_claim), &write),
-            || h.check(self.server),
-        );
-        let pushed = match pushed {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RingError::Closed)) => Err(self.gone(h)),
-            Ok(Err(e)) => Err(ServiceError::ring(e)),
-            Err(w) => Err(waited(w)),
+        let pushed = if deadline.passed() {
+            self.requests.try_push_many_recorded(1, push_claim, write)
+        } else {
+            self.requests.push_many_recorded(1, deadline.instant(), SpinPolicy::DEFAULT, push_claim, write)
         };
-        if let Err(e) = pushed {
-            frame.body.discard(&self.seg);
-            return Err(e);
+        match pushed {
+            Ok(_) => {
+                c.pushed = true;
+                Ok(())
+            }
+            Err(RingError::Timeout | RingError::WouldBlock) => Err(ServiceError::Timeout),
+            Err(RingError::Closed) => Err(self.gone(c.h)),
+            Err(e) => Err(ServiceError::ring(e)),
         }
-        // After the peer check fails, one last look: the answer may have
-        // come just before the server stopped.
-        let last_look = Cell::new(false);
-        let pop_claim = Some(&h.pop_claims[self.slot]);
-        let got = wait::in_slices(
-            deadline,
-            CHECK,
-            |until| {
-                let mut answer = None;
-                let read = |_: u64, bytes: &[u8]| {
-                    super::pause_point("service-answer");
-                    let Some(r) = FrameHeader::read(bytes) else { return };
-                    if r.seq == seq && answer.is_none() {
-                        answer = Some(self.answer::<R>(h, &r, bytes));
-                    } else {
-                        // An answer to a call that timed out earlier.
-                        wire::discard(&self.seg, &r);
-                    }
-                };
-                let popped = if last_look.get() {
-                    self.responses.try_pop_many_recorded(super::SLOTS as usize, pop_claim, read)
-                } else {
-                    let (max, spin) = (super::SLOTS as usize, SpinPolicy::DEFAULT);
-                    self.responses.pop_many_recorded(max, Some(until), spin, pop_claim, read)
-                };
-                match (popped, answer) {
-                    (_, Some(r)) => Step::Done(r),
-                    (Ok(_) | Err(RingError::Timeout | RingError::WouldBlock), None) => Step::Again,
-                    (Err(RingError::Closed), None) => Step::Done(Err(self.gone(h))),
-                    (Err(e), None) => Step::Done(Err(ServiceError::ring(e))),
-                }
-            },
-            || match h.check(self.server) {
-                Err(_) if !last_look.get() => {
-                    last_look.set(true);
-                    Ok(())
-                }
-                other => other,
-            },
-        );
-        got.unwrap_or_else(|w| Err(waited(w)))
+    }
+
+    /// Takes the call's answer, waiting until `deadline` (`Timeout` if it
+    /// has not come); answers to earlier calls that timed out are dropped.
+    fn take_answer<R: Message>(&self, c: &mut Call<'_>, deadline: Deadline) -> Result<R, ServiceError> {
+        let pop_claim = Some(&c.h.pop_claims[self.slot]);
+        let mut answer = None;
+        let read = |_: u64, bytes: &[u8]| {
+            super::pause_point("service-answer");
+            let Some(r) = FrameHeader::read(bytes) else { return };
+            if r.seq == c.seq && answer.is_none() {
+                answer = Some(self.answer::<R>(c.h, &r, bytes));
+            } else {
+                // An answer to a call that timed out earlier.
+                wire::discard(&self.seg, &r);
+            }
+        };
+        let max = super::SLOTS as usize;
+        let popped = if c.last_look || deadline.passed() {
+            self.responses.try_pop_many_recorded(max, pop_claim, read)
+        } else {
+            self.responses.pop_many_recorded(max, deadline.instant(), SpinPolicy::DEFAULT, pop_claim, read)
+        };
+        match (popped, answer) {
+            (_, Some(r)) => r,
+            (Ok(_) | Err(RingError::Timeout | RingError::WouldBlock), None) => Err(ServiceError::Timeout),
+            (Err(RingError::Closed), None) => Err(self.gone(c.h)),
+            (Err(e), None) => Err(ServiceError::ring(e)),
+        }
     }
 
     /// Turns the answer frame `r` (read from `bytes`) into the call's result.
@@ -266,11 +398,11 @@ impl<T> Drop for Client<T> {
 }
 
 /// One call at a time per client (its response ring has one reader); a
-/// thread waiting for its turn waits with its call's deadline.
+/// thread waiting for its turn waits with its call's deadline, a task parks.
 #[derive(Debug, Default)]
 struct Turn {
     busy: Mutex<bool>,
-    free: Condvar,
+    free: Changed,
 }
 
 impl Turn {
@@ -293,7 +425,7 @@ impl Turn {
                     if left.is_zero() {
                         return Step::Again;
                     }
-                    busy = self.free.wait_timeout(busy, left).unwrap_or_else(|e| e.into_inner()).0;
+                    busy = self.free.wait_timeout(busy, left);
                 }
             },
             check,
@@ -301,13 +433,47 @@ impl Turn {
         .map_err(waited)?;
         Ok(TurnGuard(self))
     }
+
+    /// Takes the turn if it is free; else parks `waker` until it is.
+    fn try_take(&self, waker: &Waker) -> Option<TurnGuard<'_>> {
+        let mut busy = lock(&self.busy);
+        if *busy {
+            self.free.park(waker);
+            return None;
+        }
+        *busy = true;
+        Some(TurnGuard(self))
+    }
 }
 
 struct TurnGuard<'a>(&'a Turn);
 
+/// A call on its way: its turn taken, its request framed (the body's block,
+/// if any, is freed if the request is never sent).
+struct Call<'a> {
+    _turn: TurnGuard<'a>,
+    seg: &'a Segment,
+    h: &'a Header,
+    seq: u64,
+    hdr: FrameHeader,
+    body: wire::Body,
+    scratch: Box<Scratch>,
+    pushed: bool,
+    /// The server was found gone: take what is there, do not wait.
+    last_look: bool,
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.pushed {
+            self.body.discard(self.seg);
+        }
+    }
+}
+
 impl Drop for TurnGuard<'_> {
     fn drop(&mut self) {
         *lock(&self.0.busy) = false;
-        self.0.free.notify_one();
+        self.0.free.notify_all();
     }
 }

@@ -49,6 +49,13 @@ impl SpinPolicy {
     pub const fn spin_for(spin: Duration) -> SpinPolicy {
         SpinPolicy { spin, busy_poll: false }
     }
+
+    /// The spin an async poll does before its task parks: this policy's,
+    /// never longer than [`SpinPolicy::DEFAULT`]'s and never busy-polling
+    /// (a poll must not hold its executor's thread).
+    pub fn for_poll(self) -> SpinPolicy {
+        SpinPolicy::spin_for(if self.spin < SpinPolicy::DEFAULT.spin { self.spin } else { SpinPolicy::DEFAULT.spin })
+    }
 }
 
 /// A busy-polling wait reads the clock (for its deadline) once in this many
@@ -143,10 +150,22 @@ unsafe impl crate::segment::ShmSafe for Event {}
 
 /// What an announce did: the word it left (to sleep on) and whether it was
 /// the one that set `SLEEPERS` (so it may retract it).
-#[derive(Clone, Copy)]
-struct Announced {
+///
+/// An async waiter ([`crate::wait`]'s futures) holds one while its task is
+/// parked: the process's reactor thread sleeps on [`Announced::word`] for
+/// it, as a blocking waiter would sleep in [`Event::wait_until`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announced {
     word: u32,
     first: bool,
+}
+
+impl Announced {
+    /// The value of the event's word this announce left: a sleeper sleeps
+    /// while the word still holds it.
+    pub fn word(self) -> u32 {
+        self.word
+    }
 }
 
 impl Event {
@@ -182,6 +201,13 @@ impl Event {
         os::futex_wake(&self.word, u32::MAX);
     }
 
+    /// The futex word sleepers sleep on (for a thread that sleeps on many
+    /// events at once for async waiters).
+    #[doc(hidden)]
+    pub fn futex_word(&self) -> &AtomicU32 {
+        &self.word
+    }
+
     /// Whether a waiter has announced that it sleeps (or is about to) and
     /// no notify has cleared that since: the next notify makes a system call.
     #[doc(hidden)]
@@ -190,8 +216,15 @@ impl Event {
     }
 
     /// Sets `SLEEPERS` and moves the counter; returns the word to sleep on.
+    ///
+    /// The caller then re-checks its condition (the announce ends with the
+    /// fence F2 of the protocol) and either sleeps on the word while it
+    /// still holds [`Announced::word`], or takes the announce back with
+    /// [`Event::retract`]. For the async waits (a reactor thread sleeps for
+    /// the waiter); blocking waiters use [`Event::wait_until`].
+    #[doc(hidden)]
     #[inline]
-    fn announce(&self) -> Announced {
+    pub fn announce(&self) -> Announced {
         let mut old = self.word.load(Ordering::Relaxed);
         let new = loop {
             let new = (old | SLEEPERS).wrapping_add(STEP);
@@ -209,8 +242,9 @@ impl Event {
 
     /// Takes back an announce whose waiter will not sleep, if nobody else
     /// announced or notified since (see the type's doc, "Retract").
+    #[doc(hidden)]
     #[inline]
-    fn retract(&self, a: Announced) {
+    pub fn retract(&self, a: Announced) {
         // No ordering needed: the CAS succeeds only if the word is still
         // ours in its modification order, whatever was published meanwhile.
         if a.first && self.word.load(Ordering::Relaxed) == a.word {
@@ -239,47 +273,8 @@ impl Event {
         if policy.busy_poll && !cfg!(loom) {
             return busy_poll(ready, deadline);
         }
-        let budget = adapt.budget(policy);
-        if !budget.is_zero() {
-            // A budget too large to add to the clock means no spin deadline
-            // (the budget is capped well below that, but never panic).
-            let spin_end = Instant::now().checked_add(budget);
-            let mut i = 0u32;
-            loop {
-                // One pause per poll: a message is seen within a pause of
-                // its arrival (the poll reads lines the sender is about to
-                // write, which stay in our cache until it does).
-                std::hint::spin_loop();
-                if ready() {
-                    adapt.record(true, policy);
-                    return true;
-                }
-                i = i.wrapping_add(1);
-                // Reading the clock costs ~35 ns: check it every few polls.
-                if i % SPIN_CLOCK_EVERY == 0 {
-                    let now = Instant::now();
-                    if spin_end.is_some_and(|e| now >= e) || deadline.is_some_and(|d| now >= d) {
-                        break;
-                    }
-                    // Give the other side the core if we share one.
-                    if i % (SPIN_CLOCK_EVERY * YIELD_EVERY) == 0 {
-                        std::thread::yield_now();
-                        if now.elapsed() >= SHARED_CORE {
-                            // Something else ran on this core meanwhile: the
-                            // cores are oversubscribed, and spinning holds
-                            // one the other side may need. Look once more
-                            // (it may have been the other side), then sleep,
-                            // and spin less next time.
-                            if ready() {
-                                adapt.record(false, policy);
-                                return true;
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
-            adapt.record(false, policy);
+        if self.spin(&mut ready, deadline, policy, adapt) {
+            return true;
         }
         loop {
             let announced = self.announce();
@@ -300,6 +295,64 @@ impl Event {
                 return false;
             }
         }
+    }
+
+    /// The spin phase of [`Event::wait_until`] alone: polls `ready()` for at
+    /// most the budget `adapt` allows under `policy` (never past
+    /// `deadline`), yielding now and then; true if it came true. Never
+    /// sleeps: an async poll spins this way before its task parks.
+    #[doc(hidden)]
+    pub fn spin(
+        &self,
+        mut ready: impl FnMut() -> bool,
+        deadline: Option<Instant>,
+        policy: SpinPolicy,
+        adapt: &AdaptiveSpin,
+    ) -> bool {
+        let budget = adapt.budget(policy);
+        if budget.is_zero() {
+            return false;
+        }
+        // A budget too large to add to the clock means no spin deadline
+        // (the budget is capped well below that, but never panic).
+        let spin_end = Instant::now().checked_add(budget);
+        let mut i = 0u32;
+        loop {
+            // One pause per poll: a message is seen within a pause of
+            // its arrival (the poll reads lines the sender is about to
+            // write, which stay in our cache until it does).
+            std::hint::spin_loop();
+            if ready() {
+                adapt.record(true, policy);
+                return true;
+            }
+            i = i.wrapping_add(1);
+            // Reading the clock costs ~35 ns: check it every few polls.
+            if i % SPIN_CLOCK_EVERY == 0 {
+                let now = Instant::now();
+                if spin_end.is_some_and(|e| now >= e) || deadline.is_some_and(|d| now >= d) {
+                    break;
+                }
+                // Give the other side the core if we share one.
+                if i % (SPIN_CLOCK_EVERY * YIELD_EVERY) == 0 {
+                    std::thread::yield_now();
+                    if now.elapsed() >= SHARED_CORE {
+                        // Something else ran on this core meanwhile: the
+                        // cores are oversubscribed, and spinning holds
+                        // one the other side may need. Look once more
+                        // (it may have been the other side), then sleep,
+                        // and spin less next time.
+                        if ready() {
+                            adapt.record(false, policy);
+                            return true;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        adapt.record(false, policy);
+        false
     }
 }
 

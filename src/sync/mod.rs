@@ -17,7 +17,7 @@ mod raw_mutex;
 mod raw_rwlock;
 mod raw_spin;
 
-pub use event::{wait_any, AdaptiveSpin, Event, SpinPolicy, BUSY_CLOCK_EVERY, MIN_SPIN, PROBE_EVERY};
+pub use event::{wait_any, AdaptiveSpin, Announced, Event, SpinPolicy, BUSY_CLOCK_EVERY, MIN_SPIN, PROBE_EVERY};
 pub use lock::{
     AuthLock, DeadlockInfo, LockCell, LockError, LockGuard, LockKind, LockOptions, Mutex, RwLock, SpinLock,
     MAX_OPERATORS,

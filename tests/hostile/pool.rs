@@ -130,7 +130,7 @@ fn duration_max_is_no_limit_for_every_remote_timeout() {
     let remote = Remote::spawn(new_sink, ()).unwrap();
     assert_eq!(remote.call_timeout(swallow, vec![0u8; 5], Duration::MAX), Ok(5));
     assert_eq!(remote.get_timeout(total, Duration::MAX), Ok(5));
-    let pending = remote.call_async(swallow, vec![0u8; 2]).unwrap();
+    let pending = remote.call_async(swallow, vec![0u8; 2]);
     assert_eq!(pending.wait_timeout(Duration::MAX).unwrap(), Ok(7));
 }
 
@@ -153,10 +153,10 @@ fn zero_timeouts_try_once_and_give_everything_back() {
     assert_eq!(t.wait(), Ok(300));
 
     let remote = Remote::spawn(new_sink, ()).unwrap();
-    let pending = remote.call_async(swallow, vec![0u8; 4]).unwrap();
+    let pending = remote.call_async(swallow, vec![0u8; 4]);
     assert_eq!(pending.wait(), Ok(4));
     assert_eq!(remote.get_timeout(slow_total, Duration::ZERO), Err(RemoteError::Timeout));
-    let slow = remote.call_async(swallow, vec![0u8; 1]).unwrap();
+    let slow = remote.call_async(swallow, vec![0u8; 1]);
     let slow = slow.wait_timeout(Duration::ZERO).expect_err("no result yet");
     assert_eq!(slow.wait(), Ok(5));
 }

@@ -3,9 +3,14 @@
 //! a wait on another process runs in slices, looking at the peer between
 //! them, so a dead or departed peer ends it with a typed outcome.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crate::ring::RingError;
+
+pub(crate) mod reactor;
 
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -122,6 +127,45 @@ pub(crate) fn ring_in_slices<T, E>(
         },
         check,
     )
+}
+
+/// A process-local "something changed" signal for state under a mutex:
+/// blocking threads wait on its condvar, async tasks park their waker on
+/// it, and one [`Changed::notify_all`] wakes both.
+#[derive(Debug, Default)]
+pub(crate) struct Changed {
+    cv: Condvar,
+    wakers: Mutex<Vec<Waker>>,
+    /// Some waker is parked: a notify with none costs no lock.
+    parked: AtomicBool,
+}
+
+impl Changed {
+    /// Wakes every waiting thread and every parked task.
+    pub(crate) fn notify_all(&self) {
+        self.cv.notify_all();
+        if self.parked.swap(false, Ordering::AcqRel) {
+            let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+            wakers.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Waits for a notify (or `timeout`), as `Condvar::wait_timeout`,
+    /// going on past a panic of another holder of the mutex.
+    pub(crate) fn wait_timeout<'a, T>(&self, guard: MutexGuard<'a, T>, timeout: Duration) -> MutexGuard<'a, T> {
+        self.cv.wait_timeout(guard, timeout).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0)
+    }
+
+    /// Parks `waker` until the next notify. Call it while holding the mutex
+    /// whose state the task found wanting (notifiers change that state under
+    /// the same mutex, then notify): no notify is lost in between.
+    pub(crate) fn park(&self, waker: &Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        self.parked.store(true, Ordering::Release);
+    }
 }
 
 #[cfg(test)]

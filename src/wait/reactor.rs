@@ -1,0 +1,283 @@
+//! The reactor: one thread per process that sleeps for every parked async
+//! waiter at once, on the futex words of the events they wait on
+//! (`futex_waitv`), and wakes their tasks when one moves.
+//!
+//! An async wait is the blocking wait polled: the future tries its step
+//! (the same code the blocking form runs between slices), announces on the
+//! event as a blocking waiter would before it sleeps, tries again, and only
+//! then parks, handing the reactor what a blocking waiter would have slept
+//! on: the event's word and the value its announce left. A notify after
+//! the announce sees the announce (the event's protocol) and changes the
+//! word, so the reactor's `futex_waitv` either returns at once or is woken:
+//! no wake-up is lost, and a sender still makes a system call only when
+//! someone (here, the reactor) sleeps.
+//!
+//! The reactor knows nothing of pools or channels: it holds [`Source`]s,
+//! each of which does what is due when polled (wakes tasks, drains a ring,
+//! supervises workers) and says which word to sleep on next. A source that
+//! asks for a tick is polled at least every [`TICK`] even if nothing moves
+//! (peers are watched, dead workers reaped, as blocking waits do between
+//! slices). With nothing to watch the thread sleeps on its own control word
+//! and costs nothing.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::segment::Segment;
+use crate::sync::{Announced, Event};
+use crate::sys::futex;
+
+/// How often a source that asked for ticks is polled when nothing moves:
+/// the interval at which blocking waits look at their peer.
+pub(crate) const TICK: Duration = Duration::from_millis(50);
+
+/// How long the reactor sleeps between polls when it cannot sleep on every
+/// word (more than `futex_waitv` takes, or a kernel without it).
+const FALLBACK_POLL: Duration = Duration::from_millis(1);
+
+/// What a source wants the reactor to sleep on until its next poll.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arm {
+    /// The futex word; it stays mapped as long as the source that gave it
+    /// lives (the [`Source`] contract).
+    word: NonNull<AtomicU32>,
+    /// Sleep while the word holds this value.
+    value: u32,
+    /// Poll again within [`TICK`] even if the word does not move.
+    tick: bool,
+}
+
+impl Arm {
+    /// Sleep on `event` while its word holds the value `announced` left.
+    ///
+    /// The event must live in memory the source keeps mapped.
+    pub(crate) fn on(event: &Event, announced: Announced, tick: bool) -> Arm {
+        Arm { word: NonNull::from(event.futex_word()), value: announced.word(), tick }
+    }
+}
+
+/// Something the reactor watches for parked async waiters.
+///
+/// Contract: the word of every [`Arm`] a source returns stays mapped for as
+/// long as the source lives (it holds the [`Segment`] the word is in), and
+/// `poll` never blocks.
+pub(crate) trait Source: Send + Sync {
+    /// Does what is due (wakes the tasks whose condition may now hold) and
+    /// says what to sleep on next; `None` when nobody waits any more (the
+    /// reactor then drops the source).
+    fn poll(&self) -> Option<Arm>;
+}
+
+struct Reactor {
+    /// Bumped (and woken) by every new source: the thread's own futex word.
+    control: AtomicU32,
+    /// Sources handed in since the thread last looked.
+    new: Mutex<Vec<Arc<dyn Source>>>,
+}
+
+// SAFETY: `Arm` holds a pointer to a word in a mapping its source keeps
+// alive; it is only dereferenced by the reactor thread while it holds that
+// source (see `run`). The pointer itself is plain data.
+unsafe impl Send for Arm {}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing the reactor's locks guard can be left half-done by a panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The process's reactor, its thread started on first use; `None` if the
+/// thread could not be started (logged; the next call tries again).
+fn reactor() -> Option<&'static Reactor> {
+    static REACTOR: OnceLock<Reactor> = OnceLock::new();
+    static STARTED: Mutex<bool> = Mutex::new(false);
+    let r = REACTOR.get_or_init(|| Reactor { control: AtomicU32::new(0), new: Mutex::new(Vec::new()) });
+    let mut started = lock(&STARTED);
+    if !*started {
+        match std::thread::Builder::new().name("shmpool-reactor".into()).spawn(move || run(r)) {
+            Ok(_) => *started = true,
+            Err(e) => {
+                log::error!("shmpool: the reactor thread for async waits could not start: {e}");
+                return None;
+            }
+        }
+    }
+    Some(r)
+}
+
+/// Hands `source` to the reactor, which polls it at once and then whenever
+/// its word moves (or, if it asks, every [`TICK`]). False if the reactor
+/// could not be started: the caller must not park its task.
+pub(crate) fn watch(source: Arc<dyn Source>) -> bool {
+    let Some(r) = reactor() else { return false };
+    lock(&r.new).push(source);
+    // SYNC: Release, paired with the Acquire load at the top of `run`'s
+    // loop: a thread that reads the new value sees the pushed source.
+    r.control.fetch_add(1, Ordering::Release);
+    futex::wake(&r.control, 1);
+    true
+}
+
+/// The reactor thread: polls its sources, then sleeps on all their words.
+fn run(r: &'static Reactor) {
+    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+    loop {
+        let control = r.control.load(Ordering::Acquire);
+        sources.append(&mut lock(&r.new));
+        let mut arms: Vec<Arm> = Vec::with_capacity(sources.len());
+        let mut tick = false;
+        sources.retain(|s| match catch_unwind(AssertUnwindSafe(|| s.poll())) {
+            Ok(Some(arm)) => {
+                tick |= arm.tick;
+                if !arms.iter().any(|a| a.word == arm.word) {
+                    arms.push(arm);
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(_) => {
+                // A source is the library's own code; if it panicked, its
+                // waiters' next poll meets the same failure in their own task.
+                log::error!("shmpool: an async wait source panicked in the reactor; it was dropped");
+                false
+            }
+        });
+        let mut deadline = tick.then(|| Instant::now() + TICK);
+        if arms.len() >= futex::WAITV_MAX {
+            arms.truncate(futex::WAITV_MAX - 1);
+            let soon = Instant::now() + FALLBACK_POLL;
+            deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+        }
+        let mut words: Vec<(&AtomicU32, u32)> = Vec::with_capacity(arms.len() + 1);
+        words.push((&r.control, control));
+        for a in &arms {
+            // SAFETY: every arm came from a source still in `sources`, which
+            // keeps the word mapped (the `Source` contract); `sources` is not
+            // changed until the next round, after this wait.
+            words.push((unsafe { a.word.as_ref() }, a.value));
+        }
+        if futex::wait_any(&words, deadline).is_none() {
+            // No `futex_waitv` (Linux before 5.16): poll.
+            std::thread::sleep(FALLBACK_POLL);
+        }
+    }
+}
+
+/// A parked task waiting for one event's word to move.
+struct WakeOn {
+    /// Keeps the event mapped.
+    _seg: Segment,
+    event: NonNull<Event>,
+    announced: Announced,
+    /// Wake the task at this instant even if the event stays quiet.
+    recheck: Option<Instant>,
+    /// `None` once woken or cancelled.
+    waker: Mutex<Option<Waker>>,
+}
+
+// SAFETY: `event` points into the mapping `_seg` keeps alive, and is only
+// read through shared references to an `Event` (atomics).
+unsafe impl Send for WakeOn {}
+// SAFETY: as for `Send`; the waker is behind a mutex.
+unsafe impl Sync for WakeOn {}
+
+impl WakeOn {
+    fn event(&self) -> &Event {
+        // SAFETY: `_seg` keeps the mapping that holds the event alive for as
+        // long as `self`.
+        unsafe { self.event.as_ref() }
+    }
+
+    /// Forgets the task (it was woken, or gave up); takes the announce back
+    /// if nobody relies on it.
+    fn cancel(&self) {
+        if lock(&self.waker).take().is_some() {
+            self.event().retract(self.announced);
+        }
+    }
+}
+
+impl Source for WakeOn {
+    fn poll(&self) -> Option<Arm> {
+        let mut waker = lock(&self.waker);
+        waker.as_ref()?;
+        let moved = self.event().futex_word().load(Ordering::Relaxed) != self.announced.word();
+        if moved || self.recheck.is_some_and(|t| Instant::now() >= t) {
+            if let Some(w) = waker.take() {
+                w.wake();
+            }
+            return None;
+        }
+        Some(Arm::on(self.event(), self.announced, self.recheck.is_some()))
+    }
+}
+
+/// The state an async wait on one event keeps between polls: the parked
+/// registration, if any. Dropping it (with the future) cancels the wait.
+#[derive(Default)]
+pub(crate) struct Parked(Option<Arc<WakeOn>>);
+
+impl std::fmt::Debug for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Parked").field(&self.0.is_some()).finish()
+    }
+}
+
+impl Parked {
+    /// Parks the task of a wait on `event` (which lives in `seg`), whose
+    /// step the caller has just tried and found wanting: announces on the
+    /// event, tries `attempt()` (the wait's step, `None` when it would
+    /// block) once more, and parks the task with the reactor only if that
+    /// failed too. With `recheck`, the task is polled again after that
+    /// long even if the event stays quiet (so its step can look at a peer).
+    pub(crate) fn park<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        seg: &Segment,
+        event: &Event,
+        recheck: Option<Duration>,
+        mut attempt: impl FnMut() -> Option<T>,
+    ) -> Poll<T> {
+        self.cancel();
+        let announced = event.announce();
+        // The announce ends with the event's fence F2: a state change this
+        // attempt misses is notified after our announce is visible, and
+        // that notify changes the word the reactor sleeps on.
+        if let Some(t) = attempt() {
+            event.retract(announced);
+            return Poll::Ready(t);
+        }
+        let parked = Arc::new(WakeOn {
+            _seg: seg.clone(),
+            event: NonNull::from(event),
+            announced,
+            recheck: recheck.and_then(|r| Instant::now().checked_add(r)),
+            waker: Mutex::new(Some(cx.waker().clone())),
+        });
+        if !watch(parked.clone()) {
+            // No reactor (the thread could not start): poll again soon
+            // rather than hang.
+            event.retract(announced);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.0 = Some(parked);
+        Poll::Pending
+    }
+
+    /// Cancels a parked wait, if any.
+    pub(crate) fn cancel(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.cancel();
+        }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
