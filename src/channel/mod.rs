@@ -563,7 +563,7 @@ impl<S: Message, R: Message> Channel<S, R> {
     /// [`Channel::recv`] as a future, for async code: the same wait, polled
     /// (a poll takes a message if one is there, spins as `recv` would, then
     /// parks its task with the process's reactor until a message comes or
-    /// the peer is found gone; see [`Ticket`](crate::Ticket)'s "As a
+    /// the peer is found gone; see [`Ticket`]'s "As a
     /// future"). Dropping it cancels the wait and loses no message.
     pub fn recv_async(&self) -> impl Future<Output = Result<R, ChannelError>> + '_ {
         let mut parked = Parked::default();

@@ -449,6 +449,9 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        // One spin per poll at most: a ring another thread is draining can
+        // look ready to us again and again.
+        let mut spun = false;
         loop {
             let on = match this.map.advance(Deadline::now()) {
                 Advance::Done(r) => {
@@ -458,7 +461,10 @@ where
                 Advance::Again(on) => on,
             };
             match on {
-                ParkOn::Stream(_) if this.map.inner.spin_for_results() => continue,
+                ParkOn::Stream(_) if !spun => {
+                    spun = true;
+                    this.map.inner.spin_for_results();
+                }
                 ParkOn::Stream(_) => {
                     if this.map.inner.park(on, cx.waker()) {
                         return Poll::Pending;

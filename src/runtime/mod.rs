@@ -5,7 +5,9 @@
 //! - [`code`]: functions as sealed offsets from an anchor; the build id.
 //! - [`workers`]: a group of worker processes around one segment: the task
 //!   and result rings, the in-flight bound, start and shutdown.
-//! - [`router`]: results to their waiters; [`ticket`]: one task's result.
+//! - [`router`]: results to their waiters; [`ticket`]: one task's result;
+//!   [`awaits`]: tasks parked on results, and the reactor source that
+//!   drains the result ring for them.
 //! - [`supervisor`]: reaping, respawning, requeueing, task timeouts.
 //! - [`executor`]: the loop a worker runs; [`tramp`]: typed trampolines.
 //! - [`control`]: the group's control block and worker table in the segment.

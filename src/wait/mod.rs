@@ -2,6 +2,10 @@
 //! (which a timeout too large to add turns into "none", never a panic), and
 //! a wait on another process runs in slices, looking at the peer between
 //! them, so a dead or departed peer ends it with a typed outcome.
+//!
+//! Its async half is the `reactor` module: a future runs the same steps with a due
+//! deadline and, when they would block, parks its task with the process's
+//! reactor thread, which sleeps on the events' futex words for it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
