@@ -20,6 +20,10 @@ use crate::common::BoxResult;
 
 pub const ROLE: &str = "oneway-iceoryx2";
 
+/// How often a receive that has not got its sample yet looks at its
+/// deadline and at the child (a `waitpid`): on this timer, not per wake-up.
+const LIVENESS: Duration = Duration::from_millis(50);
+
 type Service = ipc::Service;
 /// A publish-subscribe service of byte slices.
 type Bytes = PubSubService<Service, [u8], ()>;
@@ -182,26 +186,40 @@ impl IoxLink {
     }
 
     /// The next sample's bytes handed to `read`: polled without pause, or
-    /// between sleeps on the listener.
+    /// between sleeps on the listener. The deadline and the child's
+    /// liveness are looked at on a timer (every [`LIVENESS`]), never after a
+    /// wake-up: a wake-up goes straight back to the subscriber.
     fn receive<T>(&mut self, read: impl FnOnce(&[u8]) -> BoxResult<T>) -> BoxResult<T> {
-        let deadline = Instant::now() + TIMEOUT;
+        let start = Instant::now();
+        let deadline = start + TIMEOUT;
+        let mut next_look = start + LIVENESS;
         let mut polls = 0u32;
         loop {
             if let Some(sample) = self.subscriber.receive()? {
                 return read(sample.payload());
             }
-            polls = polls.wrapping_add(1);
-            match &self.wake {
-                Some((_, listener)) => {
-                    listener.timed_wait(|_| {}, Duration::from_millis(100))?;
-                }
-                None if polls % 4096 != 0 => {
+            // Straight back to the subscriber after a wake-up, and between
+            // two clock reads of the polling rows.
+            let again = match &self.wake {
+                // Returns on notifications (taking them all) or after
+                // LIVENESS at most.
+                Some((_, listener)) => listener.timed_wait(|_| {}, LIVENESS)? > 0,
+                // The clock is read once in 4096 polls (~a few µs).
+                None => {
+                    polls = polls.wrapping_add(1);
                     std::hint::spin_loop();
-                    continue;
+                    polls % 4096 != 0
                 }
-                None => {}
+            };
+            if again {
+                continue;
             }
-            if Instant::now() > deadline {
+            let now = Instant::now();
+            if now < next_look {
+                continue;
+            }
+            next_look = now + LIVENESS;
+            if now > deadline {
                 return Err("iceoryx2: nothing received for 10 s".into());
             }
             if let Some(peer) = &mut self.peer {
