@@ -248,21 +248,28 @@ impl Link for IoxLink {
     }
 }
 
-/// Both phases with a child process (this binary as `--peer oneway-iceoryx2`).
-pub fn rows(size: usize, blocking: bool, plan: &Plan, row: usize) -> BoxResult<(Echoed, Streamed)> {
+/// One round with a child process (this binary as `--peer
+/// oneway-iceoryx2`; see [`link::phases`]). `row` makes the services'
+/// names unique to the row and round.
+pub fn rows(
+    size: usize,
+    blocking: bool,
+    plan: &Plan,
+    row: usize,
+    stream: bool,
+) -> BoxResult<(Echoed, Option<Streamed>)> {
     let base = format!("{}/{row}", crate::common::unique_name("oneway"));
     let mut link = IoxLink::create(&base, size, blocking)?;
     let peer = Peer::spawn(ROLE, &[size.to_string(), u8::from(blocking).to_string(), base, file_prefix()])?;
-    let pids = [0, peer.pid()];
+    let child = peer.pid();
     link.peer = Some(peer);
     let ready = link.recv_ack()?;
     if ready != READY {
         return Err(format!("iceoryx2 child said {ready} where it was due to say it is ready").into());
     }
-    let latency = link::ping_pong(&mut link, plan, &pids)?;
-    let rate = link::stream(&mut link, plan, size, &pids)?;
+    let measured = link::phases(&mut link, plan, size, child, stream)?;
     link.peer.take().ok_or("iceoryx2 child lost")?.finish()?;
-    Ok((latency, rate))
+    Ok(measured)
 }
 
 /// The child: `SIZE BLOCKING SERVICE_NAME FILE_PREFIX`.
