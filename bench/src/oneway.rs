@@ -450,7 +450,8 @@ fn throughput_section(result: &OneWay) -> Section {
         "The sender streams as fast as the transport takes messages; the child checks each one (length, stamps, order)",
         "  and acknowledges every 1/8 of a window (16 MiB or 256 messages in flight at most, whichever is fewer), so",
         "  no transport overflows or drops; the clock stops when the child has acknowledged the last message.",
-        "Same transports and payload handling as the latency table. CPU/msg: CPU time of both processes per message.",
+        "Same transports and payload handling as the latency table, streamed once (in the last round), pinned alike.",
+        "  CPU/msg: CPU time of both processes per message.",
         "vs shmpool: time per message against the fastest shmpool row of the same size (marked reference).",
     ] {
         section.note(note);
