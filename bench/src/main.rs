@@ -180,16 +180,9 @@ fn run(options: &Options) -> BoxResult<()> {
     let mode = options.mode;
     let params = Params::new(mode);
     let machine = Machine::detect();
-    // The run-wide floors serve the latency and one-way tables; the hand-off
+    // The run-wide floor serves the latency table; the one-way, hand-off
     // and pipeline sections measure their own beside their rows.
-    let floor = if options.wants("latency") || options.wants("oneway") {
-        let mut memcpy_sizes: Vec<usize> = oneway::SIZES.to_vec();
-        memcpy_sizes.sort_unstable();
-        memcpy_sizes.dedup();
-        Some(floor::measure(params.latency_iterations, &memcpy_sizes)?)
-    } else {
-        None
-    };
+    let floor = if options.wants("latency") { Some(floor::measure(params.latency_iterations)?) } else { None };
     let mut sections = Vec::new();
     let mut plots = plot::Data::default();
 
@@ -208,9 +201,9 @@ fn run(options: &Options) -> BoxResult<()> {
         sections.push(roundtrip::throughput_section(&params, &rows));
         plots.throughput = rows;
     }
-    if let (true, Some(floor)) = (options.wants("oneway"), &floor) {
+    if options.wants("oneway") {
         let result = oneway::measure(mode)?;
-        sections.extend(oneway::sections(&result, floor));
+        sections.extend(oneway::sections(&result));
         plots.oneway = Some(result);
     }
     if options.wants("payload") {
@@ -268,24 +261,19 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
-/// The raw floors of this run, as a table of their own.
+/// The run-wide floor, as a table of its own.
 fn floor_section(floor: &floor::Floor) -> Section {
     let mut section = Section::new(
         "floor",
-        "Run-wide floors (latency and one-way tables): memcpy between two private buffers of one process (p50 of \
-         one copy; small sizes timed 1000 at a time); the hand-off and pipeline tables measure their own floors \
-         beside their rows, with the rows' buffers",
-        vec![Column::new("time", "ns"), Column::new("bandwidth", "bytes_per_second")],
+        "Run-wide floor (latency table): a bare cache-line ping-pong between two spinning processes pinned to the \
+         fixed pair of cores; the one-way, hand-off and pipeline tables measure their own floors beside their rows, \
+         with the rows' buffers",
+        vec![Column::new("round trip p50", "ns"), Column::new("CPU/op", "cpu_per_op_ns")],
     );
-    for &(bytes, time) in &floor.memcpy {
-        let bandwidth = bytes as f64 / time.as_secs_f64().max(1e-12);
-        section
-            .row(format!("memcpy {}", common::format_bytes(bytes)), vec![Cell::time(time), Cell::Bandwidth(bandwidth)]);
-    }
-    section.note(format!(
-        "cache-line ping-pong between two spinning processes: p50 {} per round trip (row \"floor\" of the latency table)",
-        common::format_nanos(floor.round_trip.p50.as_secs_f64() * 1e9)
-    ));
+    section.row(
+        floor.round_trip.name.clone(),
+        vec![Cell::time(floor.round_trip.p50), floor.round_trip.cpu_per_op.map_or(Cell::Empty, Cell::time)],
+    );
     section
 }
 

@@ -20,6 +20,10 @@ use crate::common::BoxResult;
 
 pub const ROLE: &str = "oneway-iceoryx2";
 
+/// How often a receive that has not got its sample yet looks at its
+/// deadline and at the child (a `waitpid`): on this timer, not per wake-up.
+const LIVENESS: Duration = Duration::from_millis(50);
+
 type Service = ipc::Service;
 /// A publish-subscribe service of byte slices.
 type Bytes = PubSubService<Service, [u8], ()>;
@@ -182,26 +186,40 @@ impl IoxLink {
     }
 
     /// The next sample's bytes handed to `read`: polled without pause, or
-    /// between sleeps on the listener.
+    /// between sleeps on the listener. The deadline and the child's
+    /// liveness are looked at on a timer (every [`LIVENESS`]), never after a
+    /// wake-up: a wake-up goes straight back to the subscriber.
     fn receive<T>(&mut self, read: impl FnOnce(&[u8]) -> BoxResult<T>) -> BoxResult<T> {
-        let deadline = Instant::now() + TIMEOUT;
+        let start = Instant::now();
+        let deadline = start + TIMEOUT;
+        let mut next_look = start + LIVENESS;
         let mut polls = 0u32;
         loop {
             if let Some(sample) = self.subscriber.receive()? {
                 return read(sample.payload());
             }
-            polls = polls.wrapping_add(1);
-            match &self.wake {
-                Some((_, listener)) => {
-                    listener.timed_wait(|_| {}, Duration::from_millis(100))?;
-                }
-                None if polls % 4096 != 0 => {
+            // Straight back to the subscriber after a wake-up, and between
+            // two clock reads of the polling rows.
+            let again = match &self.wake {
+                // Returns on notifications (taking them all) or after
+                // LIVENESS at most.
+                Some((_, listener)) => listener.timed_wait(|_| {}, LIVENESS)? > 0,
+                // The clock is read once in 4096 polls (~a few µs).
+                None => {
+                    polls = polls.wrapping_add(1);
                     std::hint::spin_loop();
-                    continue;
+                    polls % 4096 != 0
                 }
-                None => {}
+            };
+            if again {
+                continue;
             }
-            if Instant::now() > deadline {
+            let now = Instant::now();
+            if now < next_look {
+                continue;
+            }
+            next_look = now + LIVENESS;
+            if now > deadline {
                 return Err("iceoryx2: nothing received for 10 s".into());
             }
             if let Some(peer) = &mut self.peer {
@@ -230,21 +248,28 @@ impl Link for IoxLink {
     }
 }
 
-/// Both phases with a child process (this binary as `--peer oneway-iceoryx2`).
-pub fn rows(size: usize, blocking: bool, plan: &Plan, row: usize) -> BoxResult<(Echoed, Streamed)> {
+/// One round with a child process (this binary as `--peer
+/// oneway-iceoryx2`; see [`link::phases`]). `row` makes the services'
+/// names unique to the row and round.
+pub fn rows(
+    size: usize,
+    blocking: bool,
+    plan: &Plan,
+    row: usize,
+    stream: bool,
+) -> BoxResult<(Echoed, Option<Streamed>)> {
     let base = format!("{}/{row}", crate::common::unique_name("oneway"));
     let mut link = IoxLink::create(&base, size, blocking)?;
     let peer = Peer::spawn(ROLE, &[size.to_string(), u8::from(blocking).to_string(), base, file_prefix()])?;
-    let pids = [0, peer.pid()];
+    let child = peer.pid();
     link.peer = Some(peer);
     let ready = link.recv_ack()?;
     if ready != READY {
         return Err(format!("iceoryx2 child said {ready} where it was due to say it is ready").into());
     }
-    let latency = link::ping_pong(&mut link, plan, &pids)?;
-    let rate = link::stream(&mut link, plan, size, &pids)?;
+    let measured = link::phases(&mut link, plan, size, child, stream)?;
     link.peer.take().ok_or("iceoryx2 child lost")?.finish()?;
-    Ok((latency, rate))
+    Ok(measured)
 }
 
 /// The child: `SIZE BLOCKING SERVICE_NAME FILE_PREFIX`.

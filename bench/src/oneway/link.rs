@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::affinity;
 use crate::common::{self, BoxResult, Mode};
 use crate::process::Reaped;
 
@@ -146,15 +147,24 @@ pub fn serve(link: &mut dyn Link, batch: u64) -> BoxResult<()> {
 pub struct Plan {
     pub warm_up: usize,
     pub round_trips: usize,
+    /// The echo phase's timed round trips stop once they took this long.
+    pub echo_budget: Duration,
+    /// The same for the streaming phase.
     pub budget: Duration,
     pub messages: u64,
 }
 
 impl Plan {
-    pub fn new(mode: Mode) -> Self {
+    /// The plan of one row in one of `rounds` rounds: the echo phase's
+    /// round trips and budget shared out over the rounds (the warm-up is
+    /// each round's own); the streaming phase runs in one round only, with
+    /// all of its messages and budget.
+    pub fn new(mode: Mode, rounds: usize) -> Self {
+        let rounds = rounds.max(1);
         Plan {
             warm_up: mode.pick(300, 3_000),
-            round_trips: mode.pick(20_000, 200_000),
+            round_trips: mode.pick(20_000, 200_000) / rounds,
+            echo_budget: mode.pick(Duration::from_millis(500), Duration::from_secs(3)) / rounds as u32,
             budget: mode.pick(Duration::from_millis(500), Duration::from_secs(3)),
             messages: mode.pick(200_000, 2_000_000),
         }
@@ -190,7 +200,7 @@ pub fn ping_pong(link: &mut dyn Link, plan: &Plan, pids: &[u32]) -> BoxResult<Ec
         seq += 1;
         Ok(took)
     };
-    let warm_up_end = Instant::now() + plan.budget / 4;
+    let warm_up_end = Instant::now() + plan.echo_budget / 4;
     for _ in 0..plan.warm_up {
         round_trip(link)?;
         if Instant::now() > warm_up_end {
@@ -201,7 +211,7 @@ pub fn ping_pong(link: &mut dyn Link, plan: &Plan, pids: &[u32]) -> BoxResult<Ec
         let mut samples = common::histogram();
         let mut spent = Duration::ZERO;
         let mut done = 0;
-        while done < plan.round_trips && (done < 10 || spent < plan.budget) {
+        while done < plan.round_trips && (done < 10 || spent < plan.echo_budget) {
             let took = round_trip(link)?;
             spent += took;
             common::record(&mut samples, took / 2);
@@ -217,6 +227,28 @@ pub fn ping_pong(link: &mut dyn Link, plan: &Plan, pids: &[u32]) -> BoxResult<Ec
         return Err(format!("acknowledgement {ack} where the end of the echo phase was due").into());
     }
     Ok(Echoed { samples, round_trips, cpu })
+}
+
+/// One row's phases in one round, with its child `child` (pinned here to
+/// the child's core; the caller pins itself): echo, then the sink phase
+/// when `stream`, else `QUIT` at once (the child's sink ends on it).
+pub fn phases(
+    link: &mut dyn Link,
+    plan: &Plan,
+    size: usize,
+    child: u32,
+    stream: bool,
+) -> BoxResult<(Echoed, Option<Streamed>)> {
+    affinity::pin_process(child, affinity::pair().1)?;
+    let pids = [0, child];
+    let echoed = ping_pong(link, plan, &pids)?;
+    let streamed = if stream {
+        Some(self::stream(link, plan, size, &pids)?)
+    } else {
+        link.send(QUIT)?;
+        None
+    };
+    Ok((echoed, streamed))
 }
 
 /// What the sink phase measured.

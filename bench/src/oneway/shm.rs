@@ -178,25 +178,22 @@ fn finish<S: shmpool::Message, R: shmpool::Message>(chan: Channel<S, R>) -> BoxR
     }
 }
 
-/// Both phases over a channel of `Vec<u8>`.
-pub fn vec_rows(size: usize, wait: Wait, plan: &Plan) -> BoxResult<(Echoed, Streamed)> {
+/// One round over a channel of `Vec<u8>` (see [`link::phases`]).
+pub fn vec_rows(size: usize, wait: Wait, plan: &Plan, stream: bool) -> BoxResult<(Echoed, Option<Streamed>)> {
     let chan = wait.apply(shmpool::start(vec_child, (size as u64, wait.code()))?);
-    let pids = [0, chan.pid().ok_or("channel without a child pid")?];
-    let mut link = VecLink::new(&chan, size);
-    let latency = link::ping_pong(&mut link, plan, &pids)?;
-    let rate = link::stream(&mut link, plan, size, &pids)?;
+    let child = chan.pid().ok_or("channel without a child pid")?;
+    let measured = link::phases(&mut VecLink::new(&chan, size), plan, size, child, stream)?;
     finish(chan)?;
-    Ok((latency, rate))
+    Ok(measured)
 }
 
-/// Both phases over a channel of buffer handles.
-pub fn buffer_rows(size: usize, wait: Wait, plan: &Plan) -> BoxResult<(Echoed, Streamed)> {
+/// One round over a channel of buffer handles (see [`link::phases`]).
+pub fn buffer_rows(size: usize, wait: Wait, plan: &Plan, stream: bool) -> BoxResult<(Echoed, Option<Streamed>)> {
     let chan = wait.apply(shmpool::start(buffer_child, (size as u64, wait.code()))?);
-    let pids = [0, chan.pid().ok_or("channel without a child pid")?];
+    let child = chan.pid().ok_or("channel without a child pid")?;
     let mut link = BufferLink::new(&chan, size, link::window(size).0)?;
-    let latency = link::ping_pong(&mut link, plan, &pids)?;
-    let rate = link::stream(&mut link, plan, size, &pids)?;
+    let measured = link::phases(&mut link, plan, size, child, stream)?;
     drop(link);
     finish(chan)?;
-    Ok((latency, rate))
+    Ok(measured)
 }
