@@ -43,6 +43,7 @@ pub mod channel;
 mod pool;
 mod remote;
 pub mod service;
+pub mod topic;
 
 pub use channel::{start, Channel, ChannelError, ChannelId, Exchange};
 pub use codec::Message;
@@ -60,6 +61,7 @@ pub use shared::{BufferHandle, SharedBuffer, SharedError, SharedList, SharedMap,
 pub use split::{split, Split, SplitArgs, SplitError};
 pub use sync::LockKind;
 pub use thread::{thread, SlaveThread, ThreadHandle};
+pub use topic::{Bytes, Queue, Topic, TopicError};
 
 /// The archived form of `T`: what a task that takes its argument in place sees.
 pub type Archived<T> = rkyv::Archived<T>;

@@ -263,6 +263,9 @@ struct Mapped {
     file: File,
     name: Option<String>,
     owner: bool,
+    /// The creator's drop leaves the name: the segment's users decide
+    /// together when it goes (topics and queues: the last one to leave).
+    keep_name: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the mapping is shared memory that every process and thread accesses
@@ -350,7 +353,7 @@ impl Segment {
         let map = shm::map(&file, len)?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or(SegmentError::Corrupt("null mapping"))?;
         let mut seg = Segment {
-            mapped: Arc::new(Mapped { map, file, name, owner: false }),
+            mapped: Arc::new(Mapped { map, file, name, owner: false, keep_name: Default::default() }),
             base,
             size: actual,
             arena_start: 0,
@@ -391,7 +394,7 @@ impl Segment {
             (*hdr).state.store(STATE_READY, Ordering::Release);
         }
         Ok(Segment {
-            mapped: Arc::new(Mapped { map, file, owner: name.is_some(), name }),
+            mapped: Arc::new(Mapped { map, file, owner: name.is_some(), name, keep_name: Default::default() }),
             base,
             size,
             arena_start,
@@ -454,6 +457,20 @@ impl Segment {
         self.mapped.name.as_deref()
     }
 
+    /// Keeps the name when the creator's last handle goes: the segment's
+    /// users remove it together ([`Segment::unlink_name`]).
+    pub(crate) fn keep_name(&self) {
+        self.mapped.keep_name.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Removes the segment's name (`/dev/shm/shmpool.<name>`): new opens
+    /// fail; mappings stay until their last handle goes.
+    pub(crate) fn unlink_name(&self) {
+        if let Some(name) = &self.mapped.name {
+            let _ = shm::shm_unlink(&format!("{NAME_PREFIX}{name}"));
+        }
+    }
+
     /// The pid of the process that created the segment.
     pub fn creator_pid(&self) -> u32 {
         // SAFETY: in bounds (validated); a volatile read of a plain u32.
@@ -503,7 +520,7 @@ impl Segment {
 
 impl Drop for Mapped {
     fn drop(&mut self) {
-        if self.owner {
+        if self.owner && !self.keep_name.load(std::sync::atomic::Ordering::Relaxed) {
             if let Some(name) = &self.name {
                 let _ = shm::shm_unlink(&format!("{NAME_PREFIX}{name}"));
             }

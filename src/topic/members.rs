@@ -1,0 +1,341 @@
+//! Membership: opening or creating a topic's (queue's) segment, the member
+//! table (the last member to leave removes the name), and reclaiming what
+//! dead publishers, subscribers and consumers held.
+
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use super::layout::{self, Header, ACTIVE, CLEANING, DIR_KIND, FREE, JOINING, KIND_QUEUE, MAGIC, RETIRING};
+use super::{type_label, Payload, Shape, TopicError};
+use crate::ring::Ring;
+use crate::segment::{Segment, SegmentError};
+use crate::sys::process;
+
+/// How long an opener waits for a creator that is still laying the header out.
+const LAYOUT_WAIT: Duration = Duration::from_secs(2);
+/// Ring payload: a sample's offset and sequence number.
+pub(super) const REF_BYTES: u32 = 16;
+
+/// One process's membership of a topic or queue: the mapping, the header,
+/// the rings, and its entry in the member table (cleared on drop).
+pub(super) struct Shared {
+    pub seg: Segment,
+    header: u64,
+    pub name: String,
+    member: usize,
+    /// Per subscriber slot, its queue (topics).
+    pub subs: Vec<Ring>,
+    /// The history ring (topics with history) or the item ring (queues).
+    pub ring: Option<Ring>,
+}
+
+impl Shared {
+    /// Opens (or, with `create`, makes if missing) the segment `seg_name`
+    /// holding a `kind` object for `T`, and joins its member table.
+    pub fn attach<T: Payload>(
+        seg_name: &str,
+        name: &str,
+        kind: u32,
+        shape: &Shape,
+        create: bool,
+    ) -> Result<Shared, TopicError> {
+        // A member that finds the name being removed (the last member left
+        // as we came) tries again: a few rounds settle it.
+        for _ in 0..8 {
+            let seg = match Segment::open(seg_name) {
+                Ok(seg) => seg,
+                Err(SegmentError::NotFound(_)) if create => match Segment::create(seg_name, shape.segment_size) {
+                    Ok(seg) => {
+                        seg.keep_name();
+                        seg
+                    }
+                    // Another process created it first: open that one.
+                    Err(SegmentError::AlreadyExists(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                },
+                Err(SegmentError::NotFound(_)) => return Err(TopicError::NotFound(name.to_owned())),
+                Err(e) => return Err(e.into()),
+            };
+            seg.keep_name();
+            if let Some(shared) = Shared::join::<T>(seg, name, kind, shape)? {
+                return Ok(shared);
+            }
+        }
+        Err(TopicError::Segment(format!("{name:?} kept being removed while this process opened it")))
+    }
+
+    /// Lays out (if new) and checks the header, then takes a member entry;
+    /// `None` if the last member is removing the name.
+    fn join<T: Payload>(seg: Segment, name: &str, kind: u32, shape: &Shape) -> Result<Option<Shared>, TopicError> {
+        let (tname, size, align) = T::describe();
+        let tname = shape.type_name.clone().unwrap_or(tname);
+        let size_of_header = std::mem::size_of::<Header>() as u64;
+        let (block, created) = seg.named("topic", DIR_KIND, 0, size_of_header, |b| {
+            let p = seg.ptr(b.offset, size_of_header)?;
+            // SAFETY: a block this process just allocated and has not published.
+            unsafe { std::ptr::write_bytes(p, 0, size_of_header as usize) };
+            Ok(())
+        })?;
+        let h = seg.get::<Header>(block.offset)?;
+        if created {
+            h.kind.store(kind, Ordering::Relaxed);
+            h.set_type_name(&tname);
+            h.type_size.store(size, Ordering::Relaxed);
+            h.type_align.store(align, Ordering::Relaxed);
+            h.max_subscribers.store(shape.max_subscribers, Ordering::Relaxed);
+            h.depth.store(shape.depth, Ordering::Relaxed);
+            h.history.store(shape.history, Ordering::Relaxed);
+            h.capacity.store(shape.capacity, Ordering::Relaxed);
+            h.next_seq.store(1, Ordering::Relaxed);
+            if kind == KIND_QUEUE {
+                // Room for every item: queued ones, and held ones handed
+                // back by consumers that die (never a blocked re-push).
+                let slots = (shape.capacity as usize + layout::MAX_SUBSCRIBERS * layout::MAX_HELD).next_power_of_two();
+                h.ring.store(Ring::create(&seg, slots as u32, REF_BYTES)?.offset(), Ordering::Relaxed);
+            } else {
+                if shape.history > 0 {
+                    let n = shape.history.next_power_of_two();
+                    h.ring.store(Ring::create(&seg, n, REF_BYTES)?.offset(), Ordering::Relaxed);
+                }
+                for slot in &h.subscribers[..shape.max_subscribers as usize] {
+                    slot.ring.store(Ring::create(&seg, shape.depth, REF_BYTES)?.offset(), Ordering::Relaxed);
+                }
+            }
+            // SYNC: Release: an opener that reads MAGIC with Acquire sees the layout.
+            h.magic.store(MAGIC, Ordering::Release);
+        } else {
+            let until = Instant::now() + LAYOUT_WAIT;
+            while h.magic.load(Ordering::Acquire) != MAGIC {
+                if Instant::now() >= until {
+                    return Err(TopicError::Corrupt(format!("{name:?}: its creator never finished laying it out")));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if h.kind.load(Ordering::Relaxed) != kind {
+            return Err(TopicError::WrongKind(name.to_owned()));
+        }
+        let theirs = (h.type_name(), h.type_size.load(Ordering::Relaxed), h.type_align.load(Ordering::Relaxed));
+        if theirs != (tname.clone(), size, align) {
+            return Err(TopicError::TypeMismatch {
+                expected: type_label(&theirs.0, theirs.1, theirs.2),
+                found: type_label(&tname, size, align),
+            });
+        }
+        let max = (h.max_subscribers.load(Ordering::Relaxed) as usize).min(layout::MAX_SUBSCRIBERS);
+        let mut subs = Vec::new();
+        if kind != KIND_QUEUE {
+            for slot in &h.subscribers[..max] {
+                subs.push(Ring::open(&seg, slot.ring.load(Ordering::Relaxed))?);
+            }
+        }
+        let ring = match h.ring.load(Ordering::Relaxed) {
+            0 => None,
+            off => Some(Ring::open(&seg, off)?),
+        };
+        let mut shared = Shared { seg, header: block.offset, name: name.to_owned(), member: usize::MAX, subs, ring };
+        shared.reap();
+        let me = process::current_pid();
+        let member = shared
+            .header()
+            .members
+            .iter()
+            .position(|m| m.compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+            .ok_or(TopicError::TooMany("members (processes using it)"))?;
+        shared.member = member;
+        // SYNC: SeqCst with the leaver's in `leave`: either it sees our entry
+        // (and keeps the name) or we see its `closing` (and try again).
+        fence(Ordering::SeqCst);
+        if shared.header().closing.load(Ordering::Relaxed) != 0 {
+            return Ok(None);
+        }
+        Ok(Some(shared))
+    }
+
+    pub fn header(&self) -> &Header {
+        // The header's offset and size were checked at join.
+        self.seg.get::<Header>(self.header).expect("the topic header was checked at join")
+    }
+
+    /// Subscriber (consumer) slots in use.
+    pub fn subscriber_count(&self) -> usize {
+        self.header().subscribers.iter().filter(|s| s.state.load(Ordering::Relaxed) != FREE).count()
+    }
+
+    /// Gives back what dead members held: their member entries, publisher
+    /// loans, subscriber queues and held samples (consumers' items go back
+    /// to the queue).
+    pub fn reap(&self) {
+        let h = self.header();
+        for m in &h.members {
+            let pid = m.load(Ordering::Relaxed);
+            if pid != 0 && !process::is_alive(pid) {
+                let _ = m.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+        for (i, p) in h.publishers.iter().enumerate() {
+            let pid = p.pid.load(Ordering::Acquire);
+            if pid != 0 && !process::is_alive(pid) {
+                self.clean_publisher(i, pid);
+            }
+        }
+        for (i, s) in h.subscribers.iter().enumerate() {
+            let pid = s.pid.load(Ordering::Acquire);
+            if pid != 0 && !process::is_alive(pid) {
+                self.clean_subscriber(i, pid);
+            }
+        }
+    }
+
+    /// Frees a dead publisher's loans (each recorded loan is one reference:
+    /// a sample it was sending keeps the references its subscribers hold).
+    pub fn clean_publisher(&self, i: usize, pid: u32) {
+        let slot = &self.header().publishers[i];
+        for loan in &slot.loans {
+            let off = loan.swap(0, Ordering::AcqRel);
+            if off != 0 {
+                layout::release(&self.seg, off);
+            }
+        }
+        let _ = slot.pid.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Reclaims subscriber (consumer) slot `i` of the dead process `pid`:
+    /// its queued and held samples are released (a consumer's held items
+    /// go back to the queue), and the slot is free again.
+    pub fn clean_subscriber(&self, i: usize, pid: u32) {
+        let slot = &self.header().subscribers[i];
+        let state = slot.state.load(Ordering::Acquire);
+        if (state != ACTIVE && state != JOINING && state != RETIRING)
+            || slot.state.compare_exchange(state, CLEANING, Ordering::AcqRel, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        if slot.pid.load(Ordering::Acquire) != pid {
+            // Another cleaner finished and a new member took the slot.
+            slot.state.store(state, Ordering::Release);
+            return;
+        }
+        let queue = self.header().kind.load(Ordering::Relaxed) == KIND_QUEUE;
+        let ring = if queue { self.ring.as_ref() } else { self.subs.get(i) };
+        if let Some(ring) = ring {
+            // A pop it claimed and never released would wedge the ring: take
+            // the slot over. Its reference was recorded in `held` before the
+            // release (see the subscriber), or is lost with it (a leak,
+            // never a double release).
+            let claim = slot.pop_claim.swap(0, Ordering::AcqRel);
+            if claim != 0 {
+                for pos in ring.unreleased() {
+                    if pos.wrapping_sub(claim >> 8) < (claim & 0xFF) {
+                        ring.steal_unreleased(pos, |_| {});
+                    }
+                }
+            }
+            if !queue {
+                drain_refs(&self.seg, ring);
+            }
+        }
+        for held in &slot.held {
+            let off = held.swap(0, Ordering::AcqRel);
+            if off > 1 {
+                if queue {
+                    // Unacknowledged: another consumer gets it.
+                    self.requeue(off);
+                } else {
+                    layout::release(&self.seg, off);
+                }
+            }
+        }
+        slot.missed.store(0, Ordering::Relaxed);
+        // The state first: a joiner claims the slot by its pid, after this.
+        slot.state.store(FREE, Ordering::Release);
+        slot.pid.store(0, Ordering::Release);
+    }
+
+    /// Puts a queue item back in the queue, handing it the caller's reference.
+    pub fn requeue(&self, off: u64) {
+        let Some(ring) = &self.ring else { return };
+        let h = self.header();
+        let seq = layout::sample(&self.seg, off).map_or(0, |s| s.seq.load(Ordering::Relaxed));
+        h.queued.fetch_add(1, Ordering::AcqRel);
+        if ring.try_push(&encode_ref(off, seq)).is_err() {
+            // The ring holds every item there can be: this cannot happen
+            // unless the segment is corrupt. Drop the item rather than wedge.
+            h.queued.fetch_sub(1, Ordering::AcqRel);
+            layout::release(&self.seg, off);
+            log::error!("shmpool: queue {:?}: an item could not be put back (ring full); dropped", self.name);
+        }
+    }
+
+    /// Leaves the member table; the last member removes the name.
+    fn leave(&self) {
+        let h = self.header();
+        if let Some(m) = h.members.get(self.member) {
+            m.store(0, Ordering::Release);
+        }
+        let alone = |h: &Header| {
+            h.members.iter().all(|m| {
+                let pid = m.load(Ordering::Relaxed);
+                pid == 0 || !process::is_alive(pid)
+            })
+        };
+        if alone(h) {
+            h.closing.store(1, Ordering::Relaxed);
+            // SYNC: SeqCst, paired with the joiner's fence in `join`.
+            fence(Ordering::SeqCst);
+            if alone(h) {
+                self.seg.unlink_name();
+            } else {
+                h.closing.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if self.member != usize::MAX {
+            self.leave();
+        }
+    }
+}
+
+/// A ring entry: a sample's offset and sequence number.
+pub(super) fn encode_ref(off: u64, seq: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&off.to_le_bytes());
+    b[8..].copy_from_slice(&seq.to_le_bytes());
+    b
+}
+
+/// Reads a ring entry (hostile bytes: a short one is `None`).
+pub(super) fn decode_ref(bytes: &[u8]) -> Option<(u64, u64)> {
+    let off = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let seq = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some((off, seq))
+}
+
+/// Empties a ring of sample references, releasing each.
+pub(super) fn drain_refs(seg: &Segment, ring: &Ring) {
+    while let Ok(n) = ring.try_pop_many(64, |b| {
+        if let Some((off, _)) = decode_ref(b) {
+            layout::release(seg, off);
+        }
+    }) {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// A slot of `slots` (publishers or subscribers) taken for this process.
+pub(super) fn claim_slot<'a>(
+    slots: impl Iterator<Item = &'a std::sync::atomic::AtomicU32>,
+    what: &'static str,
+) -> Result<usize, TopicError> {
+    let me = process::current_pid();
+    let mut slots = slots;
+    slots
+        .position(|p| p.compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+        .ok_or(TopicError::TooMany(what))
+}

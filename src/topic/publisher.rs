@@ -1,0 +1,298 @@
+//! Publishing: a sample is written once into an arena block and a
+//! reference to it is pushed into every subscriber's queue.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::layout::{self, ACTIVE};
+use super::members::{claim_slot, decode_ref, encode_ref, Shared};
+use super::{deadline, Bytes, Overflow, Payload, TopicError};
+use crate::ring::RingError;
+use crate::sync::SpinPolicy;
+use crate::sys::process;
+use crate::wait::{self, Deadline};
+
+/// How often a blocked publisher looks at the subscriber it waits for.
+const CHECK: Duration = Duration::from_millis(50);
+/// Every this many sends, a publisher reclaims what dead members held.
+const REAP_EVERY: u32 = 1024;
+
+/// Sends samples to a topic's subscribers. `send` takes `&self`: one
+/// publisher can be shared by threads.
+pub struct Publisher<T: Payload> {
+    shared: Arc<Shared>,
+    slot: usize,
+    sends: AtomicU32,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Payload> fmt::Debug for Publisher<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher").field("topic", &self.shared.name).field("slot", &self.slot).finish()
+    }
+}
+
+impl<T: Payload> Publisher<T> {
+    pub(super) fn new(shared: Arc<Shared>) -> Result<Publisher<T>, TopicError> {
+        shared.reap();
+        let slot = claim_slot(shared.header().publishers.iter().map(|p| &p.pid), "publishers")?;
+        Ok(Publisher { shared, slot, sends: AtomicU32::new(0), _type: PhantomData })
+    }
+
+    /// Sends `value` to every subscriber; returns how many it reached.
+    /// With [`Overflow::Block`] subscribers it waits while one's queue is
+    /// full (a dead subscriber is reclaimed, not waited for).
+    pub fn send(&self, value: &T::Input) -> Result<usize, TopicError> {
+        self.send_until(value, Deadline::NEVER)
+    }
+
+    /// [`Publisher::send`], waiting at most `timeout` in all for full
+    /// queues (`Duration::MAX`: no limit): [`TopicError::Timeout`] then,
+    /// and the subscribers it had reached keep the sample.
+    pub fn send_timeout(&self, value: &T::Input, timeout: Duration) -> Result<usize, TopicError> {
+        self.send_until(value, deadline(timeout))
+    }
+
+    /// Sends only if no queue it would wait for is full (`Timeout` if one is).
+    pub fn try_send(&self, value: &T::Input) -> Result<usize, TopicError> {
+        self.send_until(value, Deadline::now())
+    }
+
+    fn send_until(&self, value: &T::Input, deadline: Deadline) -> Result<usize, TopicError> {
+        let len = T::encoded_len(value).map_err(TopicError::Encode)?;
+        let loan = self.loan_raw(len)?;
+        // SAFETY: the loan's block is ours alone until it is sent.
+        let dst = unsafe { std::slice::from_raw_parts_mut(loan.ptr, loan.len) };
+        let n = T::encode(value, dst).map_err(TopicError::Encode)?;
+        if n != len {
+            return Err(TopicError::Encode(format!("archive was {n} bytes, {len} expected")));
+        }
+        self.publish(loan, deadline)
+    }
+
+    /// Allocates a sample of `len` value bytes, recorded as a loan.
+    fn loan_raw(&self, len: usize) -> Result<RawLoan<'_, T>, TopicError> {
+        let shared = &self.shared;
+        let seq = shared.header().next_seq.fetch_add(1, Ordering::Relaxed);
+        let off = layout::alloc_sample(&shared.seg, len as u64, seq).map_err(|e| TopicError::Encode(e.to_string()))?;
+        let loans = &shared.header().publishers[self.slot].loans;
+        let Some(at) = layout::record(loans, off) else {
+            layout::release(&shared.seg, off);
+            return Err(TopicError::TooMany("loans (at most 4 per publisher)"));
+        };
+        let Some((ptr, len)) = layout::value_ptr(&shared.seg, off) else {
+            layout::unrecord(loans, at, off);
+            layout::release(&shared.seg, off);
+            return Err(TopicError::Corrupt("a new sample is out of bounds".into()));
+        };
+        Ok(RawLoan { publisher: self, off, at, seq, ptr, len, sent: false })
+    }
+
+    /// Delivers a loaned sample to every active subscriber, then drops the
+    /// publisher's own reference.
+    fn publish(&self, mut loan: RawLoan<'_, T>, deadline: Deadline) -> Result<usize, TopicError> {
+        let shared = &self.shared;
+        let h = shared.header();
+        if self.sends.fetch_add(1, Ordering::Relaxed) % REAP_EVERY == REAP_EVERY - 1 {
+            shared.reap();
+        }
+        let history = shared.ring.as_ref().filter(|_| h.history.load(Ordering::Relaxed) > 0);
+        // With history, sends and joins take turns (see `Header::history_lock`).
+        let _turn = match history {
+            Some(_) => Some(HistoryTurn::take(shared, deadline)?),
+            None => None,
+        };
+        let subs = &h.subscribers[..shared.subs.len()];
+        // Refuse: a full queue refuses the whole sample, before anyone gets it.
+        for (slot, ring) in subs.iter().zip(&shared.subs) {
+            if slot.state.load(Ordering::Acquire) == ACTIVE
+                && Overflow::from_code(slot.overflow.load(Ordering::Relaxed)) == Overflow::Refuse
+                && !ring.can_push()
+            {
+                return Err(TopicError::Full);
+            }
+        }
+        let entry = encode_ref(loan.off, loan.seq);
+        let mut reached = 0;
+        for (i, (slot, ring)) in subs.iter().zip(&shared.subs).enumerate() {
+            if slot.state.load(Ordering::Acquire) != ACTIVE {
+                continue;
+            }
+            // The queue's reference, taken before the push makes it visible.
+            layout::retain(&shared.seg, loan.off);
+            let pushed = match Overflow::from_code(slot.overflow.load(Ordering::Relaxed)) {
+                Overflow::Block => {
+                    let pid = slot.pid.load(Ordering::Relaxed);
+                    let waited = wait::ring_in_slices(
+                        deadline,
+                        CHECK,
+                        |until| ring.push(&entry, Some(until), SpinPolicy::DEFAULT),
+                        || if process::is_alive(pid) { Ok(()) } else { Err(pid) },
+                    );
+                    match waited {
+                        Ok(r) => r,
+                        Err(wait::Waited::TimedOut) => {
+                            layout::release(&shared.seg, loan.off);
+                            return Err(TopicError::Timeout);
+                        }
+                        Err(wait::Waited::Peer(pid)) => {
+                            shared.clean_subscriber(i, pid);
+                            Err(RingError::Closed)
+                        }
+                    }
+                }
+                Overflow::DropOldest => loop {
+                    match ring.try_push(&entry) {
+                        Err(RingError::WouldBlock) => {
+                            // Make room: the oldest sample leaves this queue.
+                            let _ = ring.try_pop_many(1, |b| {
+                                if let Some((old, _)) = decode_ref(b) {
+                                    layout::release(&shared.seg, old);
+                                }
+                            });
+                            slot.missed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => break other,
+                    }
+                },
+                Overflow::Refuse => {
+                    let r = ring.try_push(&entry);
+                    if r.is_err() {
+                        // Filled since the check above (another publisher).
+                        slot.missed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    r
+                }
+            };
+            match pushed {
+                Ok(()) => reached += 1,
+                Err(_) => layout::release(&shared.seg, loan.off),
+            }
+        }
+        if let Some(ring) = history {
+            layout::retain(&shared.seg, loan.off);
+            let keep = h.history.load(Ordering::Relaxed) as usize;
+            while ring.len() >= keep {
+                let popped = ring.try_pop_many(1, |b| {
+                    if let Some((old, _)) = decode_ref(b) {
+                        layout::release(&shared.seg, old);
+                    }
+                });
+                if popped.is_err() {
+                    break;
+                }
+            }
+            if ring.try_push(&entry).is_err() {
+                layout::release(&shared.seg, loan.off);
+            }
+        }
+        loan.sent = true;
+        Ok(reached)
+    }
+}
+
+impl Publisher<Bytes> {
+    /// A sample of `len` bytes to write in place (no serialisation, no
+    /// copy): fill it through `DerefMut`, then [`Loan::send`]. At most
+    /// [`MAX_LOANS`](super::MAX_LOANS) at once; a loan dropped unsent is freed.
+    pub fn loan(&self, len: usize) -> Result<Loan<'_>, TopicError> {
+        Ok(Loan { raw: self.loan_raw(len)? })
+    }
+}
+
+impl<T: Payload> Drop for Publisher<T> {
+    fn drop(&mut self) {
+        let slot = &self.shared.header().publishers[self.slot];
+        let _ = slot.pid.compare_exchange(process::current_pid(), 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
+/// A sample being written: recorded in the publisher's loans until sent.
+struct RawLoan<'p, T: Payload> {
+    publisher: &'p Publisher<T>,
+    off: u64,
+    at: usize,
+    seq: u64,
+    ptr: *mut u8,
+    len: usize,
+    sent: bool,
+}
+
+impl<T: Payload> Drop for RawLoan<'_, T> {
+    fn drop(&mut self) {
+        // Sent or not, the publisher's own reference goes now: the record
+        // first (a publisher killed between the two leaks the sample rather
+        // than have a cleaner release it twice).
+        let shared = &self.publisher.shared;
+        layout::unrecord(&shared.header().publishers[self.publisher.slot].loans, self.at, self.off);
+        layout::release(&shared.seg, self.off);
+        let _ = self.sent;
+    }
+}
+
+/// A raw sample being written in place ([`Publisher::loan`]).
+pub struct Loan<'p> {
+    raw: RawLoan<'p, Bytes>,
+}
+
+impl fmt::Debug for Loan<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loan").field("len", &self.raw.len).finish()
+    }
+}
+
+impl Loan<'_> {
+    /// Sends the sample to every subscriber; returns how many it reached.
+    pub fn send(self) -> Result<usize, TopicError> {
+        self.raw.publisher.publish(self.raw, Deadline::NEVER)
+    }
+
+    /// [`Loan::send`] with a bound on waiting for full queues.
+    pub fn send_timeout(self, timeout: Duration) -> Result<usize, TopicError> {
+        self.raw.publisher.publish(self.raw, deadline(timeout))
+    }
+}
+
+impl Deref for Loan<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the block is this loan's alone until sent, `len` bytes long
+        // and in bounds (checked when loaned).
+        unsafe { std::slice::from_raw_parts(self.raw.ptr, self.raw.len) }
+    }
+}
+
+impl DerefMut for Loan<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for `deref`; `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.raw.ptr, self.raw.len) }
+    }
+}
+
+// SAFETY: the loan's block is reachable only through it until sent.
+unsafe impl Send for Loan<'_> {}
+
+/// Holds the history lock for one send or join (released on drop).
+pub(super) struct HistoryTurn<'a>(&'a Shared);
+
+impl<'a> HistoryTurn<'a> {
+    pub(super) fn take(shared: &'a Shared, deadline: Deadline) -> Result<HistoryTurn<'a>, TopicError> {
+        match shared.header().history_lock.lock(deadline.instant()) {
+            // A holder that died mid-send left the history ring consistent
+            // (each step is one ring operation): go on.
+            Ok(_) => Ok(HistoryTurn(shared)),
+            Err(_) => Err(TopicError::Timeout),
+        }
+    }
+}
+
+impl Drop for HistoryTurn<'_> {
+    fn drop(&mut self) {
+        self.0.header().history_lock.unlock();
+    }
+}
