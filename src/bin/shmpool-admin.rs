@@ -2,6 +2,8 @@
 //!
 //! - `shmpool-admin list`: every segment with its size, creator and the
 //!   processes that map it; `stale` marks those left behind by a dead creator.
+//!   Topics and queues also show their type, members, publishers and
+//!   subscribers (consumers).
 //! - `shmpool-admin clean`: removes the stale ones (never one in use).
 
 use std::process::ExitCode;
@@ -44,6 +46,22 @@ fn list() -> Result<(), shmpool::SegmentError> {
         };
         let attached: Vec<String> = s.attached.iter().map(u32::to_string).collect();
         println!("{:<40} {:>12} {:>10} {:<7} {}", s.name, s.size, creator, state, attached.join(","));
+        if let Some(t) = shmpool::topic::describe(&s.name) {
+            let pids = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+            println!(
+                "    {} of {}; members {}; publishers {}",
+                t.kind,
+                t.type_label,
+                pids(&t.members),
+                pids(&t.publishers)
+            );
+            for (pid, pending, missed) in &t.subscribers {
+                println!("    subscriber {pid}: {pending} queued, {missed} missed");
+            }
+            if t.kind == "queue" {
+                println!("    {} items queued", t.queued);
+            }
+        }
     }
     Ok(())
 }

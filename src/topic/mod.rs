@@ -16,7 +16,9 @@
 //! - `publisher`, `subscriber`: [`Publisher`], [`Loan`], [`Subscriber`],
 //!   [`Sample`].
 //! - `queue`: [`Queue`], [`Item`].
+//! - `info`: [`describe`], what `shmpool-admin list` shows.
 
+mod info;
 mod layout;
 mod members;
 mod publisher;
@@ -31,6 +33,7 @@ use std::time::Duration;
 use crate::codec::{self, Message};
 use crate::segment::SegmentError;
 
+pub use info::{describe, Summary};
 pub use layout::{MAX_HELD, MAX_LOANS, MAX_MEMBERS, MAX_PUBLISHERS, MAX_SUBSCRIBERS};
 pub use publisher::{Loan, Publisher};
 pub use queue::{Item, Queue, QueueBuilder};
