@@ -31,7 +31,7 @@ pub const MAX_PUBLISHERS: usize = 64;
 /// Most samples (items) one subscriber (consumer) holds at once.
 pub const MAX_HELD: usize = 64;
 /// Most loans one publisher has out at once.
-pub const MAX_LOANS: usize = 4;
+pub const MAX_LOANS: usize = 16;
 /// The longest type name kept for error messages.
 pub(super) const TYPE_NAME: usize = 120;
 
@@ -93,6 +93,13 @@ pub(super) struct PubSlot {
     /// here before anything else refers to it, and its record cleared
     /// before the publisher's own reference goes.
     pub loans: [AtomicU64; MAX_LOANS],
+    /// Its claim on a ring while it pushes or pops, `(pos << 8) | n` (0:
+    /// none), and which ring (`members::SHARED_RING` for the history or
+    /// item ring, else a subscriber's index): a publisher killed holding a
+    /// slot leaves it to be poisoned or released, never wedged.
+    pub claim: AtomicU64,
+    pub claim_ring: AtomicU32,
+    pub _pad2: AtomicU32,
 }
 
 /// A subscriber (or queue consumer).
@@ -110,6 +117,8 @@ pub(super) struct SubSlot {
     pub ring: AtomicU64,
     /// Its claim while it pops (see `Ring::pop_many_recorded`).
     pub pop_claim: AtomicU64,
+    /// A consumer's claim while it pushes an item back (`Item::nack`).
+    pub push_claim: AtomicU64,
     /// Samples (items) it received and holds (offset, 0: none).
     pub held: [AtomicU64; MAX_HELD],
 }

@@ -15,6 +15,8 @@ use crate::sys::process;
 const LAYOUT_WAIT: Duration = Duration::from_secs(2);
 /// Ring payload: a sample's offset and sequence number.
 pub(super) const REF_BYTES: u32 = 16;
+/// A publisher's `claim_ring` for the shared ring (history, or a queue's items).
+pub(super) const SHARED_RING: u32 = u32::MAX;
 
 /// One process's membership of a topic or queue: the mapping, the header,
 /// the rings, and its entry in the member table (cleared on drop).
@@ -41,7 +43,7 @@ impl Shared {
     ) -> Result<Shared, TopicError> {
         // A member that finds the name being removed (the last member left
         // as we came) tries again: a few rounds settle it.
-        for _ in 0..8 {
+        for _ in 0..64 {
             let seg = match Segment::open(seg_name) {
                 Ok(seg) => seg,
                 Err(SegmentError::NotFound(_)) if create => match Segment::create(seg_name, shape.segment_size) {
@@ -54,6 +56,11 @@ impl Shared {
                     Err(e) => return Err(e.into()),
                 },
                 Err(SegmentError::NotFound(_)) => return Err(TopicError::NotFound(name.to_owned())),
+                // Its creator is still writing the segment's header.
+                Err(SegmentError::NotReady) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             };
             seg.keep_name();
@@ -191,6 +198,12 @@ impl Shared {
     /// a sample it was sending keeps the references its subscribers hold).
     pub fn clean_publisher(&self, i: usize, pid: u32) {
         let slot = &self.header().publishers[i];
+        let claim = slot.claim.swap(0, Ordering::AcqRel);
+        if let Some(ring) = self.ring_at(slot.claim_ring.load(Ordering::Relaxed)) {
+            // A pop (DropOldest, history trim) releases its reference after
+            // the slot: a slot it never released still holds one.
+            undo_claims(ring, claim, claim, |off| layout::release(&self.seg, off));
+        }
         for loan in &slot.loans {
             let off = loan.swap(0, Ordering::AcqRel);
             if off != 0 {
@@ -223,14 +236,19 @@ impl Shared {
             // the slot over. Its reference was recorded in `held` before the
             // release (see the subscriber), or is lost with it (a leak,
             // never a double release).
-            let claim = slot.pop_claim.swap(0, Ordering::AcqRel);
-            if claim != 0 {
-                for pos in ring.unreleased() {
-                    if pos.wrapping_sub(claim >> 8) < (claim & 0xFF) {
-                        ring.steal_unreleased(pos, |_| {});
+            let pop = slot.pop_claim.swap(0, Ordering::AcqRel);
+            let push = slot.push_claim.swap(0, Ordering::AcqRel);
+            let held = |off: u64| slot.held.iter().any(|h| h.load(Ordering::Acquire) == off);
+            undo_claims(ring, push, pop, |off| {
+                if !held(off) {
+                    // Popped, not yet recorded: the queue's reference is ours.
+                    if queue {
+                        self.requeue(off, None);
+                    } else {
+                        layout::release(&self.seg, off);
                     }
                 }
-            }
+            });
             if !queue {
                 drain_refs(&self.seg, ring);
             }
@@ -240,7 +258,7 @@ impl Shared {
             if off > 1 {
                 if queue {
                     // Unacknowledged: another consumer gets it.
-                    self.requeue(off);
+                    self.requeue(off, None);
                 } else {
                     layout::release(&self.seg, off);
                 }
@@ -252,13 +270,23 @@ impl Shared {
         slot.pid.store(0, Ordering::Release);
     }
 
-    /// Puts a queue item back in the queue, handing it the caller's reference.
-    pub fn requeue(&self, off: u64) {
+    /// The ring a claim's `claim_ring` names.
+    fn ring_at(&self, idx: u32) -> Option<&Ring> {
+        if idx == SHARED_RING {
+            self.ring.as_ref()
+        } else {
+            self.subs.get(idx as usize)
+        }
+    }
+
+    /// Puts a queue item back in the queue, handing it the caller's
+    /// reference (recording the push in `claim`, if given).
+    pub fn requeue(&self, off: u64, claim: Option<&std::sync::atomic::AtomicU64>) {
         let Some(ring) = &self.ring else { return };
         let h = self.header();
         let seq = layout::sample(&self.seg, off).map_or(0, |s| s.seq.load(Ordering::Relaxed));
         h.queued.fetch_add(1, Ordering::AcqRel);
-        if ring.try_push(&encode_ref(off, seq)).is_err() {
+        if push_ref(ring, claim, encode_ref(off, seq)).is_err() {
             // The ring holds every item there can be: this cannot happen
             // unless the segment is corrupt. Drop the item rather than wedge.
             h.queued.fetch_sub(1, Ordering::AcqRel);
@@ -313,6 +341,57 @@ pub(super) fn decode_ref(bytes: &[u8]) -> Option<(u64, u64)> {
     let off = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     let seq = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
     Some((off, seq))
+}
+
+/// Whether the claim record `claim`, `(pos << 8) | n` (0: none), covers `pos`.
+fn covers(claim: u64, pos: u64) -> bool {
+    claim != 0 && pos.wrapping_sub(claim >> 8) < (claim & 0xFF)
+}
+
+/// Undoes the ring claims of a dead process: slots it claimed to push and
+/// never published are poisoned (consumers skip them), slots it claimed to
+/// pop and never released are released, their entry handed to `stolen`.
+fn undo_claims(ring: &Ring, push: u64, pop: u64, mut stolen: impl FnMut(u64)) {
+    if push != 0 {
+        for pos in ring.unpublished() {
+            if covers(push, pos) {
+                ring.poison_unpublished(pos);
+            }
+        }
+    }
+    if pop != 0 {
+        for pos in ring.unreleased() {
+            if covers(pop, pos) {
+                ring.steal_unreleased(pos, |b| {
+                    if let Some((off, _)) = decode_ref(b) {
+                        stolen(off);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Pushes one sample reference without waiting (`WouldBlock` if full),
+/// recording the claim in `claim` if given.
+pub(super) fn push_ref(
+    ring: &Ring,
+    claim: Option<&std::sync::atomic::AtomicU64>,
+    entry: [u8; 16],
+) -> Result<(), crate::ring::RingError> {
+    ring.try_push_many_recorded(1, claim, |_, dst| {
+        dst[..16].copy_from_slice(&entry);
+        16
+    })
+    .map(|_| ())
+}
+
+/// Pops one sample reference without waiting, recording the claim in
+/// `claim`; the reference is the caller's (released after the slot is).
+pub(super) fn pop_ref_now(ring: &Ring, claim: &std::sync::atomic::AtomicU64) -> Option<u64> {
+    let mut got = None;
+    let _ = ring.try_pop_many_recorded(1, Some(claim), |_, b| got = decode_ref(b).map(|(off, _)| off));
+    got
 }
 
 /// Empties a ring of sample references, releasing each.

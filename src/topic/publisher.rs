@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::layout::{self, ACTIVE};
-use super::members::{claim_slot, decode_ref, encode_ref, Shared};
+use super::members::{claim_slot, encode_ref, pop_ref_now, push_ref, Shared, SHARED_RING};
 use super::{deadline, Bytes, Overflow, Payload, TopicError};
 use crate::ring::RingError;
 use crate::sync::SpinPolicy;
@@ -127,10 +127,20 @@ impl<T: Payload> Publisher<T> {
             let pushed = match Overflow::from_code(slot.overflow.load(Ordering::Relaxed)) {
                 Overflow::Block => {
                     let pid = slot.pid.load(Ordering::Relaxed);
+                    let me = &h.publishers[self.slot];
+                    me.claim_ring.store(i as u32, Ordering::Relaxed);
+                    let write = |_: usize, dst: &mut [u8]| {
+                        dst[..16].copy_from_slice(&entry);
+                        16
+                    };
                     let waited = wait::ring_in_slices(
                         deadline,
                         CHECK,
-                        |until| ring.push(&entry, Some(until), SpinPolicy::DEFAULT),
+                        |until| {
+                            let r =
+                                ring.push_many_recorded(1, Some(until), SpinPolicy::DEFAULT, Some(&me.claim), write);
+                            r.map(|_| ())
+                        },
                         || if process::is_alive(pid) { Ok(()) } else { Err(pid) },
                     );
                     match waited {
@@ -146,21 +156,19 @@ impl<T: Payload> Publisher<T> {
                     }
                 }
                 Overflow::DropOldest => loop {
-                    match ring.try_push(&entry) {
+                    match self.push_now(i as u32, ring, entry) {
                         Err(RingError::WouldBlock) => {
                             // Make room: the oldest sample leaves this queue.
-                            let _ = ring.try_pop_many(1, |b| {
-                                if let Some((old, _)) = decode_ref(b) {
-                                    layout::release(&shared.seg, old);
-                                }
-                            });
-                            slot.missed.fetch_add(1, Ordering::Relaxed);
+                            if let Some(old) = self.pop_now(i as u32, ring) {
+                                layout::release(&shared.seg, old);
+                                slot.missed.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         other => break other,
                     }
                 },
                 Overflow::Refuse => {
-                    let r = ring.try_push(&entry);
+                    let r = self.push_now(i as u32, ring, entry);
                     if r.is_err() {
                         // Filled since the check above (another publisher).
                         slot.missed.fetch_add(1, Ordering::Relaxed);
@@ -177,21 +185,34 @@ impl<T: Payload> Publisher<T> {
             layout::retain(&shared.seg, loan.off);
             let keep = h.history.load(Ordering::Relaxed) as usize;
             while ring.len() >= keep {
-                let popped = ring.try_pop_many(1, |b| {
-                    if let Some((old, _)) = decode_ref(b) {
-                        layout::release(&shared.seg, old);
-                    }
-                });
-                if popped.is_err() {
-                    break;
+                match self.pop_now(SHARED_RING, ring) {
+                    Some(old) => layout::release(&shared.seg, old),
+                    None => break,
                 }
             }
-            if ring.try_push(&entry).is_err() {
+            if self.push_now(SHARED_RING, ring, entry).is_err() {
                 layout::release(&shared.seg, loan.off);
             }
         }
         loan.sent = true;
         Ok(reached)
+    }
+}
+
+impl<T: Payload> Publisher<T> {
+    /// Pushes a reference into ring `at` (a subscriber's, or `SHARED_RING`)
+    /// without waiting, the claim recorded in this publisher's slot.
+    fn push_now(&self, at: u32, ring: &crate::ring::Ring, entry: [u8; 16]) -> Result<(), RingError> {
+        let me = &self.shared.header().publishers[self.slot];
+        me.claim_ring.store(at, Ordering::Relaxed);
+        push_ref(ring, Some(&me.claim), entry)
+    }
+
+    /// Pops a reference from ring `at` without waiting (the caller releases it).
+    fn pop_now(&self, at: u32, ring: &crate::ring::Ring) -> Option<u64> {
+        let me = &self.shared.header().publishers[self.slot];
+        me.claim_ring.store(at, Ordering::Relaxed);
+        pop_ref_now(ring, &me.claim)
     }
 }
 

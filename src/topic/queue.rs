@@ -12,7 +12,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use super::layout::{self, ACTIVE, CLEANING, FREE, KIND_QUEUE};
-use super::members::{claim_slot, encode_ref, Shared};
+use super::members::{claim_slot, encode_ref, push_ref, Shared, SHARED_RING};
 use super::subscriber::{pop_ref, RESERVED};
 use super::{deadline, Payload, Shape, TopicError};
 use crate::ring::Ring;
@@ -217,7 +217,9 @@ impl<T: Payload> Queue<T> {
             });
         let pushed = written.and_then(|_| {
             layout::retain(&shared.seg, off);
-            self.ring().try_push(&encode_ref(off, seq)).map_err(|e| {
+            let me = &shared.header().publishers[producer];
+            me.claim_ring.store(SHARED_RING, Ordering::Relaxed);
+            push_ref(self.ring(), Some(&me.claim), encode_ref(off, seq)).map_err(|e| {
                 layout::release(&shared.seg, off);
                 TopicError::Corrupt(format!("the item ring refused an item within the bound: {e}"))
             })
@@ -428,7 +430,8 @@ impl<T: Payload> Item<T> {
             // each (the cleaner requeues our record too): delivered twice,
             // freed once, never lost.
             layout::retain(&self.seg, self.off);
-            self.shared.requeue(self.off);
+            let slot = &self.shared.header().subscribers[self.slot];
+            self.shared.requeue(self.off, Some(&slot.push_claim));
             layout::unrecord(held, self.at, self.off);
             layout::release(&self.seg, self.off);
         }
