@@ -102,7 +102,9 @@ struct Drainer {
 impl Source for Drainer {
     fn poll(&self) -> Option<Arm> {
         let w = self.workers.upgrade()?;
+        let unwinding = Unwinding(&w);
         let arm = drain_for_parked(&w);
+        std::mem::forget(unwinding);
         if Arc::strong_count(&w) == 1 {
             // Every other holder let go while we looked: dropping the last
             // handle joins the workers, which must not hold up the reactor.
@@ -110,6 +112,27 @@ impl Source for Drainer {
         }
         arm
     }
+}
+
+/// Disarms the group and wakes its parked tasks if a drain panics (the
+/// reactor drops a panicking source): each task then polls in its own
+/// executor and meets the failure there, rather than waiting for ever.
+struct Unwinding<'a>(&'a Workers);
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        wake_all_parked(self.0);
+    }
+}
+
+/// Disarms the group's drainer and wakes every task parked on it.
+fn wake_all_parked(w: &Workers) {
+    let mut routing = lock(&w.routing);
+    routing.armed = false;
+    let mut wakers = std::mem::take(&mut routing.room);
+    wakers.extend(routing.wakers.drain().map(|(_, w)| w));
+    drop(routing);
+    wakers.into_iter().for_each(Waker::wake);
 }
 
 /// One poll of a group's drainer: routes what the result ring holds to the
@@ -136,12 +159,7 @@ fn drain_for_parked(w: &Workers) -> Option<Arm> {
             Err(RecvError::Gone) => {
                 // No worker is left: every parked task learns it on its poll.
                 event.retract(announced);
-                let mut routing = lock(&w.routing);
-                routing.armed = false;
-                let mut wakers = std::mem::take(&mut routing.room);
-                wakers.extend(routing.wakers.drain().map(|(_, w)| w));
-                drop(routing);
-                wakers.into_iter().for_each(Waker::wake);
+                wake_all_parked(w);
                 return None;
             }
         }
