@@ -861,7 +861,12 @@ fn service_call_async_after_the_server_stopped_or_died_is_an_error() {
             "{exec:?}: a call waiting on a killed server"
         );
         drop(client);
-        // The killed server left its name behind: remove it.
-        drop(shmpool::Segment::create(&format!("svc.{name}"), 1 << 20));
+        // The killed server left its name behind: once it is reaped (the
+        // pool's drop), creating the name again replaces the stale segment,
+        // and dropping that removes it.
+        drop(_serving);
+        drop(pool);
+        let stale = shmpool::Segment::create(&format!("svc.{name}"), 1 << 20);
+        assert!(stale.is_ok(), "{exec:?}: the dead server's segment could not be replaced: {stale:?}");
     }
 }
