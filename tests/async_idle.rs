@@ -100,7 +100,6 @@ impl Worker for Nap {
 /// a remote's pending call, a service's `call_async`), the whole process
 /// uses under 5% of a core: nothing spins, the reactor sleeps.
 #[test]
-#[ignore = "bug: the reactor and parked channel futures spin (see the tests below)"]
 fn futures_waiting_on_a_one_second_task_use_no_cpu() {
     let _serial = serial();
     let _w = watchdog("futures_waiting_on_a_one_second_task_use_no_cpu", Duration::from_secs(120));
@@ -145,7 +144,6 @@ fn futures_waiting_on_a_one_second_task_use_no_cpu() {
 }
 
 #[test]
-#[ignore = "bug: a pool's drainer wakes itself (Draining::drop notifies the event it announced on): the reactor spins"]
 fn a_ticket_waiting_a_second_uses_no_cpu() {
     let _serial = serial();
     let _w = watchdog("a_ticket_waiting_a_second_uses_no_cpu", Duration::from_secs(60));
@@ -157,7 +155,6 @@ fn a_ticket_waiting_a_second_uses_no_cpu() {
 }
 
 #[test]
-#[ignore = "bug: a pool's drainer wakes itself (Draining::drop notifies the event it announced on): the reactor spins"]
 fn a_map_stream_waiting_a_second_uses_no_cpu() {
     let _serial = serial();
     let _w = watchdog("a_map_stream_waiting_a_second_uses_no_cpu", Duration::from_secs(60));
@@ -170,7 +167,6 @@ fn a_map_stream_waiting_a_second_uses_no_cpu() {
 }
 
 #[test]
-#[ignore = "bug: a pool's drainer wakes itself (Draining::drop notifies the event it announced on): the reactor spins"]
 fn a_worker_pool_get_async_waiting_a_second_uses_no_cpu() {
     let _serial = serial();
     let _w = watchdog("a_worker_pool_get_async_waiting_a_second_uses_no_cpu", Duration::from_secs(60));
@@ -184,7 +180,6 @@ fn a_worker_pool_get_async_waiting_a_second_uses_no_cpu() {
 }
 
 #[test]
-#[ignore = "bug: a pool's drainer wakes itself (Draining::drop notifies the event it announced on): the reactor spins"]
 fn a_remote_pending_call_waiting_a_second_uses_no_cpu() {
     let _serial = serial();
     let _w = watchdog("a_remote_pending_call_waiting_a_second_uses_no_cpu", Duration::from_secs(60));
@@ -196,7 +191,6 @@ fn a_remote_pending_call_waiting_a_second_uses_no_cpu() {
 }
 
 #[test]
-#[ignore = "bug: recv_async's last try re-announces on the event it parks on: the task is woken over and over"]
 fn a_channel_recv_async_waiting_a_second_uses_no_cpu() {
     let _serial = serial();
     let _w = watchdog("a_channel_recv_async_waiting_a_second_uses_no_cpu", Duration::from_secs(60));
@@ -213,7 +207,6 @@ fn read_after(chan: Channel<(), u64>, ms: u64) {
 }
 
 #[test]
-#[ignore = "bug: send_async's last try re-announces on the event it parks on: the task is woken over and over"]
 fn a_channel_send_async_waiting_a_second_for_room_uses_no_cpu() {
     let _serial = serial();
     let _w = watchdog("a_channel_send_async_waiting_a_second_for_room_uses_no_cpu", Duration::from_secs(60));

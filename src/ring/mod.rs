@@ -558,6 +558,11 @@ impl Ring {
                 Err(RingError::WouldBlock) => {}
                 other => return other,
             }
+            // A deadline already due is a try: it must not announce on the
+            // event either (an async poll parks on the word it announced).
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(RingError::Timeout);
+            }
             let ready = || queue::push_ready(self.cursors(), &SlotSeqs(self));
             if !self.header().not_full.wait_until(ready, deadline, spin, &self.push_spin) {
                 return Err(RingError::Timeout);
@@ -648,6 +653,10 @@ impl Ring {
             match self.try_pop_many_recorded(max, record, &mut read) {
                 Err(RingError::WouldBlock) => {}
                 other => return other,
+            }
+            // A deadline already due is a try (see `push_many_recorded`).
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(RingError::Timeout);
             }
             let ready = || queue::pop_ready(self.cursors(), &SlotSeqs(self));
             if !self.header().not_empty.wait_until(ready, deadline, spin, &self.pop_spin) {

@@ -140,14 +140,21 @@ fn wake_all_parked(w: &Workers) {
 fn drain_for_parked(w: &Workers) -> Option<Arm> {
     let event = w.results.readable();
     loop {
-        {
+        let announced = {
             let mut routing = lock(&w.routing);
             if routing.wakers.is_empty() && routing.room.is_empty() {
                 routing.armed = false;
                 return None;
             }
-        }
-        let announced = event.announce();
+            let announced = event.announce();
+            if routing.draining {
+                // Another thread drains; it routes what it pops and wakes
+                // us when it stops (`poke`), for what it leaves behind.
+                routing.poke = true;
+                return Some(Arm::on(event, announced, true));
+            }
+            announced
+        };
         // The announce comes first: a result pushed after our look below
         // notifies the event and moves the word we sleep on.
         match w.recv(None, Deadline::now(), &mut |_, _| {}) {
@@ -155,7 +162,20 @@ fn drain_for_parked(w: &Workers) -> Option<Arm> {
                 // Something was routed (and its owner woken): look again.
                 event.retract(announced);
             }
-            Err(RecvError::Timeout) => return Some(Arm::on(event, announced, true)),
+            Err(RecvError::Timeout) => {
+                let mut routing = lock(&w.routing);
+                if routing.draining {
+                    // Another thread started draining meanwhile: it wakes
+                    // us when it stops.
+                    routing.poke = true;
+                } else if w.results.can_pop() {
+                    // Left in the ring by a drain that just ended: ours now.
+                    drop(routing);
+                    event.retract(announced);
+                    continue;
+                }
+                return Some(Arm::on(event, announced, true));
+            }
             Err(RecvError::Gone) => {
                 // No worker is left: every parked task learns it on its poll.
                 event.retract(announced);

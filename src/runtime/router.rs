@@ -21,7 +21,7 @@ use crate::TaskError;
 #[derive(Default)]
 pub(super) struct Routing {
     /// A thread is popping the result ring; others wait on the condvar.
-    draining: bool,
+    pub(super) draining: bool,
     /// Threads waiting on the condvar (`routed`) now. A change made under
     /// this lock wakes them only if there are any: `Condvar::notify_all`
     /// is a futex system call even when nobody waits (one per result).
@@ -40,6 +40,9 @@ pub(super) struct Routing {
     pub(super) room: Vec<Waker>,
     /// The group's drainer is in the reactor (see `awaits`).
     pub(super) armed: bool,
+    /// The drainer found another thread draining and went to sleep: that
+    /// thread wakes it when it stops (results may be left in the ring).
+    pub(super) poke: bool,
 }
 
 /// Hashing for stream ids: one multiplication (by 2^64 / the golden ratio).
@@ -373,12 +376,12 @@ impl Drop for Draining<'_> {
     fn drop(&mut self) {
         let mut routing = lock(&self.0.routing);
         routing.draining = false;
-        let armed = routing.armed;
+        let poke = std::mem::take(&mut routing.poke);
         self.0.wake_routed(routing);
-        if armed {
-            // The group's drainer may have found us draining and gone to
-            // sleep on the ring's event: results we left in the ring are
-            // its to route now. It announced on the event, so this wakes it.
+        if poke {
+            // The group's drainer found us draining and went to sleep on
+            // the ring's event: results we left in the ring are its to
+            // route now. It announced on the event, so this wakes it.
             self.0.results.readable().notify();
         }
     }
