@@ -152,7 +152,9 @@ impl Rig {
         Ok(Rig { runtime, awaited, waited, socket: Some(socket), child })
     }
 
-    fn measure(&mut self, row: Row, params: &Params) -> BoxResult<Latency> {
+    /// One round of `row`: its figures and its mean round trip (where the
+    /// rare slow ones show, which the percentiles hide).
+    fn measure(&mut self, row: Row, params: &Params) -> BoxResult<(Latency, Duration)> {
         let Params { warm_up, iterations, .. } = *params;
         let (samples, cpu) = match row {
             Row::Await => {
@@ -176,7 +178,8 @@ impl Rig {
             }
         };
         let samples = samples?;
-        Ok(Latency::from_histogram(row.name(), &samples).with_cpu(cpu, samples.len() as usize))
+        let mean = Duration::from_nanos(samples.mean() as u64);
+        Ok((Latency::from_histogram(row.name(), &samples).with_cpu(cpu, samples.len() as usize), mean))
     }
 
     /// Closes the socket, which ends the child, and checks its exit.
@@ -222,15 +225,19 @@ pub fn measure(mode: Mode) -> BoxResult<Vec<Section>> {
 fn measure_latency(params: &Params) -> BoxResult<Section> {
     let mut rig = Rig::new()?;
     let mut figures = vec![Rounds::default(); ROWS.len()];
+    let mut means = vec![Vec::new(); ROWS.len()];
     for round in 0..params.rounds {
         for index in rotated(round, ROWS.len()) {
             let row = ROWS[index];
             progress(&format!("async round trip, round {}/{}: {}", round + 1, params.rounds, row.name()));
-            figures[index].rounds.push(rig.measure(row, params)?);
+            let (latency, mean) = rig.measure(row, params)?;
+            figures[index].rounds.push(latency);
+            means[index].push(mean);
         }
     }
     rig.finish()?;
-    Ok(latency_section(params, &figures))
+    let means: Vec<Duration> = means.into_iter().map(median).collect();
+    Ok(latency_section(params, &figures, &means))
 }
 
 /// The median over the rounds of one figure of each round.
@@ -239,7 +246,8 @@ fn median_of(rounds: &Rounds, figure: impl Fn(&Latency) -> Option<Duration>) -> 
     (!values.is_empty()).then(|| median(values))
 }
 
-fn latency_section(params: &Params, figures: &[Rounds]) -> Section {
+/// The round-trip table; `means` are the rows' median means over the rounds.
+fn latency_section(params: &Params, figures: &[Rounds], means: &[Duration]) -> Section {
     let mut section = Section::new(
         "async_latency",
         format!(
@@ -258,6 +266,7 @@ fn latency_section(params: &Params, figures: &[Rounds]) -> Section {
             Column::new("spread", "p50_spread"),
             Column::new("p90", "p90_ns"),
             Column::new("p99", "p99_ns"),
+            Column::new("mean", "mean_ns"),
             Column::new("CPU/op", "cpu_per_op_ns"),
             Column::new("vs .await (p50)", "p50_vs_await"),
         ],
@@ -267,7 +276,7 @@ fn latency_section(params: &Params, figures: &[Rounds]) -> Section {
         figures[at].p50().map(|d| d.as_secs_f64())
     };
     let reference = p50(Row::Await);
-    for (row, f) in ROWS.iter().zip(figures) {
+    for ((row, f), mean) in ROWS.iter().zip(figures).zip(means) {
         section.row(
             row.name(),
             vec![
@@ -275,6 +284,7 @@ fn latency_section(params: &Params, figures: &[Rounds]) -> Section {
                 f.spread().map_or(Cell::Empty, |s| Cell::Text(format!("±{:.0}%", s * 100.0))),
                 median_of(f, |l| Some(l.p90)).map_or(Cell::Empty, Cell::time),
                 f.p99().map_or(Cell::Empty, Cell::time),
+                Cell::time(*mean),
                 median_of(f, |l| l.cpu_per_op).map_or(Cell::Empty, Cell::time),
                 if *row == Row::Await { Cell::Reference } else { Cell::slower(p50(*row), reference) },
             ],
@@ -295,7 +305,7 @@ fn latency_section(params: &Params, figures: &[Rounds]) -> Section {
         ));
     }
     section.note(
-        "p50 (median), p90, p99, CPU/op: the median over the rounds of each round's figure; spread: ±half the range \
+        "p50 (median), p90, p99, mean, CPU/op: the median over the rounds of each round's figure; spread: ±half the range \
          of the rounds' p50s, of their median; CPU/op: CPU time of both processes (all threads: the runtime's, the \
          shmpool reactor's) per timed round trip",
     );
@@ -481,10 +491,11 @@ mod tests {
     #[test]
     fn the_goal_lines_follow_the_figures_shown() {
         let params = Params::new(Mode::Quick);
-        let met = latency_section(&params, &figures(1_000, 800, 20_000));
+        let means = [Duration::from_micros(1); 3];
+        let met = latency_section(&params, &figures(1_000, 800, 20_000), &means);
         assert!(met.notes[0].contains("1.25x, MET"), "{:?}", met.notes);
         assert!(met.notes[1].contains("20.0x faster, MET"), "{:?}", met.notes);
-        let missed = latency_section(&params, &figures(2_000, 900, 8_000));
+        let missed = latency_section(&params, &figures(2_000, 900, 8_000), &means);
         assert!(missed.notes[0].contains("2.22x, MISSED"), "{:?}", missed.notes);
         assert!(missed.notes[1].contains("4.0x faster, MISSED"), "{:?}", missed.notes);
         assert_eq!(missed.rows.len(), ROWS.len());
