@@ -30,6 +30,9 @@
 //! * **pipeline**: N workers digesting 4 MiB shared buffers against N threads
 //!   of one process over the same buffers and Python's shared_memory; first
 //!   pass and steady state apart.
+//! * **async**: a `Ticket` awaited on a tokio current-thread runtime beside
+//!   the blocking wait and a tokio `UnixStream` to a child process; 10,000
+//!   tickets awaited at once; the CPU a process burns while a future waits.
 //!
 //! Every ratio compares rows measured in the same run. The peers are this
 //! binary re-executed with the hidden first argument `--peer ROLE`, or
@@ -37,6 +40,7 @@
 //! when `python3` is missing).
 
 mod affinity;
+mod asyncs;
 mod common;
 mod crc32;
 mod floor;
@@ -74,13 +78,14 @@ Options:
   --json FILE      also write the figures to FILE as JSON
   --plot DIR       also write SVG charts and the tables (tables.md) to DIR
   --only SECTIONS  measure only these, comma-separated, of: latency, throughput,
-                   oneway, payload, idle, locks, map, handoff, pipeline
+                   oneway, payload, idle, locks, map, handoff, pipeline,
+                   async
   -h, --help       print this help
 ";
 
 /// The sections `--only` accepts, in the order they run.
-const SECTIONS: [&str; 9] =
-    ["latency", "throughput", "oneway", "payload", "idle", "locks", "map", "handoff", "pipeline"];
+const SECTIONS: [&str; 10] =
+    ["latency", "throughput", "oneway", "payload", "idle", "locks", "map", "handoff", "pipeline", "async"];
 
 fn main() {
     shmpool::init();
@@ -223,6 +228,9 @@ fn run(options: &Options) -> BoxResult<()> {
     }
     if options.wants("pipeline") {
         sections.push(pipeline::measure_pipeline(mode)?);
+    }
+    if options.wants("async") {
+        sections.extend(asyncs::measure(mode)?);
     }
     if let Some(floor) = &floor {
         sections.push(floor_section(floor));

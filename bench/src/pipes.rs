@@ -33,7 +33,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    fn arg(self) -> &'static str {
+    pub fn arg(self) -> &'static str {
         match self {
             Transport::Pipe => "pipe",
             Transport::Unix => "unix",
