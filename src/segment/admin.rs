@@ -25,8 +25,14 @@ impl NamedSegment {
     /// Left behind: its creator is dead (or its header unreadable) and no
     /// process maps it.
     pub fn is_stale(&self) -> bool {
-        !self.creator_alive && self.attached.is_empty()
+        self.attached.is_empty() && (!self.creator_alive || shared_by_name(&self.name))
     }
+}
+
+/// Topics and queues belong to all their members, not to their creator:
+/// one that no process maps is left behind, whoever created it.
+fn shared_by_name(name: &str) -> bool {
+    name.starts_with("topic.") || name.starts_with("queue.")
 }
 
 /// Every shmpool segment in `/dev/shm`, with its creator and who maps it.
@@ -95,7 +101,7 @@ pub(super) fn remove_if_stale(name: &str) -> Result<bool, SegmentError> {
         Err(SegmentError::NotReady) | Err(SegmentError::Truncated { .. }) => old,
         Err(_) => false,
     };
-    let stale = creator_dead && process::pids_mapping(&format!("/dev/shm/{path}")).is_empty();
+    let stale = (creator_dead || shared_by_name(name)) && process::pids_mapping(&format!("/dev/shm/{path}")).is_empty();
     // Unlink only the very file that was checked: another process may have
     // replaced the name meanwhile (a service restarting).
     let same = std::fs::metadata(format!("/dev/shm/{path}"))

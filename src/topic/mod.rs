@@ -389,10 +389,39 @@ impl<T: Payload> TopicBuilder<T> {
         s.depth = s.depth.next_power_of_two();
         // The default overflow policy rides in `capacity`, unused by topics.
         s.capacity = self.overflow.code();
-        let shared =
-            Shared::attach::<T>(&format!("topic.{}", self.name), &self.name, layout::KIND_TOPIC, &self.shape, create)?;
+        let seg_name = segment_name("topic", &self.name)?;
+        check_kind("queue", &self.name)?;
+        let shared = Shared::attach::<T>(&seg_name, &self.name, layout::KIND_TOPIC, &self.shape, create)?;
         Ok(Topic { shared: Arc::new(shared), _type: PhantomData })
     }
+}
+
+/// The segment name of the topic or queue `name`: `<kind>.<name>`, with
+/// `/` (allowed in topic names: "plant/temps") spelt `._` and `.` spelt
+/// `..` (segment names allow letters, digits, `.`, `_` and `-` only).
+pub(crate) fn segment_name(kind: &str, name: &str) -> Result<String, TopicError> {
+    let mut out = format!("{kind}.");
+    for c in name.chars() {
+        match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => out.push(c),
+            '.' => out.push_str(".."),
+            '/' => out.push_str("._"),
+            _ => return Err(TopicError::Config("a topic or queue name is letters, digits, '.', '_', '-' and '/'")),
+        }
+    }
+    if name.is_empty() || out.len() > 64 {
+        return Err(TopicError::Config("a topic or queue name is 1 to about 58 characters"));
+    }
+    Ok(out)
+}
+
+/// `WrongKind` if `name` exists as the other kind of object.
+pub(crate) fn check_kind(other: &str, name: &str) -> Result<(), TopicError> {
+    let seg = segment_name(other, name)?;
+    if std::path::Path::new(&format!("/dev/shm/shmpool.{seg}")).exists() {
+        return Err(TopicError::WrongKind(name.to_owned()));
+    }
+    Ok(())
 }
 
 /// The timeout form's deadline (`Duration::MAX`: none).

@@ -18,6 +18,9 @@ use crate::wait::{self, Deadline};
 
 /// How often a blocked publisher looks at the subscriber it waits for.
 const CHECK: Duration = Duration::from_millis(50);
+/// How many times a `DropOldest` push makes room before it gives up (a
+/// subscriber that stopped in the middle of a pop holds the slot).
+const DROP_TRIES: u32 = 1000;
 /// Every this many sends, a publisher reclaims what dead members held.
 const REAP_EVERY: u32 = 1024;
 
@@ -51,13 +54,16 @@ impl<T: Payload> Publisher<T> {
     }
 
     /// [`Publisher::send`], waiting at most `timeout` in all for full
-    /// queues (`Duration::MAX`: no limit): [`TopicError::Timeout`] then,
-    /// and the subscribers it had reached keep the sample.
+    /// queues (`Duration::MAX`: no limit): [`TopicError::Timeout`] if a
+    /// `Block` queue stayed full; every other subscriber (and the history)
+    /// still gets the sample.
     pub fn send_timeout(&self, value: &T::Input, timeout: Duration) -> Result<usize, TopicError> {
         self.send_until(value, deadline(timeout))
     }
 
-    /// Sends only if no queue it would wait for is full (`Timeout` if one is).
+    /// Sends only if no `Block` queue is full (`Timeout` if one is, and then
+    /// nobody gets the sample; a queue that fills in the meantime is
+    /// skipped and the result is `Timeout` too).
     pub fn try_send(&self, value: &T::Input) -> Result<usize, TopicError> {
         self.send_until(value, Deadline::now())
     }
@@ -107,15 +113,19 @@ impl<T: Payload> Publisher<T> {
             None => None,
         };
         let subs = &h.subscribers[..shared.subs.len()];
-        // Refuse: a full queue refuses the whole sample, before anyone gets it.
+        // Refuse: a full queue refuses the whole sample, before anyone gets
+        // it; so does a full Block queue for a try (`try_send`).
         for (slot, ring) in subs.iter().zip(&shared.subs) {
-            if slot.state.load(Ordering::Acquire) == ACTIVE
-                && Overflow::from_code(slot.overflow.load(Ordering::Relaxed)) == Overflow::Refuse
-                && !ring.can_push()
-            {
-                return Err(TopicError::Full);
+            if slot.state.load(Ordering::Acquire) != ACTIVE || ring.can_push() {
+                continue;
+            }
+            match Overflow::from_code(slot.overflow.load(Ordering::Relaxed)) {
+                Overflow::Refuse => return Err(TopicError::Full),
+                Overflow::Block if deadline.passed() => return Err(TopicError::Timeout),
+                _ => {}
             }
         }
+        let mut timed_out = false;
         let entry = encode_ref(loan.off, loan.seq);
         let mut reached = 0;
         for (i, (slot, ring)) in subs.iter().zip(&shared.subs).enumerate() {
@@ -146,8 +156,10 @@ impl<T: Payload> Publisher<T> {
                     match waited {
                         Ok(r) => r,
                         Err(wait::Waited::TimedOut) => {
-                            layout::release(&shared.seg, loan.off);
-                            return Err(TopicError::Timeout);
+                            // The others still get it (and the history);
+                            // the caller learns that one queue stayed full.
+                            timed_out = true;
+                            Err(RingError::Timeout)
                         }
                         Err(wait::Waited::Peer(pid)) => {
                             shared.clean_subscriber(i, pid);
@@ -155,18 +167,37 @@ impl<T: Payload> Publisher<T> {
                         }
                     }
                 }
-                Overflow::DropOldest => loop {
-                    match self.push_now(i as u32, ring, entry) {
-                        Err(RingError::WouldBlock) => {
-                            // Make room: the oldest sample leaves this queue.
-                            if let Some(old) = self.pop_now(i as u32, ring) {
-                                layout::release(&shared.seg, old);
-                                slot.missed.fetch_add(1, Ordering::Relaxed);
+                Overflow::DropOldest => {
+                    let mut tries = 0u32;
+                    loop {
+                        match self.push_now(i as u32, ring, entry) {
+                            Err(RingError::WouldBlock) if tries < DROP_TRIES => {
+                                tries += 1;
+                                // Make room: the oldest sample leaves this queue.
+                                match self.pop_now(i as u32, ring) {
+                                    Some(old) => {
+                                        layout::release(&shared.seg, old);
+                                        slot.missed.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    // The subscriber is taking it right now.
+                                    None => std::thread::yield_now(),
+                                }
                             }
+                            Err(RingError::WouldBlock) => {
+                                // Full and nothing to drop for that long: a
+                                // subscriber stopped mid-pop. This sample is
+                                // lost to it (counted); a dead one is reclaimed.
+                                slot.missed.fetch_add(1, Ordering::Relaxed);
+                                let pid = slot.pid.load(Ordering::Relaxed);
+                                if !process::is_alive(pid) {
+                                    shared.clean_subscriber(i, pid);
+                                }
+                                break Err(RingError::WouldBlock);
+                            }
+                            other => break other,
                         }
-                        other => break other,
                     }
-                },
+                }
                 Overflow::Refuse => {
                     let r = self.push_now(i as u32, ring, entry);
                     if r.is_err() {
@@ -195,6 +226,9 @@ impl<T: Payload> Publisher<T> {
             }
         }
         loan.sent = true;
+        if timed_out {
+            return Err(TopicError::Timeout);
+        }
         Ok(reached)
     }
 }

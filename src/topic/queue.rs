@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
-use super::layout::{self, ACTIVE, CLEANING, FREE, KIND_QUEUE};
+use super::layout::{self, ACTIVE, CLEANING, FREE, KIND_QUEUE, RETIRING};
 use super::members::{claim_slot, encode_ref, push_ref, Shared, SHARED_RING};
 use super::subscriber::{pop_ref, RESERVED};
 use super::{deadline, Payload, Shape, TopicError};
@@ -92,7 +92,9 @@ impl<T: Payload> QueueBuilder<T> {
         if !(1..=1 << 20).contains(&self.shape.capacity) {
             return Err(TopicError::Config("capacity must be between 1 and 2^20"));
         }
-        let shared = Shared::attach::<T>(&format!("queue.{}", self.name), &self.name, KIND_QUEUE, &self.shape, create)?;
+        let seg_name = super::segment_name("queue", &self.name)?;
+        super::check_kind("topic", &self.name)?;
+        let shared = Shared::attach::<T>(&seg_name, &self.name, KIND_QUEUE, &self.shape, create)?;
         Ok(Queue {
             shared: Arc::new(shared),
             consumer: OnceLock::new(),
@@ -331,15 +333,25 @@ impl<T: Payload> Drop for Queue<T> {
         }
         if let Some(&c) = self.consumer.get() {
             let slot = &h.subscribers[c];
-            // Items still held keep their records; they are acked, requeued
-            // on drop, or reclaimed with the process.
-            if slot.held.iter().all(|x| x.load(Ordering::Acquire) == 0)
-                && slot.state.compare_exchange(ACTIVE, CLEANING, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-            {
-                slot.state.store(FREE, Ordering::Release);
-                slot.pid.store(0, Ordering::Release);
+            // Items still held keep their records and the slot: the last of
+            // them to be acked or requeued frees it (or it is reclaimed
+            // with the process).
+            if slot.state.compare_exchange(ACTIVE, RETIRING, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                free_if_retired(slot);
             }
         }
+    }
+}
+
+/// Frees a consumer slot whose queue was dropped once it holds no item.
+fn free_if_retired(slot: &layout::SubSlot) {
+    if slot.state.load(Ordering::Acquire) == RETIRING
+        && slot.held.iter().all(|x| x.load(Ordering::Acquire) == 0)
+        && slot.state.compare_exchange(RETIRING, CLEANING, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    {
+        // The state first: a joiner claims the slot by its pid, after this.
+        slot.state.store(FREE, Ordering::Release);
+        slot.pid.store(0, Ordering::Release);
     }
 }
 
@@ -435,6 +447,7 @@ impl<T: Payload> Item<T> {
             layout::unrecord(held, self.at, self.off);
             layout::release(&self.seg, self.off);
         }
+        free_if_retired(&self.shared.header().subscribers[self.slot]);
     }
 }
 
