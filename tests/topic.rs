@@ -5,6 +5,7 @@
 //! checks that its `/dev/shm` names are gone at the end.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -921,5 +922,39 @@ fn the_name_goes_once_the_last_member_was_killed_and_someone_looks() {
     member.kill();
     // Nobody left it, and nobody maps it any more: the next look removes it.
     assert!(matches!(Topic::<Bytes>::open(&name), Err(TopicError::NotFound(_))));
+    shm.assert_gone();
+}
+
+#[test]
+fn send_async_waits_for_room_in_a_block_queue_and_completes_when_it_is_drained() {
+    let _w = watchdog("send_async on a full Block queue", LIMIT);
+    let name = unique("sendasync");
+    let shm = ShmName::topic(&name);
+    {
+        let topic = Topic::<u64>::builder(&name).depth(2).overflow(Overflow::Block).open_or_create().unwrap();
+        let sub = topic.subscriber().unwrap();
+        let publisher = topic.publisher().unwrap();
+        publisher.send(&1).unwrap();
+        publisher.send(&2).unwrap();
+        let mut send = Box::pin(publisher.send_async(&3));
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(send.as_mut().poll(&mut cx).is_pending(), "the queue is full: the send waits");
+        assert_eq!(sub.try_recv().unwrap().to_native(), 1);
+        assert!(sub.try_recv().is_ok());
+        // Room now: the same future completes, and the sample is sent once.
+        let reached = futures::executor::block_on(send).unwrap();
+        assert_eq!(reached, 1);
+        assert_eq!(sub.try_recv().unwrap().to_native(), 3);
+        assert!(matches!(sub.try_recv(), Err(TopicError::Timeout)));
+        // A dropped pending send sends nothing.
+        publisher.send(&4).unwrap();
+        publisher.send(&5).unwrap();
+        let mut dropped = Box::pin(publisher.send_async(&6));
+        assert!(dropped.as_mut().poll(&mut cx).is_pending());
+        drop(dropped);
+        let got: Vec<u64> = std::iter::from_fn(|| sub.try_recv().ok().map(|s| s.to_native())).collect();
+        assert_eq!(got, vec![4, 5]);
+    }
     shm.assert_gone();
 }

@@ -2,10 +2,12 @@
 //! reference to it is pushed into every subscriber's queue.
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use super::layout::{self, ACTIVE};
@@ -14,6 +16,7 @@ use super::{deadline, Bytes, Overflow, Payload, TopicError};
 use crate::ring::RingError;
 use crate::sync::SpinPolicy;
 use crate::sys::process;
+use crate::wait::reactor::Parked;
 use crate::wait::{self, Deadline};
 
 /// How often a blocked publisher looks at the subscriber it waits for.
@@ -62,10 +65,45 @@ impl<T: Payload> Publisher<T> {
     }
 
     /// Sends only if no `Block` queue is full (`Timeout` if one is, and then
-    /// nobody gets the sample; a queue that fills in the meantime is
-    /// skipped and the result is `Timeout` too).
+    /// nobody gets the sample). A queue another publisher fills in the
+    /// meantime misses the sample (counted in its `missed()`).
     pub fn try_send(&self, value: &T::Input) -> Result<usize, TopicError> {
         self.send_until(value, Deadline::now())
+    }
+
+    /// [`Publisher::send`] as a future (the same send, polled: see
+    /// [`Ticket`](crate::Ticket)'s "As a future"): while a `Block`
+    /// subscriber's queue is full, the task parks on that queue until it
+    /// has room (or the subscriber is found dead and reclaimed). Dropping
+    /// it before it completes sends nothing.
+    pub fn send_async<'a>(&'a self, value: &'a T::Input) -> impl Future<Output = Result<usize, TopicError>> + 'a {
+        let mut parked = Parked::default();
+        std::future::poll_fn(move |cx| {
+            let attempt = || match self.send_until(value, Deadline::now()) {
+                Err(TopicError::Timeout) => None,
+                done => Some(done),
+            };
+            if let Some(done) = attempt() {
+                return Poll::Ready(done);
+            }
+            // A full Block queue held the sample back: park on it. Dead
+            // subscribers are reclaimed at each re-poll.
+            self.shared.reap();
+            let h = self.shared.header();
+            let full = h.subscribers[..self.shared.subs.len()].iter().zip(&self.shared.subs).find(|(slot, ring)| {
+                slot.state.load(Ordering::Acquire) == ACTIVE
+                    && Overflow::from_code(slot.overflow.load(Ordering::Relaxed)) == Overflow::Block
+                    && !ring.can_push()
+            });
+            match full {
+                Some((_, ring)) => parked.park(cx, &self.shared.seg, ring.writable(), Some(CHECK), attempt),
+                // It has room again: try at once.
+                None => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }
+        })
     }
 
     fn send_until(&self, value: &T::Input, deadline: Deadline) -> Result<usize, TopicError> {
@@ -126,6 +164,7 @@ impl<T: Payload> Publisher<T> {
             }
         }
         let mut timed_out = false;
+        let is_try = deadline.passed();
         let entry = encode_ref(loan.off, loan.seq);
         let mut reached = 0;
         for (i, (slot, ring)) in subs.iter().zip(&shared.subs).enumerate() {
@@ -155,6 +194,13 @@ impl<T: Payload> Publisher<T> {
                     );
                     match waited {
                         Ok(r) => r,
+                        Err(wait::Waited::TimedOut) if is_try => {
+                            // Filled since the check above (another
+                            // publisher): lost to this one, counted, and the
+                            // try still reports what it reached.
+                            slot.missed.fetch_add(1, Ordering::Relaxed);
+                            Err(RingError::Timeout)
+                        }
                         Err(wait::Waited::TimedOut) => {
                             // The others still get it (and the history);
                             // the caller learns that one queue stayed full.
