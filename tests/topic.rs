@@ -146,7 +146,7 @@ fn child_role() {
         "bytes_sub" => role_bytes_sub(a[0], &parse_sizes(a[1])),
         "history_sub" => role_history_sub(a[0], a[1].parse().unwrap()),
         "open_wrong" => role_open_wrong(a[0]),
-        "consumer" => role_consumer(a[0], a[1].parse().unwrap(), a[2].parse().unwrap()),
+        "consumer" => role_consumer(a[0], a[1].parse().unwrap(), a[2].parse().unwrap(), a.get(3).is_some()),
         "publisher" => role_publisher(a[0], a[1].parse().unwrap()),
         "pusher" => role_pusher(a[0], a[1].parse().unwrap()),
         other => panic!("unknown role {other}"),
@@ -260,9 +260,12 @@ fn role_open_wrong(name: &str) {
 /// Pops jobs, acking each (says "ACK id"), until a `STOP`. With
 /// `hold_after > 0`, after that many acks it takes `hold` more, keeps them
 /// unacked, says "HOLDING ids" and waits to be killed.
-fn role_consumer(name: &str, hold_after: usize, hold: usize) {
+fn role_consumer(name: &str, hold_after: usize, hold: usize, wait_for_go: bool) {
     let queue = Queue::<Job>::open(name).unwrap();
     say("READY");
+    if wait_for_go {
+        assert_eq!(hear(WAIT).as_deref(), Some("go"));
+    }
     let mut acked = 0;
     loop {
         let item = queue.pop_timeout(WAIT).unwrap();
@@ -611,8 +614,10 @@ fn a_queue_with_three_consumer_processes_loses_nothing_when_one_is_killed() {
         let queue = Queue::<Job>::builder(&name).capacity(64).open_or_create().unwrap();
         let (tx, rx) = mpsc::channel();
         let mut victim = Proc::spawn_into("consumer", &[&name, "10", &HOLD.to_string()], 0, tx.clone());
+        // The survivors start once the victim holds its jobs: on a loaded
+        // machine they could otherwise take every job before it gets any.
         let mut survivors: Vec<Proc> =
-            (1..3).map(|id| Proc::spawn_into("consumer", &[&name, "0", "0"], id, tx.clone())).collect();
+            (1..3).map(|id| Proc::spawn_into("consumer", &[&name, "0", "0", "go"], id, tx.clone())).collect();
         drop(tx);
         let next = |what: &str| -> (usize, String) {
             rx.recv_timeout(WAIT).unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
@@ -637,6 +642,9 @@ fn a_queue_with_three_consumer_processes_loses_nothing_when_one_is_killed() {
                     assert_eq!(id, 0);
                     held = ids.split(',').map(|x| x.parse::<u64>().unwrap()).collect();
                     victim.kill();
+                    for s in survivors.iter_mut() {
+                        s.tell("go");
+                    }
                 } else {
                     let job: u64 = line.strip_prefix("ACK ").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
                     acks.entry(job).or_default().push(id);
