@@ -33,6 +33,8 @@ pub struct Publisher<T: Payload> {
     shared: Arc<Shared>,
     slot: usize,
     sends: AtomicU32,
+    /// How a send waits for room in a `Block` queue.
+    spin: SpinPolicy,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -46,7 +48,14 @@ impl<T: Payload> Publisher<T> {
     pub(super) fn new(shared: Arc<Shared>) -> Result<Publisher<T>, TopicError> {
         shared.reap();
         let slot = claim_slot(shared.header().publishers.iter().map(|p| &p.pid), "publishers")?;
-        Ok(Publisher { shared, slot, sends: AtomicU32::new(0), _type: PhantomData })
+        Ok(Publisher { shared, slot, sends: AtomicU32::new(0), spin: SpinPolicy::DEFAULT, _type: PhantomData })
+    }
+
+    /// Waits for room in `Block` queues with `spin` instead of the default
+    /// (`SpinPolicy::BUSY_POLL` never sleeps: see its doc for when that starves).
+    pub fn with_spin(mut self, spin: SpinPolicy) -> Self {
+        self.spin = spin;
+        self
     }
 
     /// Sends `value` to every subscriber; returns how many it reached.
@@ -186,8 +195,7 @@ impl<T: Payload> Publisher<T> {
                         deadline,
                         CHECK,
                         |until| {
-                            let r =
-                                ring.push_many_recorded(1, Some(until), SpinPolicy::DEFAULT, Some(&me.claim), write);
+                            let r = ring.push_many_recorded(1, Some(until), self.spin, Some(&me.claim), write);
                             r.map(|_| ())
                         },
                         || if process::is_alive(pid) { Ok(()) } else { Err(pid) },
