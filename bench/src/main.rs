@@ -33,6 +33,9 @@
 //! * **async**: a `Ticket` awaited on a tokio current-thread runtime beside
 //!   the blocking wait and a tokio `UnixStream` to a child process; 10,000
 //!   tickets awaited at once; the CPU a process burns while a future waits.
+//! * **topics**: a named `Topic` from 1 publisher to 1, 2 and 4 subscriber
+//!   processes against iceoryx2 publish-subscribe (latency, throughput), and
+//!   a named `Queue` with 2 consumer processes against Redis Streams.
 //!
 //! Every ratio compares rows measured in the same run. The peers are this
 //! binary re-executed with the hidden first argument `--peer ROLE`, or
@@ -57,6 +60,7 @@ mod plot;
 mod process;
 mod report;
 mod roundtrip;
+mod topics;
 
 use std::path::PathBuf;
 
@@ -79,13 +83,13 @@ Options:
   --plot DIR       also write SVG charts and the tables (tables.md) to DIR
   --only SECTIONS  measure only these, comma-separated, of: latency, throughput,
                    oneway, payload, idle, locks, map, handoff, pipeline,
-                   async
+                   async, topics
   -h, --help       print this help
 ";
 
 /// The sections `--only` accepts, in the order they run.
-const SECTIONS: [&str; 10] =
-    ["latency", "throughput", "oneway", "payload", "idle", "locks", "map", "handoff", "pipeline", "async"];
+const SECTIONS: [&str; 11] =
+    ["latency", "throughput", "oneway", "payload", "idle", "locks", "map", "handoff", "pipeline", "async", "topics"];
 
 fn main() {
     shmpool::init();
@@ -119,6 +123,7 @@ fn run_peer(args: &[String]) -> BoxResult<()> {
         Some(SINK) => pipes::run_sink(rest.first().map(String::as_str)),
         Some(role) if role.starts_with("oneway-") => oneway::run_peer(role, rest),
         Some(role) if role.starts_with("rt-") => peers::run_peer(role, rest),
+        Some(role) if role.starts_with("topics-") => topics::run_peer(role, rest),
         transport => pipes::run_peer(transport),
     }
 }
@@ -231,6 +236,11 @@ fn run(options: &Options) -> BoxResult<()> {
     }
     if options.wants("async") {
         sections.extend(asyncs::measure(mode)?);
+    }
+    if options.wants("topics") {
+        let result = topics::measure(mode, machine.cores)?;
+        sections.extend(topics::sections(&result));
+        plots.topics = Some(result);
     }
     if let Some(floor) = &floor {
         sections.push(floor_section(floor));

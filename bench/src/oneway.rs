@@ -20,9 +20,9 @@ use crate::common::{format_bytes, format_nanos, progress, rotated, BoxResult, La
 use crate::floor;
 use crate::report::{Cell, Column, Section};
 
-mod iox;
+pub(crate) mod iox;
 mod ipc;
-mod link;
+pub(crate) mod link;
 mod shm;
 
 use link::{Echoed, Plan, Streamed};
@@ -211,7 +211,7 @@ pub fn measure(mode: Mode) -> BoxResult<OneWay> {
 }
 
 /// Files of this run's iceoryx2 services still in /dev/shm or /tmp/iceoryx2.
-fn leftovers(prefix: &str) -> Vec<String> {
+pub(crate) fn leftovers(prefix: &str) -> Vec<String> {
     fn walk(dir: &Path, prefix: &str, found: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         for entry in entries.flatten() {

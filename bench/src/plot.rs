@@ -8,6 +8,7 @@ use std::path::Path;
 
 use crate::common::{format_bytes, format_nanos, format_rate, BoxResult, Latency, Machine, Mode, Throughput};
 use crate::oneway::OneWay;
+use crate::topics::Topics;
 
 /// What the charts are drawn from; sections not measured stay empty.
 #[derive(Default)]
@@ -15,6 +16,7 @@ pub struct Data {
     pub latency: Vec<Latency>,
     pub throughput: Vec<Throughput>,
     pub oneway: Option<OneWay>,
+    pub topics: Option<Topics>,
 }
 
 /// Writes every chart there is data for into `dir`; returns the file names.
@@ -80,12 +82,74 @@ pub fn write_all(dir: &Path, machine: &Machine, mode: Mode, data: &Data) -> BoxR
             ));
         }
     }
+    if let Some(topics) = &data.topics {
+        charts.extend(topics_charts(topics, &caption));
+    }
     let mut written = Vec::new();
     for (name, svg) in charts {
         std::fs::write(dir.join(name), svg)?;
         written.push(name.to_owned());
     }
     Ok(written)
+}
+
+/// The topics section's charts: latency percentiles per size (one line per
+/// transport and subscriber count), throughput per subscriber, and the
+/// work-queue rows.
+fn topics_charts(topics: &Topics, caption: &str) -> Vec<(&'static str, String)> {
+    let subs = |n: usize| format!("{n} sub{}", if n == 1 { "" } else { "s" });
+    let mut charts = Vec::new();
+    let panels: Vec<Panel> = crate::topics::SIZES
+        .iter()
+        .map(|&bytes| Panel {
+            title: format_bytes(bytes),
+            series: topics
+                .latency
+                .iter()
+                .filter(|row| row.bytes == bytes)
+                .map(|row| Series {
+                    name: format!("{} · {}", row.transport.name(), subs(row.subscribers)),
+                    ..percentile_series(&row.latency)
+                })
+                .collect(),
+        })
+        .filter(|panel| !panel.series.is_empty())
+        .collect();
+    if !panels.is_empty() {
+        charts.push((
+            "topics-latency.svg",
+            percentile_chart("Topics: one-way latency percentiles, 1 publisher to N subscribers", &panels, caption),
+        ));
+    }
+    let bars: Vec<(String, f64, String)> = topics
+        .throughput
+        .iter()
+        .map(|row| {
+            let label = format!("{} · {} · {}", format_bytes(row.bytes), subs(row.subscribers), row.transport.name());
+            (label, row.messages_per_second, format_rate(row.messages_per_second))
+        })
+        .collect();
+    if !bars.is_empty() {
+        charts.push((
+            "topics-throughput.svg",
+            bar_chart("Topics: messages each subscriber receives per second (log scale)", &bars, caption),
+        ));
+    }
+    let bars: Vec<(String, f64, String)> = topics
+        .queue
+        .iter()
+        .filter_map(|row| {
+            let f = row.figures.as_ref()?;
+            Some((row.kind.name().to_owned(), f.items_per_second, format_rate(f.items_per_second)))
+        })
+        .collect();
+    if !bars.is_empty() {
+        charts.push((
+            "queue-throughput.svg",
+            bar_chart("Work queue: 1 producer, 2 consumer processes (items/s, log scale)", &bars, caption),
+        ));
+    }
+    charts
 }
 
 /// One line of a percentile chart: nanoseconds at p50, p90, p99, p99.9, max.
@@ -324,6 +388,7 @@ mod tests {
                 elapsed: Duration::from_millis(1),
             }],
             oneway: None,
+            topics: None,
         };
         let written = write_all(&dir, &machine, Mode::Quick, &data).expect("charts are written");
         assert_eq!(written, ["latency.svg", "throughput.svg"]);

@@ -62,7 +62,7 @@ fn config(prefix: &str) -> BoxResult<Config> {
     Ok(config)
 }
 
-fn node(prefix: &str) -> BoxResult<Node<Service>> {
+pub(crate) fn node(prefix: &str) -> BoxResult<Node<Service>> {
     set_log_level(LogLevel::Error);
     Ok(NodeBuilder::new()
         .config(&config(prefix)?)
