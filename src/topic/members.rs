@@ -2,19 +2,23 @@
 //! table (the last member to leave removes the name), and reclaiming what
 //! dead publishers, subscribers and consumers held.
 
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::layout::{self, Header, ACTIVE, CLEANING, DIR_KIND, FREE, JOINING, KIND_QUEUE, MAGIC, RETIRING};
 use super::{type_label, Payload, Shape, TopicError};
-use crate::ring::Ring;
+use crate::ring::{Ring, RingError};
 use crate::segment::{Segment, SegmentError};
+use crate::sync::SpinPolicy;
 use crate::sys::process;
+use crate::wait::{self, Deadline};
 
 /// How long an opener waits for a creator that is still laying the header out.
 const LAYOUT_WAIT: Duration = Duration::from_secs(2);
 /// Ring payload: a sample's offset and sequence number.
 pub(super) const REF_BYTES: u32 = 16;
+/// How often a wait on other members reclaims what dead ones held.
+const REAP_EVERY: Duration = Duration::from_millis(50);
 /// A publisher's `claim_ring` for the shared ring (history, or a queue's items).
 pub(super) const SHARED_RING: u32 = u32::MAX;
 
@@ -281,17 +285,45 @@ impl Shared {
 
     /// Puts a queue item back in the queue, handing it the caller's
     /// reference (recording the push in `claim`, if given).
-    pub fn requeue(&self, off: u64, claim: Option<&std::sync::atomic::AtomicU64>) {
-        let Some(ring) = &self.ring else { return };
+    pub fn requeue(&self, off: u64, claim: Option<&AtomicU64>) {
         let h = self.header();
         let seq = layout::sample(&self.seg, off).map_or(0, |s| s.seq.load(Ordering::Relaxed));
         h.queued.fetch_add(1, Ordering::AcqRel);
-        if push_ref(ring, claim, encode_ref(off, seq)).is_err() {
-            // The ring holds every item there can be: this cannot happen
-            // unless the segment is corrupt. Drop the item rather than wedge.
+        if let Err(e) = self.push_item(claim, encode_ref(off, seq), Deadline::NEVER) {
+            // Only a closed or corrupt ring refuses for good: drop the item
+            // rather than wedge, and say so.
             h.queued.fetch_sub(1, Ordering::AcqRel);
             layout::release(&self.seg, off);
-            log::error!("shmpool: queue {:?}: an item could not be put back (ring full); dropped", self.name);
+            log::error!("shmpool: queue {:?}: an item could not be put back ({e}); dropped", self.name);
+        }
+    }
+
+    /// Pushes an entry into the item ring, waiting (until `deadline`) for
+    /// the slot it laps: the ring has room for every item there can be,
+    /// but a consumer stopped between claiming a slot and releasing it
+    /// holds that position until it goes on (or, dead, is reclaimed: the
+    /// wait reaps every 50 ms).
+    pub fn push_item(&self, claim: Option<&AtomicU64>, entry: [u8; 16], deadline: Deadline) -> Result<(), RingError> {
+        let Some(ring) = &self.ring else { return Err(RingError::Closed) };
+        if push_ref(ring, claim, entry).is_ok() {
+            return Ok(());
+        }
+        let write = |_: usize, dst: &mut [u8]| {
+            dst[..16].copy_from_slice(&entry);
+            16
+        };
+        let pushed = wait::ring_in_slices(
+            deadline,
+            REAP_EVERY,
+            |until| ring.push_many_recorded(1, Some(until), SpinPolicy::DEFAULT, claim, write).map(|_| ()),
+            || {
+                self.reap();
+                Ok::<(), ()>(())
+            },
+        );
+        match pushed {
+            Ok(r) => r,
+            Err(_) => Err(RingError::Timeout),
         }
     }
 

@@ -12,7 +12,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use super::layout::{self, ACTIVE, CLEANING, FREE, KIND_QUEUE, RETIRING};
-use super::members::{claim_slot, encode_ref, push_ref, Shared, SHARED_RING};
+use super::members::{claim_slot, encode_ref, Shared, SHARED_RING};
 use super::subscriber::{pop_ref, RESERVED};
 use super::{deadline, Payload, Shape, TopicError};
 use crate::ring::Ring;
@@ -190,7 +190,7 @@ impl<T: Payload> Queue<T> {
                 got = room();
             }
         }
-        let pushed = self.push_counted(value);
+        let pushed = self.push_counted(value, deadline);
         if pushed.is_err() {
             h.queued.fetch_sub(1, Ordering::AcqRel);
         }
@@ -198,7 +198,7 @@ impl<T: Payload> Queue<T> {
     }
 
     /// Writes and queues one item whose place in the bound is taken.
-    fn push_counted(&self, value: &T::Input) -> Result<(), TopicError> {
+    fn push_counted(&self, value: &T::Input, deadline: Deadline) -> Result<(), TopicError> {
         let shared = &self.shared;
         let producer = self.producer_slot()?;
         let loans = &shared.header().publishers[producer].loans;
@@ -221,9 +221,12 @@ impl<T: Payload> Queue<T> {
             layout::retain(&shared.seg, off);
             let me = &shared.header().publishers[producer];
             me.claim_ring.store(SHARED_RING, Ordering::Relaxed);
-            push_ref(self.ring(), Some(&me.claim), encode_ref(off, seq)).map_err(|e| {
+            shared.push_item(Some(&me.claim), encode_ref(off, seq), deadline).map_err(|e| {
                 layout::release(&shared.seg, off);
-                TopicError::Corrupt(format!("the item ring refused an item within the bound: {e}"))
+                match e {
+                    crate::ring::RingError::Timeout => TopicError::Full,
+                    e => TopicError::Corrupt(format!("the item ring refused an item: {e}")),
+                }
             })
         });
         layout::unrecord(loans, at, off);
