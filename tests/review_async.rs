@@ -30,7 +30,6 @@ fn cpu_time() -> Duration {
 /// woken, which moves the word, which wakes the other: they wake each
 /// other for ever while nothing happens, burning a core.
 #[test]
-#[ignore = "bug: two async waiters on one event wake each other forever (reactor.rs:135, 207)"]
 fn review_two_tasks_waiting_on_one_subscriber_use_no_cpu() {
     let _w = watchdog("review two waiters", Duration::from_secs(60));
     let name = format!("rv-two-waiters-{}", std::process::id());

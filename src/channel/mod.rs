@@ -586,7 +586,8 @@ impl<S: Message, R: Message> Channel<S, R> {
                     return Poll::Ready(done);
                 }
             }
-            parked.park(cx, &self.seg, ring.readable(), Some(PEER_CHECK), || attempt(false))
+            let r = ring.clone();
+            parked.park(cx, &self.seg, ring.readable(), Some(PEER_CHECK), move || r.can_pop(), || attempt(false))
         })
     }
 
@@ -611,7 +612,8 @@ impl<S: Message, R: Message> Channel<S, R> {
                     return Poll::Ready(done);
                 }
             }
-            parked.park(cx, &self.seg, ring.writable(), Some(PEER_CHECK), || attempt(false))
+            let r = ring.clone();
+            parked.park(cx, &self.seg, ring.writable(), Some(PEER_CHECK), move || r.can_push(), || attempt(false))
         })
     }
 

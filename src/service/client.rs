@@ -180,7 +180,17 @@ impl<T: 'static> Client<T> {
             };
             let pushed = match push(c, true) {
                 Some(done) => done,
-                None => match parked.park(cx, &self.seg, self.requests.writable(), Some(CHECK), || push(c, false)) {
+                None => match parked.park(
+                    cx,
+                    &self.seg,
+                    self.requests.writable(),
+                    Some(CHECK),
+                    {
+                        let r = self.requests.clone();
+                        move || r.can_push()
+                    },
+                    || push(c, false),
+                ) {
                     Poll::Ready(done) => done,
                     Poll::Pending => return Poll::Pending,
                 },
@@ -211,7 +221,8 @@ impl<T: 'static> Client<T> {
                 return Poll::Ready(done);
             }
         }
-        parked.park(cx, &self.seg, ring.readable(), Some(CHECK), || answer(c, false))
+        let r = ring.clone();
+        parked.park(cx, &self.seg, ring.readable(), Some(CHECK), move || r.can_pop(), || answer(c, false))
     }
 
     fn request<A: Message, R: Message>(

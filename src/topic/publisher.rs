@@ -21,6 +21,8 @@ use crate::wait::{self, Deadline};
 
 /// How often a blocked publisher looks at the subscriber it waits for.
 const CHECK: Duration = Duration::from_millis(50);
+/// How soon an async send that found the history lock taken looks again.
+const LOCK_RETRY: Duration = Duration::from_millis(1);
 /// How many times a `DropOldest` push makes room before it gives up (a
 /// subscriber that stopped in the middle of a pop holds the slot).
 const DROP_TRIES: u32 = 1000;
@@ -105,12 +107,22 @@ impl<T: Payload> Publisher<T> {
                     && !ring.can_push()
             });
             match full {
-                Some((_, ring)) => parked.park(cx, &self.shared.seg, ring.writable(), Some(CHECK), attempt),
-                // It has room again: try at once.
-                None => {
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
+                Some((_, ring)) => {
+                    let r = ring.clone();
+                    parked.park(cx, &self.shared.seg, ring.writable(), Some(CHECK), move || r.can_push(), attempt)
                 }
+                // No queue is full: another publisher holds the history
+                // lock. Look again in a millisecond (there is no event for
+                // the lock), rather than spin.
+                None => match self.shared.subs.first() {
+                    Some(ring) => {
+                        parked.park(cx, &self.shared.seg, ring.writable(), Some(LOCK_RETRY), || false, attempt)
+                    }
+                    None => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                },
             }
         })
     }

@@ -168,7 +168,12 @@ impl<T: Payload> Queue<T> {
             if let Some(done) = attempt() {
                 return Poll::Ready(done);
             }
-            parked.park(cx, &self.shared.seg, self.ring().writable(), None, attempt)
+            // Room: a place in the bound (pops notify `writable` after they
+            // give theirs back; see `pop_until`).
+            let shared = Arc::clone(&self.shared);
+            let cap = self.capacity();
+            let room = move || shared.header().queued.load(Ordering::Relaxed) < cap;
+            parked.park(cx, &self.shared.seg, self.ring().writable(), None, room, attempt)
         })
     }
 
@@ -281,7 +286,9 @@ impl<T: Payload> Queue<T> {
             if let Some(done) = attempt() {
                 return Poll::Ready(done);
             }
-            parked.park(cx, &self.shared.seg, self.ring().readable(), Some(Duration::from_millis(100)), attempt)
+            let r = self.ring().clone();
+            let ring = self.ring().readable();
+            parked.park(cx, &self.shared.seg, ring, Some(Duration::from_millis(100)), move || r.can_pop(), attempt)
         })
     }
 

@@ -136,7 +136,8 @@ impl<T: Payload> Subscriber<T> {
                     return std::task::Poll::Ready(done);
                 }
             }
-            parked.park(cx, &self.shared.seg, ring.readable(), None, attempt)
+            let r = ring.clone();
+            parked.park(cx, &self.shared.seg, ring.readable(), None, move || r.can_pop(), attempt)
         })
     }
 

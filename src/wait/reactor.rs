@@ -3,14 +3,19 @@
 //! (`futex_waitv`), and wakes their tasks when one moves.
 //!
 //! An async wait is the blocking wait polled: the future tries its step
-//! (the same code the blocking form runs between slices), announces on the
-//! event as a blocking waiter would before it sleeps, tries again, and only
-//! then parks, handing the reactor what a blocking waiter would have slept
-//! on: the event's word and the value its announce left. A notify after
-//! the announce sees the announce (the event's protocol) and changes the
-//! word, so the reactor's `futex_waitv` either returns at once or is woken:
-//! no wake-up is lost, and a sender still makes a system call only when
-//! someone (here, the reactor) sleeps.
+//! (the same code the blocking form runs between slices) and, when it
+//! would block, parks its task with the reactor together with the event it
+//! waits on and a cheap readiness check (a ring can pop, say). The reactor
+//! sleeps for it as a blocking waiter would: in each round it announces on
+//! every event (the event's protocol: a notifier that publishes after the
+//! announce sees it and moves the word), then checks every parked task's
+//! readiness, wakes the ready ones, looks once more at all of them after
+//! the last announce, and sleeps on the words the announces left. A state
+//! change before an announce is seen by the checks after it; one after it
+//! moves the word and wakes the reactor: no wake-up is lost, a sender still
+//! makes a system call only when someone (here, the reactor) sleeps, and
+//! tasks parked on one event never wake each other (only the reactor
+//! announces).
 //!
 //! The reactor knows nothing of pools or channels: it holds [`Source`]s,
 //! each of which does what is due when polled (wakes tasks, drains a ring,
@@ -29,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::segment::Segment;
 use crate::sync::{Announced, Event};
+
 use crate::sys::futex;
 
 /// How often a source that asked for ticks is polled when nothing moves:
@@ -47,16 +53,18 @@ pub(crate) struct Arm {
     word: NonNull<AtomicU32>,
     /// Sleep while the word holds this value.
     value: u32,
-    /// Poll again within [`TICK`] even if the word does not move.
-    tick: bool,
+    /// Poll again by then even if the word does not move.
+    until: Option<Instant>,
 }
 
 impl Arm {
-    /// Sleep on `event` while its word holds the value `announced` left.
+    /// Sleep on `event` while its word holds the value `announced` left;
+    /// with `tick`, poll again within [`TICK`] even if it does not move.
     ///
     /// The event must live in memory the source keeps mapped.
     pub(crate) fn on(event: &Event, announced: Announced, tick: bool) -> Arm {
-        Arm { word: NonNull::from(event.futex_word()), value: announced.word(), tick }
+        let until = tick.then(|| Instant::now() + TICK);
+        Arm { word: NonNull::from(event.futex_word()), value: announced.word(), until }
     }
 }
 
@@ -70,6 +78,14 @@ pub(crate) trait Source: Send + Sync {
     /// says what to sleep on next; `None` when nobody waits any more (the
     /// reactor then drops the source).
     fn poll(&self) -> Option<Arm>;
+
+    /// Whether the source would wake its task if polled now: looked at
+    /// once more after every source of the round announced, so that a
+    /// change that came between its own announce and the last one is not
+    /// slept through.
+    fn ready_now(&self) -> bool {
+        false
+    }
 }
 
 struct Reactor {
@@ -128,12 +144,18 @@ fn run(r: &'static Reactor) {
         let control = r.control.load(Ordering::Acquire);
         sources.append(&mut lock(&r.new));
         let mut arms: Vec<Arm> = Vec::with_capacity(sources.len());
-        let mut tick = false;
         sources.retain(|s| match catch_unwind(AssertUnwindSafe(|| s.poll())) {
             Ok(Some(arm)) => {
-                tick |= arm.tick;
-                if !arms.iter().any(|a| a.word == arm.word) {
-                    arms.push(arm);
+                // The last announce on a word is the value to sleep on.
+                match arms.iter_mut().find(|a| a.word == arm.word) {
+                    Some(a) => {
+                        a.value = arm.value;
+                        a.until = match (a.until, arm.until) {
+                            (Some(x), Some(y)) => Some(x.min(y)),
+                            (x, y) => x.or(y),
+                        };
+                    }
+                    None => arms.push(arm),
                 }
                 true
             }
@@ -145,7 +167,12 @@ fn run(r: &'static Reactor) {
                 false
             }
         });
-        let mut deadline = tick.then(|| Instant::now() + TICK);
+        // After every announce of the round: a source whose condition came
+        // true since its own poll is polled again at once, not slept through.
+        if sources.iter().any(|s| catch_unwind(AssertUnwindSafe(|| s.ready_now())).unwrap_or(true)) {
+            continue;
+        }
+        let mut deadline = arms.iter().filter_map(|a| a.until).min();
         if arms.len() >= futex::WAITV_MAX {
             arms.truncate(futex::WAITV_MAX - 1);
             let soon = Instant::now() + FALLBACK_POLL;
@@ -166,13 +193,14 @@ fn run(r: &'static Reactor) {
     }
 }
 
-/// A parked task waiting for one event's word to move.
+/// A parked task waiting on one event until its readiness check holds.
 struct WakeOn {
     /// Keeps the event mapped.
     _seg: Segment,
     event: NonNull<Event>,
-    announced: Announced,
-    /// Wake the task at this instant even if the event stays quiet.
+    /// Whether the task's step may succeed now (a ring can pop, say).
+    ready: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Wake the task at this instant even if it is not ready.
     recheck: Option<Instant>,
     /// `None` once woken or cancelled.
     waker: Mutex<Option<Waker>>,
@@ -191,12 +219,9 @@ impl WakeOn {
         unsafe { self.event.as_ref() }
     }
 
-    /// Forgets the task (it was woken, or gave up); takes the announce back
-    /// if nobody relies on it.
+    /// Forgets the task (it was woken, or gave up).
     fn cancel(&self) {
-        if lock(&self.waker).take().is_some() {
-            self.event().retract(self.announced);
-        }
+        lock(&self.waker).take();
     }
 }
 
@@ -204,14 +229,23 @@ impl Source for WakeOn {
     fn poll(&self) -> Option<Arm> {
         let mut waker = lock(&self.waker);
         waker.as_ref()?;
-        let moved = self.event().futex_word().load(Ordering::Relaxed) != self.announced.word();
-        if moved || self.recheck.is_some_and(|t| Instant::now() >= t) {
+        // The reactor's own announce, before the look: a change published
+        // after it moves the word we sleep on.
+        let announced = self.event().announce();
+        if (self.ready)() || self.recheck.is_some_and(|t| Instant::now() >= t) {
+            self.event().retract(announced);
             if let Some(w) = waker.take() {
                 w.wake();
             }
             return None;
         }
-        Some(Arm::on(self.event(), self.announced, self.recheck.is_some()))
+        let mut arm = Arm::on(self.event(), announced, false);
+        arm.until = self.recheck;
+        Some(arm)
+    }
+
+    fn ready_now(&self) -> bool {
+        lock(&self.waker).is_some() && (self.ready)()
     }
 }
 
@@ -228,44 +262,43 @@ impl std::fmt::Debug for Parked {
 
 impl Parked {
     /// Parks the task of a wait on `event` (which lives in `seg`), whose
-    /// step the caller has just tried and found wanting: announces on the
-    /// event, tries `attempt()` (the wait's step, `None` when it would
-    /// block) once more, and parks the task with the reactor only if that
-    /// failed too. With `recheck`, the task is polled again after that
-    /// long even if the event stays quiet (so its step can look at a peer).
+    /// step the caller has just tried and found wanting: the reactor wakes
+    /// it once `ready()` holds (a cheap look at the state the step needs;
+    /// a wake it gives in vain costs one more poll), or after `recheck`
+    /// even if not (so the step can look at a peer). `attempt()` (the
+    /// step, `None` when it would block) runs once more after the task is
+    /// parked: what came in between is not missed either way.
     pub(crate) fn park<T>(
         &mut self,
         cx: &mut Context<'_>,
         seg: &Segment,
         event: &Event,
         recheck: Option<Duration>,
+        ready: impl Fn() -> bool + Send + Sync + 'static,
         mut attempt: impl FnMut() -> Option<T>,
     ) -> Poll<T> {
         self.cancel();
-        let announced = event.announce();
-        // The announce ends with the event's fence F2: a state change this
-        // attempt misses is notified after our announce is visible, and
-        // that notify changes the word the reactor sleeps on.
-        if let Some(t) = attempt() {
-            event.retract(announced);
-            return Poll::Ready(t);
-        }
         let parked = Arc::new(WakeOn {
             _seg: seg.clone(),
             event: NonNull::from(event),
-            announced,
+            ready: Box::new(ready),
             recheck: recheck.and_then(|r| Instant::now().checked_add(r)),
             waker: Mutex::new(Some(cx.waker().clone())),
         });
         if !watch(parked.clone()) {
             // No reactor (the thread could not start): poll again soon
             // rather than hang.
-            event.retract(announced);
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         self.0 = Some(parked);
-        Poll::Pending
+        match attempt() {
+            Some(t) => {
+                self.cancel();
+                Poll::Ready(t)
+            }
+            None => Poll::Pending,
+        }
     }
 
     /// Cancels a parked wait, if any.
