@@ -93,13 +93,28 @@ pub(super) struct PubSlot {
     /// here before anything else refers to it, and its record cleared
     /// before the publisher's own reference goes.
     pub loans: [AtomicU64; MAX_LOANS],
-    /// Its claim on a ring while it pushes or pops, `(pos << 8) | n` (0:
-    /// none), and which ring (`members::SHARED_RING` for the history or
-    /// item ring, else a subscriber's index): a publisher killed holding a
-    /// slot leaves it to be poisoned or released, never wedged.
-    pub claim: AtomicU64,
+    /// Its claims on a ring while it pushes and while it pops, `(pos << 8)
+    /// | n` (0: none), and which ring (`members::SHARED_RING` for the
+    /// history or item ring, else a subscriber's index): a publisher killed
+    /// holding a slot leaves it to be poisoned or released, never wedged.
+    /// Apart, so that a push claim, cleared only after its slot is
+    /// published, never names a slot a live subscriber then pops. (One
+    /// publisher handle makes one ring operation at a time: its threads
+    /// take turns, so one record each suffices.)
+    pub push_claim: AtomicU64,
+    pub pop_claim: AtomicU64,
     pub claim_ring: AtomicU32,
     pub _pad2: AtomicU32,
+}
+
+/// Set in a slot's `pid` while a cleaner reclaims it: the low bits are
+/// then the cleaner's pid (a cleaner that dies is taken over).
+pub(super) const CLEANER: u32 = 1 << 31;
+
+/// The live process a slot's `pid` field names: its owner, or the cleaner
+/// reclaiming it (see [`CLEANER`]).
+pub(super) fn slot_pid(raw: u32) -> u32 {
+    raw & !CLEANER
 }
 
 /// A subscriber (or queue consumer).

@@ -5,7 +5,7 @@
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::layout::{self, Header, ACTIVE, CLEANING, DIR_KIND, FREE, JOINING, KIND_QUEUE, MAGIC, RETIRING};
+use super::layout::{self, Header, CLEANING, DIR_KIND, FREE, KIND_QUEUE, MAGIC};
 use super::{type_label, Payload, Shape, TopicError};
 use crate::ring::{Ring, RingError};
 use crate::segment::{Segment, SegmentError};
@@ -33,6 +33,9 @@ pub(super) struct Shared {
     pub subs: Vec<Ring>,
     /// The history ring (topics with history) or the item ring (queues).
     pub ring: Option<Ring>,
+    /// This process's items being given back (`Item::nack`) take turns: a
+    /// consumer slot has one push claim record.
+    pub nack_turn: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -144,7 +147,15 @@ impl Shared {
             0 => None,
             off => Some(Ring::open(&seg, off)?),
         };
-        let mut shared = Shared { seg, header: block.offset, name: name.to_owned(), member: usize::MAX, subs, ring };
+        let mut shared = Shared {
+            seg,
+            header: block.offset,
+            name: name.to_owned(),
+            member: usize::MAX,
+            subs,
+            ring,
+            nack_turn: Default::default(),
+        };
         shared.reap();
         let me = process::current_pid();
         let member = shared
@@ -173,6 +184,13 @@ impl Shared {
         self.header().subscribers.iter().filter(|s| s.state.load(Ordering::Relaxed) != FREE).count()
     }
 
+    /// This process's turn at its publisher's, subscriber's or consumer's
+    /// ring operations: one operation at a time keeps that slot's one
+    /// claim record true when threads share a handle.
+    pub fn turn<'a>(m: &'a std::sync::Mutex<()>) -> std::sync::MutexGuard<'a, ()> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Gives back what dead members held: their member entries, publisher
     /// loans, subscriber queues and held samples (consumers' items go back
     /// to the queue).
@@ -184,16 +202,18 @@ impl Shared {
                 let _ = m.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
             }
         }
+        // A slot whose owner died, or whose cleaner died mid-clean.
+        let dead = |raw: u32| raw != 0 && !process::is_alive(layout::slot_pid(raw));
         for (i, p) in h.publishers.iter().enumerate() {
-            let pid = p.pid.load(Ordering::Acquire);
-            if pid != 0 && !process::is_alive(pid) {
-                self.clean_publisher(i, pid);
+            let raw = p.pid.load(Ordering::Acquire);
+            if dead(raw) {
+                self.clean_publisher(i, raw);
             }
         }
         for (i, s) in h.subscribers.iter().enumerate() {
-            let pid = s.pid.load(Ordering::Acquire);
-            if pid != 0 && !process::is_alive(pid) {
-                self.clean_subscriber(i, pid);
+            let raw = s.pid.load(Ordering::Acquire);
+            if dead(raw) {
+                self.clean_subscriber(i, raw);
             }
         }
     }
@@ -202,11 +222,18 @@ impl Shared {
     /// a sample it was sending keeps the references its subscribers hold).
     pub fn clean_publisher(&self, i: usize, pid: u32) {
         let slot = &self.header().publishers[i];
-        let claim = slot.claim.swap(0, Ordering::AcqRel);
+        // The slot is ours to clean only if it still names the dead process
+        // we saw: another cleaner, or a new publisher, may have it by now.
+        let me = process::current_pid() | layout::CLEANER;
+        if slot.pid.compare_exchange(pid, me, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let push = slot.push_claim.swap(0, Ordering::AcqRel);
+        let pop = slot.pop_claim.swap(0, Ordering::AcqRel);
         if let Some(ring) = self.ring_at(slot.claim_ring.load(Ordering::Relaxed)) {
             // A pop (DropOldest, history trim) releases its reference after
             // the slot: a slot it never released still holds one.
-            undo_claims(ring, claim, claim, |off| layout::release(&self.seg, off));
+            undo_claims(ring, push, pop, |off| layout::release(&self.seg, off));
         }
         for loan in &slot.loans {
             let off = loan.swap(0, Ordering::AcqRel);
@@ -214,7 +241,7 @@ impl Shared {
                 layout::release(&self.seg, off);
             }
         }
-        let _ = slot.pid.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+        slot.pid.store(0, Ordering::Release);
     }
 
     /// Reclaims subscriber (consumer) slot `i` of the dead process `pid`:
@@ -222,17 +249,14 @@ impl Shared {
     /// go back to the queue), and the slot is free again.
     pub fn clean_subscriber(&self, i: usize, pid: u32) {
         let slot = &self.header().subscribers[i];
-        let state = slot.state.load(Ordering::Acquire);
-        if (state != ACTIVE && state != JOINING && state != RETIRING)
-            || slot.state.compare_exchange(state, CLEANING, Ordering::AcqRel, Ordering::Relaxed).is_err()
-        {
+        // Ours to clean only if it still names the dead process (or dead
+        // cleaner) we saw: a new subscriber's slot is never touched.
+        let me = process::current_pid() | layout::CLEANER;
+        if slot.pid.compare_exchange(pid, me, Ordering::AcqRel, Ordering::Relaxed).is_err() {
             return;
         }
-        if slot.pid.load(Ordering::Acquire) != pid {
-            // Another cleaner finished and a new member took the slot.
-            slot.state.store(state, Ordering::Release);
-            return;
-        }
+        // Publishers deliver only to ACTIVE slots.
+        slot.state.store(CLEANING, Ordering::Release);
         let queue = self.header().kind.load(Ordering::Relaxed) == KIND_QUEUE;
         let ring = if queue { self.ring.as_ref() } else { self.subs.get(i) };
         if let Some(ring) = ring {
@@ -254,7 +278,7 @@ impl Shared {
                 }
             });
             if !queue {
-                drain_refs(&self.seg, ring);
+                drain_refs(&self.seg, ring, &slot.pop_claim);
             }
         }
         for held in &slot.held {
@@ -293,6 +317,10 @@ impl Shared {
             // Only a closed or corrupt ring refuses for good: drop the item
             // rather than wedge, and say so.
             h.queued.fetch_sub(1, Ordering::AcqRel);
+            if let Some(ring) = &self.ring {
+                // A pusher may wait for the place this gave back.
+                ring.writable().notify();
+            }
             layout::release(&self.seg, off);
             log::error!("shmpool: queue {:?}: an item could not be put back ({e}); dropped", self.name);
         }
@@ -426,9 +454,10 @@ pub(super) fn pop_ref_now(ring: &Ring, claim: &std::sync::atomic::AtomicU64) -> 
     got
 }
 
-/// Empties a ring of sample references, releasing each.
-pub(super) fn drain_refs(seg: &Segment, ring: &Ring) {
-    while let Ok(n) = ring.try_pop_many(64, |b| {
+/// Empties a ring of sample references, releasing each, the claims
+/// recorded in `claim` (a process killed mid-drain leaves no wedged slot).
+pub(super) fn drain_refs(seg: &Segment, ring: &Ring, claim: &AtomicU64) {
+    while let Ok(n) = ring.try_pop_many_recorded(1, Some(claim), |_, b| {
         if let Some((off, _)) = decode_ref(b) {
             layout::release(seg, off);
         }

@@ -35,6 +35,9 @@ pub struct Publisher<T: Payload> {
     shared: Arc<Shared>,
     slot: usize,
     sends: AtomicU32,
+    /// Threads sharing this publisher send one at a time (its slot has one
+    /// record of each ring claim).
+    turn: std::sync::Mutex<()>,
     /// How a send waits for room in a `Block` queue.
     spin: SpinPolicy,
     _type: PhantomData<fn() -> T>,
@@ -50,7 +53,14 @@ impl<T: Payload> Publisher<T> {
     pub(super) fn new(shared: Arc<Shared>) -> Result<Publisher<T>, TopicError> {
         shared.reap();
         let slot = claim_slot(shared.header().publishers.iter().map(|p| &p.pid), "publishers")?;
-        Ok(Publisher { shared, slot, sends: AtomicU32::new(0), spin: SpinPolicy::DEFAULT, _type: PhantomData })
+        Ok(Publisher {
+            shared,
+            slot,
+            sends: AtomicU32::new(0),
+            turn: Default::default(),
+            spin: SpinPolicy::DEFAULT,
+            _type: PhantomData,
+        })
     }
 
     /// Waits for room in `Block` queues with `spin` instead of the default
@@ -147,7 +157,7 @@ impl<T: Payload> Publisher<T> {
         let loans = &shared.header().publishers[self.slot].loans;
         let Some(at) = layout::record(loans, off) else {
             layout::release(&shared.seg, off);
-            return Err(TopicError::TooMany("loans (at most 4 per publisher)"));
+            return Err(TopicError::TooMany("loans (at most MAX_LOANS = 16 per publisher)"));
         };
         let Some((ptr, len)) = layout::value_ptr(&shared.seg, off) else {
             layout::unrecord(loans, at, off);
@@ -160,6 +170,7 @@ impl<T: Payload> Publisher<T> {
     /// Delivers a loaned sample to every active subscriber, then drops the
     /// publisher's own reference.
     fn publish(&self, mut loan: RawLoan<'_, T>, deadline: Deadline) -> Result<usize, TopicError> {
+        let _turn = Shared::turn(&self.turn);
         let shared = &self.shared;
         let h = shared.header();
         if self.sends.fetch_add(1, Ordering::Relaxed) % REAP_EVERY == REAP_EVERY - 1 {
@@ -207,7 +218,7 @@ impl<T: Payload> Publisher<T> {
                         deadline,
                         CHECK,
                         |until| {
-                            let r = ring.push_many_recorded(1, Some(until), self.spin, Some(&me.claim), write);
+                            let r = ring.push_many_recorded(1, Some(until), self.spin, Some(&me.push_claim), write);
                             r.map(|_| ())
                         },
                         || if process::is_alive(pid) { Ok(()) } else { Err(pid) },
@@ -305,14 +316,14 @@ impl<T: Payload> Publisher<T> {
     fn push_now(&self, at: u32, ring: &crate::ring::Ring, entry: [u8; 16]) -> Result<(), RingError> {
         let me = &self.shared.header().publishers[self.slot];
         me.claim_ring.store(at, Ordering::Relaxed);
-        push_ref(ring, Some(&me.claim), entry)
+        push_ref(ring, Some(&me.push_claim), entry)
     }
 
     /// Pops a reference from ring `at` without waiting (the caller releases it).
     fn pop_now(&self, at: u32, ring: &crate::ring::Ring) -> Option<u64> {
         let me = &self.shared.header().publishers[self.slot];
         me.claim_ring.store(at, Ordering::Relaxed);
-        pop_ref_now(ring, &me.claim)
+        pop_ref_now(ring, &me.pop_claim)
     }
 }
 

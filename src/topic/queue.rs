@@ -41,6 +41,10 @@ pub struct Queue<T: Payload> {
     consumer: OnceLock<usize>,
     /// This process's producer slot (its loans), taken at the first push.
     producer: OnceLock<usize>,
+    /// Threads sharing this handle take turns at ring operations that
+    /// record a claim (one record per slot: see `Shared::turn`).
+    pop_turn: std::sync::Mutex<()>,
+    push_turn: std::sync::Mutex<()>,
     spin: SpinPolicy,
     _type: PhantomData<fn() -> T>,
 }
@@ -99,6 +103,8 @@ impl<T: Payload> QueueBuilder<T> {
             shared: Arc::new(shared),
             consumer: OnceLock::new(),
             producer: OnceLock::new(),
+            pop_turn: Default::default(),
+            push_turn: Default::default(),
             spin: SpinPolicy::DEFAULT,
             _type: PhantomData,
         })
@@ -198,6 +204,8 @@ impl<T: Payload> Queue<T> {
         let pushed = self.push_counted(value, deadline);
         if pushed.is_err() {
             h.queued.fetch_sub(1, Ordering::AcqRel);
+            // A pusher may be waiting for the place this gives back.
+            self.ring().writable().notify();
         }
         pushed
     }
@@ -213,7 +221,7 @@ impl<T: Payload> Queue<T> {
         // Our reference is recorded as a loan until the queue has its own.
         let Some(at) = layout::record(loans, off) else {
             layout::release(&shared.seg, off);
-            return Err(TopicError::TooMany("concurrent pushes of one process (at most 4)"));
+            return Err(TopicError::TooMany("concurrent pushes of one queue handle (at most MAX_LOANS = 16)"));
         };
         let written = layout::value_ptr(&shared.seg, off)
             .ok_or_else(|| TopicError::Corrupt("a new item is out of bounds".into()))
@@ -226,7 +234,8 @@ impl<T: Payload> Queue<T> {
             layout::retain(&shared.seg, off);
             let me = &shared.header().publishers[producer];
             me.claim_ring.store(SHARED_RING, Ordering::Relaxed);
-            shared.push_item(Some(&me.claim), encode_ref(off, seq), deadline).map_err(|e| {
+            let _turn = Shared::turn(&self.push_turn);
+            shared.push_item(Some(&me.push_claim), encode_ref(off, seq), deadline).map_err(|e| {
                 layout::release(&shared.seg, off);
                 match e {
                     crate::ring::RingError::Timeout => TopicError::Full,
@@ -243,8 +252,14 @@ impl<T: Payload> Queue<T> {
         if let Some(&s) = self.producer.get() {
             return Ok(s);
         }
-        let s = claim_slot(self.shared.header().publishers.iter().map(|p| &p.pid), "producers")?;
-        Ok(*self.producer.get_or_init(|| s))
+        let slots = &self.shared.header().publishers;
+        let s = claim_slot(slots.iter().map(|p| &p.pid), "producers")?;
+        let kept = *self.producer.get_or_init(|| s);
+        if kept != s {
+            // Another thread of this handle took one first: ours goes back.
+            slots[s].pid.store(0, Ordering::Release);
+        }
+        Ok(kept)
     }
 
     fn consumer_slot(&self) -> Result<usize, TopicError> {
@@ -254,8 +269,14 @@ impl<T: Payload> Queue<T> {
         self.shared.reap();
         let h = self.shared.header();
         let s = claim_slot(h.subscribers.iter().map(|p| &p.pid), "consumers")?;
-        h.subscribers[s].state.store(ACTIVE, Ordering::Release);
-        Ok(*self.consumer.get_or_init(|| s))
+        let kept = *self.consumer.get_or_init(|| s);
+        if kept == s {
+            h.subscribers[s].state.store(ACTIVE, Ordering::Release);
+        } else {
+            // Another thread of this handle took one first: ours goes back.
+            h.subscribers[s].pid.store(0, Ordering::Release);
+        }
+        Ok(kept)
     }
 
     /// Takes the next item, waiting for one. Acknowledge it with
@@ -304,7 +325,16 @@ impl<T: Payload> Queue<T> {
                 (Some(a), Some(b)) if a < b => deadline,
                 _ => slice,
             };
-            match pop_ref(self.ring(), &slot.pop_claim, &slot.held[at], d, self.spin) {
+            let taken = || {
+                // Before the item is recorded as held: killed in between, the
+                // cleaner requeues it from the claimed slot (and counts it).
+                h.queued.fetch_sub(1, Ordering::AcqRel);
+            };
+            let popped = {
+                let _turn = Shared::turn(&self.pop_turn);
+                pop_ref(self.ring(), &slot.pop_claim, &slot.held[at], d, self.spin, &taken)
+            };
+            match popped {
                 Err(TopicError::Timeout) if !deadline.passed() => self.shared.reap(),
                 other => break other,
             }
@@ -316,9 +346,8 @@ impl<T: Payload> Queue<T> {
                 return Err(e);
             }
         };
-        h.queued.fetch_sub(1, Ordering::AcqRel);
-        // The pop notified pushers before the count fell: tell them again.
-        self.ring().writable().notify();
+        // The pop notified pushers before it released the slot; the count
+        // fell before that (in `taken`), so they see it.
         let item: Item<T> = Item {
             seg: self.shared.seg.clone(),
             shared: Arc::clone(&self.shared),
@@ -382,8 +411,8 @@ pub struct Item<T: Payload> {
 // SAFETY: the item's bytes are immutable while it is held (written before
 // it was queued) and the mapping is kept by `seg`.
 unsafe impl<T: Payload> Send for Item<T> {}
-// SAFETY: as for `Send`.
-unsafe impl<T: Payload> Sync for Item<T> {}
+// SAFETY: as for `Send`; the view handed out must itself be shareable.
+unsafe impl<T: Payload> Sync for Item<T> where T::View: Sync {}
 
 impl<T: Payload> fmt::Debug for Item<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -453,6 +482,7 @@ impl<T: Payload> Item<T> {
             // freed once, never lost.
             layout::retain(&self.seg, self.off);
             let slot = &self.shared.header().subscribers[self.slot];
+            let _turn = Shared::turn(&self.shared.nack_turn);
             self.shared.requeue(self.off, Some(&slot.push_claim));
             layout::unrecord(held, self.at, self.off);
             layout::release(&self.seg, self.off);

@@ -29,6 +29,9 @@ pub struct Subscriber<T: Payload> {
     shared: Arc<Shared>,
     slot: usize,
     spin: SpinPolicy,
+    /// Threads sharing this subscriber pop one at a time (its slot has one
+    /// pop claim record).
+    turn: std::sync::Mutex<()>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -54,8 +57,14 @@ impl<T: Payload> Subscriber<T> {
         let ring = &shared.subs[slot];
         // A sample a publisher pushed for this slot's previous subscriber
         // after it was reclaimed is not ours.
-        drain_refs(&shared.seg, ring);
-        let sub = Subscriber { shared: Arc::clone(&shared), slot, spin: SpinPolicy::DEFAULT, _type: PhantomData };
+        drain_refs(&shared.seg, ring, &s.pop_claim);
+        let sub = Subscriber {
+            shared: Arc::clone(&shared),
+            slot,
+            spin: SpinPolicy::DEFAULT,
+            turn: Default::default(),
+            _type: PhantomData,
+        };
         match shared.ring.as_ref().filter(|_| h.history.load(Ordering::Relaxed) > 0) {
             Some(history) => {
                 // Under the history lock no sample is sent: every sample is
@@ -146,7 +155,10 @@ impl<T: Payload> Subscriber<T> {
         // A held entry first, so that a sample is never popped with nowhere
         // to record it.
         let at = layout::record(&slot.held, RESERVED).ok_or(TopicError::TooMany("held samples (at most 64)"))?;
-        let got = pop_ref(self.ring(), &slot.pop_claim, &slot.held[at], deadline, self.spin);
+        let got = {
+            let _turn = Shared::turn(&self.turn);
+            pop_ref(self.ring(), &slot.pop_claim, &slot.held[at], deadline, self.spin, &|| {})
+        };
         let (off, _seq) = match got {
             Ok(r) => r,
             Err(e) => {
@@ -176,10 +188,12 @@ pub(super) fn pop_ref(
     held: &AtomicU64,
     deadline: Deadline,
     spin: SpinPolicy,
+    taken: &dyn Fn(),
 ) -> Result<(u64, u64), TopicError> {
     let mut got = None;
     let read = |_: u64, b: &[u8]| {
         if let Some((off, seq)) = decode_ref(b) {
+            taken();
             held.store(off.max(2), Ordering::Release);
             got = Some((off, seq));
         }
@@ -205,8 +219,12 @@ impl<T: Payload> Drop for Subscriber<T> {
         // they drop; the slot is free for a new subscriber only after that
         // (their `Sample`s keep `shared` alive, not the slot).
         slot.state.store(RETIRING, Ordering::Release);
-        drain_refs(&self.shared.seg, self.ring());
+        drain_refs(&self.shared.seg, self.ring(), &slot.pop_claim);
         slot.missed.store(0, Ordering::Relaxed);
+        // SYNC: SeqCst, paired with the one in `Sample::drop`: of our RETIRING
+        // store and a sample's record clear, each side sees the other's, so
+        // the last of the two frees the slot.
+        std::sync::atomic::fence(Ordering::SeqCst);
         let held = slot.held.iter().any(|h| h.load(Ordering::Acquire) != 0);
         if !held && slot.state.compare_exchange(RETIRING, CLEANING, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
             slot.state.store(FREE, Ordering::Release);
@@ -233,8 +251,9 @@ pub struct Sample<T: Payload> {
 // publisher wrote them before the first reference was pushed), and the
 // mapping is kept by `seg`; the pointer is only read through `&self`.
 unsafe impl<T: Payload> Send for Sample<T> {}
-// SAFETY: as for `Send`: shared reads of immutable bytes.
-unsafe impl<T: Payload> Sync for Sample<T> {}
+// SAFETY: as for `Send`: shared reads of immutable bytes, handed out as
+// `&T::View`, which must itself be shareable.
+unsafe impl<T: Payload> Sync for Sample<T> where T::View: Sync {}
 
 impl<T: Payload> fmt::Debug for Sample<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -298,6 +317,8 @@ impl<T: Payload> Drop for Sample<T> {
         // being released twice.
         layout::unrecord(&slot.held, self.at, self.off.max(2));
         layout::release(&self.seg, self.off);
+        // SYNC: SeqCst, paired with the one in `Subscriber::drop`.
+        std::sync::atomic::fence(Ordering::SeqCst);
         // The subscriber was dropped while we were held: free its slot when
         // the last held sample goes.
         if slot.state.load(Ordering::Acquire) == RETIRING
