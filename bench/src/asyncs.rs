@@ -24,7 +24,7 @@ use crate::common::{
 };
 use crate::pipes::{Transport, PEER_FLAG};
 use crate::process::Reaped;
-use crate::report::{Cell, Column, Section};
+use crate::report::{verdict, Cell, Column, Section};
 
 /// How many tickets the throughput rows hold at once.
 const TICKETS: u64 = 10_000;
@@ -310,14 +310,6 @@ fn latency_section(params: &Params, figures: &[Rounds], means: &[Duration]) -> S
          shmpool reactor's) per timed round trip",
     );
     section
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "MET"
-    } else {
-        "MISSED"
-    }
 }
 
 // ---------------------------------------------------------------------------

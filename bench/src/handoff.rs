@@ -23,7 +23,7 @@ use crate::params::Params;
 use crate::payload::check_sum;
 use crate::peers::ipc::{IpcPeer, SHM_FILL};
 use crate::pipes::Sink;
-use crate::report::{Cell, Column, Section};
+use crate::report::{verdict, Cell, Column, Section};
 
 /// Buffer sizes of the hand-off rows.
 pub const HANDOFF_SIZES: [usize; 5] = [8, 4 << 10, 1 << 20, 64 << 20, 1 << 30];
@@ -326,7 +326,7 @@ fn handoff_section(figures: &[Vec<Figures>], rounds: usize) -> Section {
             "goal: shmpool {} hand-off within 2x of its {} hand-off (p50): {spread:.2}x, {}",
             format_bytes(*HANDOFF_SIZES.last().expect("sizes")),
             format_bytes(HANDOFF_SIZES[0]),
-            if spread <= 2.0 { "MET" } else { "MISSED" }
+            verdict(spread <= 2.0)
         ));
     }
     section.note(if lost.is_empty() {

@@ -12,7 +12,7 @@ use raw_sync::locks::{LockImpl, LockInit};
 
 use crate::common::{median, progress, unique_name, wait_for, BoxResult};
 use crate::params::Params;
-use crate::report::{Cell, Column, Section};
+use crate::report::{verdict, Cell, Column, Section};
 use crate::roundtrip::build_pool;
 
 /// Directory kind of the blocks this benchmark names in its own segments.
@@ -471,12 +471,37 @@ fn locks_section(params: &Params, rows: &[LockRow]) -> Section {
          against shmpool Mutex, raw_sync RwLock against shmpool RwLock); \"slower\" means the peer is slower",
     );
     section.note(if lost.is_empty() {
-        "goal: shmpool ahead of every peer lock: met".to_owned()
+        format!("goal: shmpool ahead of every peer lock: {}", verdict(true))
     } else {
-        format!("goal: shmpool ahead of every peer lock: MISSED where the peer is faster: {}", lost.join("; "))
+        format!(
+            "goal: shmpool ahead of every peer lock: {} where the peer is faster: {}",
+            verdict(false),
+            lost.join("; ")
+        )
+    });
+    let uncontended = |kind: LockUnderTest| rows.iter().find(|row| row.kind == kind).map(|row| row.uncontended_ns);
+    let factor = |ours: LockUnderTest, peer: LockUnderTest| Some(uncontended(ours)? / uncontended(peer)?.max(1e-12));
+    section.note(match factor(LockUnderTest::Mutex, LockUnderTest::Pthread) {
+        Some(f) => format!(
+            "goal: Mutex uncontended within {LOCK_GOAL}x of the robust pshared pthread mutex: {f:.2}x, {}",
+            verdict(f <= LOCK_GOAL)
+        ),
+        None => "goal: Mutex uncontended within 1.2x of the robust pshared pthread mutex: NOT CHECKED".to_owned(),
+    });
+    let read = factor(LockUnderTest::RwRead, LockUnderTest::RawSyncRwRead);
+    let write = factor(LockUnderTest::RwWrite, LockUnderTest::RawSyncRwWrite);
+    section.note(match (read, write) {
+        (Some(r), Some(w)) => format!(
+            "goal: RwLock read / write uncontended within {LOCK_GOAL}x of raw_sync's: read {r:.2}x, write {w:.2}x, {}",
+            verdict(r <= LOCK_GOAL && w <= LOCK_GOAL)
+        ),
+        _ => "goal: RwLock read / write uncontended within 1.2x of raw_sync's: NOT CHECKED".to_owned(),
     });
     section
 }
+
+/// The uncontended goal: shmpool's locks within this factor of the peer's time.
+const LOCK_GOAL: f64 = 1.2;
 
 /// Median nanoseconds per round over `params.runs` runs in this process alone.
 fn uncontended_lock(params: &Params, kind: LockUnderTest, lock: &OpenLock, words: &LockWords) -> BoxResult<f64> {
@@ -529,4 +554,31 @@ fn contended_lock(
         }
     }
     Ok(Contended { pairs, elapsed: median(times) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::Mode;
+
+    /// Uncontended rows only: every kind at 10 ns but those given.
+    fn rows(times: &[(LockUnderTest, f64)]) -> Vec<LockRow> {
+        let time = |kind| times.iter().find(|(k, _)| *k == kind).map_or(10.0, |&(_, ns)| ns);
+        LockUnderTest::ALL.map(|kind| LockRow { kind, uncontended_ns: time(kind), contended: None }).into()
+    }
+
+    #[test]
+    fn the_uncontended_goal_lines_follow_the_figures_shown() {
+        let params = Params::new(Mode::Quick);
+        let goals = |rows: &[LockRow]| -> Vec<String> {
+            let notes = locks_section(&params, rows).notes;
+            notes.into_iter().filter(|n| n.contains("within 1.2x")).collect()
+        };
+        let met = goals(&rows(&[(LockUnderTest::Mutex, 11.0), (LockUnderTest::RwWrite, 12.0)]));
+        assert!(met[0].ends_with("mutex: 1.10x, MET"), "{met:?}");
+        assert!(met[1].ends_with("read 1.00x, write 1.20x, MET"), "{met:?}");
+        let missed = goals(&rows(&[(LockUnderTest::Mutex, 20.0), (LockUnderTest::RwRead, 12.5)]));
+        assert!(missed[0].ends_with("mutex: 2.00x, MISSED"), "{missed:?}");
+        assert!(missed[1].ends_with("read 1.25x, write 1.00x, MISSED"), "{missed:?}");
+    }
 }

@@ -5,9 +5,9 @@ use std::io;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::common::{progress, BoxResult};
+use crate::common::{format_rate, progress, BoxResult};
 use crate::params::Params;
-use crate::report::{Cell, Column, Section};
+use crate::report::{verdict, Cell, Column, Section};
 use crate::roundtrip::build_pool;
 
 /// The map of the shared-map rows, in the pool's segment.
@@ -41,6 +41,11 @@ fn map_ops_in_worker(reads: u64, updates: u64) -> BoxResult<(u64, u64)> {
     }
     Ok((read_nanos, start.elapsed().as_nanos() as u64))
 }
+
+/// Goal: reads per second of the shmpool row, from another process.
+const READ_GOAL: f64 = 10e6;
+/// Goal: updates per second of the shmpool row.
+const UPDATE_GOAL: f64 = 2e6;
 
 /// One row of the shared-map table: rates, or why there are none.
 struct MapRow {
@@ -114,6 +119,14 @@ fn map_section(rows: &[MapRow]) -> Section {
         }
         _ => section.note("shmpool vs Manager dict: no Python figures"),
     }
+    if let Some((reads, updates)) = rows.first().and_then(|r| r.rates) {
+        section.note(format!(
+            "goal: SharedMap >= 10 M reads/s from another process, updates >= 2 M/s: reads {}, updates {}, {}",
+            format_rate(reads),
+            format_rate(updates),
+            verdict(reads >= READ_GOAL && updates >= UPDATE_GOAL)
+        ));
+    }
     section
 }
 
@@ -153,4 +166,30 @@ fn python_manager_dict(params: &Params) -> BoxResult<MapRow> {
         _ => return Err(format!("unexpected output from python3: {stdout:?}").into()),
     }
     Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shmpool_row(reads_per_second: f64, updates_per_second: f64) -> MapRow {
+        MapRow {
+            name: "shmpool".to_owned(),
+            reads: 1,
+            updates: 1,
+            rates: Some((reads_per_second, updates_per_second)),
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_goal_line_follows_the_figures_shown() {
+        let goal = |section: Section| section.notes.into_iter().find(|n| n.starts_with("goal:")).expect("a goal line");
+        let met = goal(map_section(&[shmpool_row(12e6, 2.5e6)]));
+        assert!(met.ends_with("reads 12.00 M/s, updates 2.50 M/s, MET"), "{met}");
+        let slow_reads = goal(map_section(&[shmpool_row(4.43e6, 2.5e6)]));
+        assert!(slow_reads.ends_with("reads 4.43 M/s, updates 2.50 M/s, MISSED"), "{slow_reads}");
+        let slow_updates = goal(map_section(&[shmpool_row(12e6, 1.9e6)]));
+        assert!(slow_updates.ends_with("MISSED"), "{slow_updates}");
+    }
 }

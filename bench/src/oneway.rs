@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::affinity::{self, ParentPin};
 use crate::common::{format_bytes, format_nanos, progress, rotated, BoxResult, Latency, Mode, Rounds};
 use crate::floor;
-use crate::report::{Cell, Column, Section};
+use crate::report::{verdict, Cell, Column, Section};
 
 pub(crate) mod iox;
 mod ipc;
@@ -323,30 +323,23 @@ fn latency_section(result: &OneWay) -> Section {
             _ => "GOAL MISSED",
         };
         verdicts.push(format!("{line}: {verdict}"));
-        // Like with like: sleeping shmpool vs iceoryx2's event wait,
-        // busy-polling shmpool vs iceoryx2's polling subscriber.
-        for (suffix, what, peer) in [
-            ("no spinning", "without spinning", Transport::IoxBlocking),
-            ("busy-poll", "busy-polling", Transport::IoxPolling),
+        // Like with like: busy-polling shmpool vs iceoryx2's polling
+        // subscriber, default (spin then sleep) and sleeping shmpool vs
+        // iceoryx2's event wait.
+        for (what, ours, peer) in [
+            ("busy-poll vs polling", [Transport::ShmVecBusyPoll, Transport::ShmBufferBusyPoll], Transport::IoxPolling),
+            ("default vs event wait", [Transport::ShmVec, Transport::ShmBuffer], Transport::IoxBlocking),
+            (
+                "no spinning vs event wait",
+                [Transport::ShmVecBlocking, Transport::ShmBufferBlocking],
+                Transport::IoxBlocking,
+            ),
         ] {
-            let ours = rows.iter().filter(|r| r.transport.ends_with(suffix)).min_by_key(|r| r.latency.p50);
+            let ours =
+                rows.iter().filter(|r| ours.iter().any(|t| r.transport == t.name())).min_by_key(|r| r.latency.p50);
             let theirs = rows.iter().find(|r| r.transport == peer.name());
             let (Some(a), Some(b)) = (ours, theirs) else { continue };
-            let cpu = |r: &OneWayLatency| r.latency.cpu_per_op.map_or("-".to_owned(), |d| format_nanos(nanos(d)));
-            let ahead = a.latency.p50 < b.latency.p50 && a.latency.p99 < b.latency.p99;
-            verdicts.push(format!(
-                "{}: {what}, shmpool ({}) p50 {} / p99 {} (CPU/msg {}) vs {} p50 {} / p99 {} (CPU/msg {}): {}",
-                format_bytes(size),
-                a.transport,
-                format_nanos(nanos(a.latency.p50)),
-                format_nanos(nanos(a.latency.p99)),
-                cpu(a),
-                b.transport,
-                format_nanos(nanos(b.latency.p50)),
-                format_nanos(nanos(b.latency.p99)),
-                cpu(b),
-                if ahead { "ahead at p50 and p99" } else { "NOT ahead at both p50 and p99" },
-            ));
+            verdicts.push(pair_goal(size, what, a, b));
         }
     }
     for note in [
@@ -384,6 +377,26 @@ fn latency_section(result: &OneWay) -> Section {
         section.invalid(format!("one-way row beats its floor: {what}"));
     }
     section
+}
+
+/// The goal line of one like-with-like pair at one size: shmpool's row `a`
+/// ahead of iceoryx2's row `b` at p50 AND p99, CPU per message beside.
+fn pair_goal(size: usize, what: &str, a: &OneWayLatency, b: &OneWayLatency) -> String {
+    let cpu = |r: &OneWayLatency| r.latency.cpu_per_op.map_or("-".to_owned(), |d| format_nanos(nanos(d)));
+    format!(
+        "goal: {}, {what}: shmpool ahead of iceoryx2 at p50 AND p99: {} p50 {} / p99 {} (CPU/msg {}) vs {} p50 {} / \
+         p99 {} (CPU/msg {}), {}",
+        format_bytes(size),
+        a.transport,
+        format_nanos(nanos(a.latency.p50)),
+        format_nanos(nanos(a.latency.p99)),
+        cpu(a),
+        b.transport,
+        format_nanos(nanos(b.latency.p50)),
+        format_nanos(nanos(b.latency.p99)),
+        cpu(b),
+        verdict(a.latency.p50 < b.latency.p50 && a.latency.p99 < b.latency.p99),
+    )
 }
 
 fn throughput_section(result: &OneWay) -> Section {

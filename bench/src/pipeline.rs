@@ -22,7 +22,7 @@ use crate::affinity::{self, ParentPin};
 use crate::common::{format_bytes, median, progress, BoxResult, Mode};
 use crate::crc32::crc32;
 use crate::peers::python::{self, Script};
-use crate::report::{Cell, Column, Section};
+use crate::report::{verdict, Cell, Column, Section};
 
 /// Size of one buffer.
 pub const BUFFER: usize = 4 << 20;
@@ -476,7 +476,7 @@ pub fn measure_pipeline(mode: Mode) -> BoxResult<Section> {
         let ratio = floor_steady / pool.steady_median().as_secs_f64().max(1e-12);
         goals.push(format!(
             "goal: steady state with {n} >= {GOAL:.2}x of the {t} floor's throughput: {ratio:.2}x, {}",
-            if ratio >= GOAL { "MET" } else { "MISSED" }
+            verdict(ratio >= GOAL)
         ));
         if let Some((first_faults, _)) = pool.faults {
             let extra = pool.first.saturating_sub(pool.steady_median()).as_secs_f64();

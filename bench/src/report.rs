@@ -98,6 +98,15 @@ impl Cell {
     }
 }
 
+/// The verdict of a goal line: "goal: WHAT: FIGURES, MET" (or "MISSED").
+pub fn verdict(met: bool) -> &'static str {
+    if met {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
+
 /// One row: a name and one cell per column.
 #[derive(Clone, Debug)]
 pub struct Row {

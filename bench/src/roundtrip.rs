@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::common::{
-    check_reply, measure_cpu, median_run, plural, progress, square, time_ops, BoxResult, Delivery, Latency, Run,
-    Throughput,
+    check_reply, format_nanos, format_rate, measure_cpu, median_run, plural, progress, square, time_ops, BoxResult,
+    Delivery, Latency, Run, Throughput,
 };
 use crate::floor::Floor;
 use crate::params::Params;
 use crate::pipes::{Peer, Transport};
-use crate::report::{Cell, Column, Section};
+use crate::report::{verdict, Cell, Column, Section};
 
 /// Queue capacity of the pools, and the window of outstanding tasks kept by
 /// the one-by-one shmpool and crossbeam rows.
@@ -190,6 +190,15 @@ pub fn latency_section(params: &Params, rows: &[Latency], floor: &Floor) -> Sect
             if factor <= 3.0 { "" } else { "  GOAL MISSED" }
         ));
     }
+    if let Some(default) = rows.first() {
+        let (p50, p99) = (default.p50, default.p99);
+        section.note(format!(
+            "goal: default mode p50 <= 1 µs and p99 <= 3 µs: p50 {} / p99 {}, {}",
+            format_nanos(p50.as_secs_f64() * 1e9),
+            format_nanos(p99.as_secs_f64() * 1e9),
+            verdict(p50 <= Duration::from_micros(1) && p99 <= Duration::from_micros(3))
+        ));
+    }
     if let Some(busy) = rows.iter().find(|row| row.name == BUSY_POLL_ROW) {
         let factor = busy.p50.as_secs_f64() / floor.round_trip.p50.as_secs_f64().max(1e-12);
         section.note(format!(
@@ -203,13 +212,16 @@ pub fn latency_section(params: &Params, rows: &[Latency], floor: &Floor) -> Sect
 // ---------------------------------------------------------------------------
 // Throughput
 
-/// shmpool's throughput rows (1 worker first, the reference), then the pipe,
-/// socket and crossbeam rows.
+/// Tasks/s the batched map is to reach with 1 and with 2 workers.
+const MAP_GOAL: f64 = 30e6;
+
+/// shmpool's throughput rows (1 worker first, the reference; then 2 workers
+/// and one per core, as the machine has them), then the pipe, socket and
+/// crossbeam rows.
 pub fn measure_throughput(params: &Params, cores: usize) -> BoxResult<Vec<Throughput>> {
     let mut worker_counts = vec![1];
-    if cores > 1 {
-        worker_counts.push(cores);
-    }
+    worker_counts.extend([2, cores].into_iter().filter(|&n| n > 1 && n <= cores));
+    worker_counts.dedup();
     let mut rows = Vec::new();
     for workers in worker_counts {
         progress(&format!("shmpool throughput, {}", plural(workers, "worker")));
@@ -456,5 +468,27 @@ pub fn throughput_section(params: &Params, rows: &[Throughput]) -> Section {
         "batched: the library groups the tasks (shmpool's map puts many framed tasks in each ring claim; \
          Python's map pickles chunks); 512/message: the caller sends a vector of 512 as one message",
     );
+    section.note(map_goal(rows));
     section
+}
+
+/// The goal line of the batched map: >= [`MAP_GOAL`] tasks/s with 1 and
+/// with 2 workers, and 2 workers never slower than 1.
+fn map_goal(rows: &[Throughput]) -> String {
+    let what = "goal: batched map >= 30 M tasks/s with 1 and with 2 workers, and 2 workers never slower than 1";
+    let rate = |workers: usize| {
+        rows.iter()
+            .find(|r| r.name.starts_with("shmpool,") && r.delivery == Delivery::Batched && r.workers == workers)
+            .map(Throughput::tasks_per_second)
+    };
+    match (rate(1), rate(2)) {
+        (Some(one), Some(two)) => format!(
+            "{what}: 1 worker {}, 2 workers {}, {}",
+            format_rate(one),
+            format_rate(two),
+            verdict(one >= MAP_GOAL && two >= MAP_GOAL && two >= one)
+        ),
+        (Some(one), None) => format!("{what}: 1 worker {}, no 2-worker row (one core): NOT CHECKED", format_rate(one)),
+        _ => format!("{what}: no shmpool map row: NOT CHECKED"),
+    }
 }

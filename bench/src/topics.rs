@@ -32,7 +32,7 @@ use crate::common::{
     format_bytes, format_nanos, format_rate, median, progress, rotated, BoxResult, Latency, Mode, Rounds,
 };
 use crate::oneway::{self, iox};
-use crate::report::{Cell, Column, Section};
+use crate::report::{verdict, Cell, Column, Section};
 
 pub use pubsub::Transport;
 
@@ -304,7 +304,7 @@ fn latency_section(result: &Topics) -> Section {
                             format_nanos(nanos(a.latency.p99)),
                             format_nanos(nanos(b.latency.p50)),
                             format_nanos(nanos(b.latency.p99)),
-                            if met { "MET" } else { "MISSED" },
+                            verdict(met),
                             if ours.busy() && !fits(n, result.cores) {
                                 " (oversubscribed: not a fair figure)"
                             } else {
@@ -496,7 +496,7 @@ fn queue_section(result: &Topics) -> Section {
                 "Goal: >= 20x Redis Streams taking items one at a time: shmpool {} vs Redis {}: {ratio:.1}x: {}",
                 format_rate(a.items_per_second),
                 format_rate(b.items_per_second),
-                if ratio >= 20.0 { "MET" } else { "MISSED" }
+                verdict(ratio >= 20.0)
             ));
             if let Some(c) = redis(queue::Kind::RedisBatched) {
                 section.note(format!(
