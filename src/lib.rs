@@ -45,6 +45,9 @@ mod remote;
 pub mod service;
 pub mod topic;
 
+#[cfg(feature = "net")]
+pub mod net;
+
 pub use channel::{start, Channel, ChannelError, ChannelId, Exchange};
 pub use codec::Message;
 pub use error::{Error, GetError, PutError, TaskError};

@@ -1,0 +1,51 @@
+//! The network layer's error.
+
+use std::fmt;
+
+/// Why a network operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetError {
+    /// `open` was called without a [`secret`](super::SessionBuilder::secret):
+    /// every frame is authenticated, so there is no session without one.
+    NoSecret,
+    /// An endpoint (`tcp/host:port`) could not be parsed.
+    Endpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// A key expression (`plant/temps`, `pool/*/members`) is not valid.
+    KeyExpr {
+        /// The key expression as given.
+        key: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The session could not be opened: a listen address in use or not
+    /// ours, or no `connect` endpoint reachable within the connect timeout.
+    Open(String),
+    /// zenoh failed an operation on an open session.
+    Zenoh(String),
+    /// The wait ended at its deadline.
+    TimedOut,
+    /// The subscription or watch was closed: its session is gone.
+    Closed,
+}
+
+impl fmt::Display for NetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetError::NoSecret => f.write_str("a network session needs a secret (SessionBuilder::secret)"),
+            NetError::Endpoint { endpoint, reason } => write!(f, "bad endpoint {endpoint:?}: {reason}"),
+            NetError::KeyExpr { key, reason } => write!(f, "bad key expression {key:?}: {reason}"),
+            NetError::Open(reason) => write!(f, "could not open the network session: {reason}"),
+            NetError::Zenoh(reason) => write!(f, "network operation failed: {reason}"),
+            NetError::TimedOut => f.write_str("timed out"),
+            NetError::Closed => f.write_str("the network session is closed"),
+        }
+    }
+}
+
+impl std::error::Error for NetError {}

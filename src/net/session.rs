@@ -1,0 +1,389 @@
+//! A network session: one zenoh peer, configured so that nothing listens or
+//! is discovered unless asked, and whose every frame is sealed under the
+//! shared secret.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zenoh::Wait;
+
+use super::auth::Key;
+use super::envelope::{self, SenderId};
+use super::presence::{Token, Watch, WatchHandle};
+use super::subscription::{CallbackSubscription, Frame, SubStats, Subscription};
+use super::NetError;
+
+/// How long `open` tries the `connect` endpoints before failing, unless
+/// [`SessionBuilder::connect_timeout`] says otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Frames a [`Subscription`] queues before its callback waits for the
+/// reader (and so holds back the network), unless told otherwise.
+pub const DEFAULT_QUEUE: usize = 1024;
+
+/// Options of a [`Session`]; see [`Session::builder`].
+#[derive(Clone)]
+pub struct SessionBuilder {
+    listen: Vec<String>,
+    connect: Vec<String>,
+    secret: Option<Vec<u8>>,
+    connect_timeout: Duration,
+}
+
+impl fmt::Debug for SessionBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionBuilder")
+            .field("listen", &self.listen)
+            .field("connect", &self.connect)
+            .field("secret", &self.secret.as_ref().map(|_| ".."))
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl SessionBuilder {
+    /// Listens on `endpoint` (`tcp/127.0.0.1:7447`, `tcp/0.0.0.0:7447`;
+    /// port 0 picks a free one). May be given more than once. Without it the
+    /// session listens nowhere: it only makes the connections it is told to.
+    pub fn listen(mut self, endpoint: impl Into<String>) -> Self {
+        self.listen.push(endpoint.into());
+        self
+    }
+
+    /// Connects to `endpoint` (`tcp/hostA:7447`), another session's listen
+    /// address. May be given more than once; `open` waits for every one of
+    /// them, up to the connect timeout. A connection lost later is retried
+    /// in the background.
+    pub fn connect(mut self, endpoint: impl Into<String>) -> Self {
+        self.connect.push(endpoint.into());
+        self
+    }
+
+    /// The secret shared by every host of the deployment (any length; 32
+    /// random bytes are best). Required: frames are sealed under a key
+    /// derived from it, and frames sealed under another are dropped.
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Some(secret.as_ref().to_vec());
+        self
+    }
+
+    /// How long `open` tries to reach the `connect` endpoints (retrying
+    /// every 50 ms, backing off to 1 s) before failing with
+    /// [`NetError::Open`]. Default [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Opens the session: binds the listen endpoints, then connects.
+    pub fn open(self) -> Result<Session, NetError> {
+        let secret = self.secret.as_deref().ok_or(NetError::NoSecret)?;
+        let key = Key::derive(secret);
+        let config = self.config()?;
+        let zenoh = zenoh::open(config).wait().map_err(|e| NetError::Open(e.to_string()))?;
+        let sender: SenderId = zenoh.zid().to_le_bytes();
+        let sealer = Arc::new(Sealer { key, sender, counter: AtomicU64::new(0) });
+        Ok(Session { zenoh, sealer, dropped: Arc::new(SubStats::default()) })
+    }
+
+    fn config(&self) -> Result<zenoh::Config, NetError> {
+        let mut config = zenoh::Config::default();
+        let timeout_ms = i64::try_from(self.connect_timeout.as_millis()).unwrap_or(i64::MAX).max(1);
+        let settings: [(&str, String); 9] = [
+            ("mode", "\"peer\"".into()),
+            // No multicast scouting (it listens on UDP 7446 and answers
+            // anyone on the LAN) and no gossip (a connected peer could make
+            // us dial addresses it chose): connections are exactly the
+            // `connect` endpoints, and the peers that dial our `listen` ones.
+            ("scouting/multicast/enabled", "false".into()),
+            ("scouting/gossip/enabled", "false".into()),
+            // zenoh's peer default is `tcp/[::]:0`, a port open on every
+            // interface: replaced by the user's list, empty unless asked.
+            ("listen/endpoints", endpoint_list(&self.listen)?),
+            ("connect/endpoints", endpoint_list(&self.connect)?),
+            ("connect/timeout_ms", timeout_ms.to_string()),
+            ("connect/exit_on_failure", "true".into()),
+            ("connect/retry", "{period_init_ms: 50, period_max_ms: 1000, period_increase_factor: 2}".into()),
+            ("adminspace/enabled", "false".into()),
+        ];
+        for (key, value) in settings {
+            config
+                .insert_json5(key, &value)
+                .map_err(|e| NetError::Open(format!("zenoh configuration {key} = {value}: {e}")))?;
+        }
+        Ok(config)
+    }
+}
+
+/// A JSON list of validated endpoints.
+fn endpoint_list(endpoints: &[String]) -> Result<String, NetError> {
+    let mut out = String::from("[");
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let bad = |reason: String| NetError::Endpoint { endpoint: endpoint.clone(), reason };
+        if endpoint.contains(['"', '\\']) || endpoint.chars().any(char::is_control) {
+            return Err(bad("quotes, backslashes and control characters are not allowed".into()));
+        }
+        endpoint.parse::<zenoh::config::EndPoint>().map_err(|e| bad(e.to_string()))?;
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(endpoint);
+        out.push('"');
+    }
+    out.push(']');
+    Ok(out)
+}
+
+/// What seals a session's frames: the key, the session's sender id and its
+/// frame counter.
+#[derive(Debug)]
+pub(crate) struct Sealer {
+    pub(crate) key: Key,
+    sender: SenderId,
+    counter: AtomicU64,
+}
+
+impl Sealer {
+    fn seal(&self, key_expr: &str, payload: &[u8]) -> Vec<u8> {
+        let counter = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        envelope::seal(&self.key, key_expr, &self.sender, counter, payload)
+    }
+}
+
+/// A network session: a zenoh peer that listens only where asked, connects
+/// only where told, and seals every frame it publishes under the shared
+/// secret (frames that do not verify are dropped and counted).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # fn main() -> Result<(), shmpool::net::NetError> {
+/// let a = shmpool::net::Session::builder().listen("tcp/127.0.0.1:7447").secret(b"k").open()?;
+/// let b = shmpool::net::Session::builder().connect("tcp/127.0.0.1:7447").secret(b"k").open()?;
+/// let sub = b.subscribe("demo/greeting")?;
+/// let publisher = a.publisher("demo/greeting")?;
+/// publisher.wait_matched(Duration::from_secs(5))?;
+/// publisher.publish(b"hello")?;
+/// assert_eq!(sub.recv_timeout(Duration::from_secs(5))?.payload(), b"hello");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Dropping the session closes it (its subscriptions, watches and tokens
+/// end with it).
+pub struct Session {
+    zenoh: zenoh::Session,
+    sealer: Arc<Sealer>,
+    /// Frames dropped by every subscription of this session.
+    dropped: Arc<SubStats>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("id", &self.id()).finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A builder: at least a [`secret`](SessionBuilder::secret), and
+    /// [`listen`](SessionBuilder::listen) and/or
+    /// [`connect`](SessionBuilder::connect) endpoints.
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder {
+            listen: Vec::new(),
+            connect: Vec::new(),
+            secret: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// This session's id (zenoh's, in hex): unique per open session.
+    pub fn id(&self) -> String {
+        self.zenoh.zid().to_string()
+    }
+
+    /// The ids of the peers connected to this session now.
+    pub fn peers(&self) -> Vec<String> {
+        self.zenoh.info().peers_zid().wait().map(|zid| zid.to_string()).collect()
+    }
+
+    /// A publisher on `key` (no wildcards).
+    pub fn publisher(&self, key: &str) -> Result<Publisher, NetError> {
+        let key_expr = key_expr(key)?;
+        let inner = self
+            .zenoh
+            .declare_publisher(key_expr)
+            .congestion_control(zenoh::qos::CongestionControl::Block)
+            .wait()
+            .map_err(zenoh_err)?;
+        Ok(Publisher { inner, key: key.to_owned(), sealer: Arc::clone(&self.sealer) })
+    }
+
+    /// Seals `payload` and publishes it once on `key`; see
+    /// [`Publisher::publish`]. Subscribers whose declaration has not reached
+    /// this session yet do not get it: use a [`Publisher`] and
+    /// [`Publisher::wait_matched`] when that matters.
+    pub fn publish(&self, key: &str, payload: &[u8]) -> Result<(), NetError> {
+        let key_expr = key_expr(key)?;
+        let frame = self.sealer.seal(key, payload);
+        self.zenoh
+            .put(key_expr, frame)
+            .congestion_control(zenoh::qos::CongestionControl::Block)
+            .wait()
+            .map_err(zenoh_err)
+    }
+
+    /// Subscribes to `key` (wildcards allowed: `pool/*/results`), queueing
+    /// up to [`DEFAULT_QUEUE`] verified frames for [`Subscription::recv`].
+    pub fn subscribe(&self, key: &str) -> Result<Subscription, NetError> {
+        self.subscribe_queued(key, DEFAULT_QUEUE)
+    }
+
+    /// [`subscribe`](Self::subscribe) with a queue of `capacity` frames
+    /// (at least 1). When it is full, delivery waits for the reader, holding
+    /// back frames from the same peer: nothing is dropped.
+    pub fn subscribe_queued(&self, key: &str, capacity: usize) -> Result<Subscription, NetError> {
+        Subscription::new(self, key, capacity.max(1))
+    }
+
+    /// Subscribes to `key`, calling `on_frame` with each frame whose MAC
+    /// verifies and which was not seen before; others are dropped and
+    /// counted ([`CallbackSubscription::dropped`]).
+    ///
+    /// The callback runs on zenoh's network threads: keep it short (hand
+    /// the frame to a queue). The subscription ends when the handle drops.
+    pub fn subscribe_with<F>(&self, key: &str, on_frame: F) -> Result<CallbackSubscription, NetError>
+    where
+        F: Fn(Frame) + Send + Sync + 'static,
+    {
+        CallbackSubscription::new(self, key, on_frame)
+    }
+
+    /// Declares this session's presence on `key` (say
+    /// `pool/<name>/members/<id>`) until the token drops or the process
+    /// dies: other sessions' [`watch`](Self::watch) see it come and go.
+    ///
+    /// Liveliness is not authenticated: anyone connected can declare a
+    /// token on any key. Use it to learn that a member already admitted by
+    /// an authenticated frame has gone, not to admit one.
+    pub fn declare_token(&self, key: &str) -> Result<Token, NetError> {
+        Token::new(self, key)
+    }
+
+    /// Watches the tokens on `key` (wildcards allowed): tokens alive now
+    /// are reported first, then each arrival and departure.
+    pub fn watch(&self, key: &str) -> Result<Watch, NetError> {
+        Watch::new(self, key)
+    }
+
+    /// [`watch`](Self::watch) with a callback instead of a queue (run on
+    /// zenoh's threads: keep it short).
+    pub fn watch_with<F>(&self, key: &str, on_change: F) -> Result<WatchHandle, NetError>
+    where
+        F: Fn(super::Presence) + Send + Sync + 'static,
+    {
+        WatchHandle::new(self, key, on_change)
+    }
+
+    /// The keys of the tokens alive on `key` now, as far as the network
+    /// answers within `timeout`.
+    pub fn alive(&self, key: &str, timeout: Duration) -> Result<Vec<String>, NetError> {
+        let replies = self.zenoh.liveliness().get(key_expr(key)?).timeout(timeout).wait().map_err(zenoh_err)?;
+        let deadline = Instant::now() + timeout;
+        let mut keys = Vec::new();
+        // Bounded twice: by the deadline and by zenoh ending the stream.
+        while let Ok(Some(reply)) = replies.recv_deadline(deadline) {
+            if let Ok(sample) = reply.result() {
+                keys.push(sample.key_expr().as_str().to_owned());
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Frames dropped so far by all of this session's subscriptions
+    /// (malformed, forged or replayed).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.dropped()
+    }
+
+    pub(crate) fn zenoh(&self) -> &zenoh::Session {
+        &self.zenoh
+    }
+
+    pub(crate) fn sealer(&self) -> &Arc<Sealer> {
+        &self.sealer
+    }
+
+    pub(crate) fn session_stats(&self) -> &Arc<SubStats> {
+        &self.dropped
+    }
+}
+
+/// Publishes sealed frames on one key.
+pub struct Publisher {
+    inner: zenoh::pubsub::Publisher<'static>,
+    key: String,
+    sealer: Arc<Sealer>,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// The key this publisher publishes on.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Seals `payload` (a copy: [`OVERHEAD`](super::OVERHEAD) bytes more) and
+    /// publishes it to every matching subscriber known now, reliably and in
+    /// order per subscriber.
+    ///
+    /// When a link's send queue is full this waits for room (zenoh's
+    /// `Block` congestion control), which zenoh bounds by closing a link
+    /// stuck longer than its `wait_before_close` (5 s by default).
+    pub fn publish(&self, payload: &[u8]) -> Result<(), NetError> {
+        let frame = self.sealer.seal(&self.key, payload);
+        self.inner.put(frame).wait().map_err(zenoh_err)
+    }
+
+    /// Whether at least one subscriber (local or remote) matches now.
+    pub fn matched(&self) -> Result<bool, NetError> {
+        Ok(self.inner.matching_status().wait().map_err(zenoh_err)?.matching())
+    }
+
+    /// Waits until at least one subscriber matches, or `timeout` passes
+    /// ([`NetError::TimedOut`]). Polls every few milliseconds, sleeping.
+    pub fn wait_matched(&self, timeout: Duration) -> Result<(), NetError> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if self.matched()? {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(NetError::TimedOut);
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `key` as a zenoh key expression, or a typed error.
+pub(crate) fn key_expr(key: &str) -> Result<zenoh::key_expr::KeyExpr<'static>, NetError> {
+    zenoh::key_expr::KeyExpr::try_from(key.to_owned())
+        .map_err(|e| NetError::KeyExpr { key: key.to_owned(), reason: e.to_string() })
+}
+
+pub(crate) fn zenoh_err(e: zenoh::Error) -> NetError {
+    NetError::Zenoh(e.to_string())
+}
