@@ -250,6 +250,32 @@ pub(crate) fn encode_body<T: Message>(
     }
 }
 
+/// Frames archive bytes made elsewhere (a relayed task or result, already
+/// archived by a process of the same build) behind `hdr`: inline in
+/// `scratch` if they fit a slot of `payload` bytes, else in a new block.
+/// The bytes are copied to a 16-byte aligned place either way.
+#[cfg(feature = "net")]
+pub(crate) fn encode_raw<'s>(
+    seg: &Segment,
+    mut hdr: FrameHeader,
+    bytes: &[u8],
+    scratch: &'s mut Scratch,
+    payload: usize,
+) -> Result<Frame<'s>, TaskError> {
+    let body = if bytes.len() <= inline_max(payload).min(scratch.0.len()) {
+        scratch.0[..bytes.len()].copy_from_slice(bytes);
+        Body::Inline(bytes.len())
+    } else {
+        let block = seg.alloc(bytes.len() as u64).map_err(|e| TaskError::Encode(e.to_string()))?;
+        let dst = seg.ptr(block.offset, bytes.len() as u64).map_err(|e| TaskError::Encode(e.to_string()))?;
+        // SAFETY: a block this process just allocated, in bounds (checked).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+        Body::Block { offset: block.offset, len: bytes.len() as u64 }
+    };
+    body.describe(&mut hdr);
+    Ok(Frame { hdr, body, scratch })
+}
+
 /// Archives `value` into a new arena block, however small (for records that
 /// live outside any ring slot).
 pub(crate) fn encode_block<T: Message>(seg: &Segment, value: &T) -> Result<Body, TaskError> {

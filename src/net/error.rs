@@ -32,6 +32,14 @@ pub enum NetError {
     TimedOut,
     /// The subscription or watch was closed: its session is gone.
     Closed,
+    /// The pool's owner refused to admit this process: it runs another
+    /// build of the program (code offsets would name other code).
+    Refused {
+        /// The owner's build id.
+        owner_build: u64,
+    },
+    /// A pool option is out of range or missing (says which).
+    Config(&'static str),
 }
 
 impl fmt::Display for NetError {
@@ -44,6 +52,12 @@ impl fmt::Display for NetError {
             NetError::Zenoh(reason) => write!(f, "network operation failed: {reason}"),
             NetError::TimedOut => f.write_str("timed out"),
             NetError::Closed => f.write_str("the network session is closed"),
+            NetError::Refused { owner_build } => write!(
+                f,
+                "the pool's owner runs build {owner_build:#018x} of the program, this is {:#018x}: refused",
+                crate::runtime::build_id()
+            ),
+            NetError::Config(what) => write!(f, "bad network option: {what}"),
         }
     }
 }

@@ -22,12 +22,15 @@
 
 pub mod auth;
 mod envelope;
+mod pool;
 mod error;
 mod presence;
 mod session;
 mod subscription;
 
 pub use envelope::{SenderId, OVERHEAD, REPLAY_WINDOW};
+pub(crate) use pool::Relay;
+pub use pool::{join, JoinReport};
 pub use error::NetError;
 pub use presence::{Presence, Token, Watch, WatchHandle};
 pub use session::{Publisher, Session, SessionBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE};

@@ -33,6 +33,9 @@ pub use stateful::{Worker, WorkerPool, WorkerPoolBuilder};
 /// a memfd, so nothing is left behind.
 pub struct Pool {
     inner: Arc<Workers>,
+    /// Relays tasks to members on other hosts (a pool that listens).
+    #[cfg(feature = "net")]
+    _relay: Option<crate::net::Relay>,
 }
 
 impl fmt::Debug for Pool {
@@ -45,6 +48,21 @@ impl fmt::Debug for Pool {
 #[derive(Debug, Clone, Default)]
 pub struct PoolBuilder {
     config: Config,
+    /// Where it listens for members on other hosts, and their secret.
+    #[cfg(feature = "net")]
+    listen: Option<(String, Secret)>,
+}
+
+/// A shared secret, kept out of `Debug` output.
+#[cfg(feature = "net")]
+#[derive(Clone, Default)]
+struct Secret(Vec<u8>);
+
+#[cfg(feature = "net")]
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 macro_rules! builder_options {
@@ -151,8 +169,60 @@ impl PoolBuilder {
 
     /// Starts the workers; returns once every one is ready.
     pub fn build(self) -> Result<Pool, Error> {
-        let inner = Workers::start::<()>(self.config, None)?;
-        Ok(Pool { inner })
+        #[cfg(feature = "net")]
+        let mut config = self.config;
+        #[cfg(not(feature = "net"))]
+        let config = self.config;
+        #[cfg(feature = "net")]
+        {
+            match &self.listen {
+                Some((endpoint, _)) if endpoint.is_empty() => {
+                    return Err(Error::Config("a secret without listen: members need an endpoint to join"))
+                }
+                Some((_, secret)) if secret.0.is_empty() => {
+                    return Err(Error::Config("listen needs a secret: every frame between members is authenticated"))
+                }
+                _ => {}
+            }
+            config.remote = self.listen.is_some();
+        }
+        let inner = Workers::start::<()>(config, None)?;
+        #[cfg(feature = "net")]
+        let relay = match &self.listen {
+            Some((endpoint, secret)) => Some(
+                crate::net::Relay::start(Arc::clone(&inner), endpoint, &secret.0)
+                    .map_err(|e| Error::Spawn(std::io::Error::other(e.to_string())))?,
+            ),
+            None => None,
+        };
+        Ok(Pool {
+            inner,
+            #[cfg(feature = "net")]
+            _relay: relay,
+        })
+    }
+
+    /// Also accepts workers from other hosts (feature `net`): processes of
+    /// this same build that call [`crate::net::join`] with this endpoint
+    /// and the same [`secret`](Self::secret). Tasks go to local and remote
+    /// workers alike, each to exactly one; a member that leaves or dies has
+    /// its tasks run again elsewhere. With `listen`, `workers(0)` is
+    /// allowed: the pool then waits for members. Nothing listens unless
+    /// this is called; the README says what an open port exposes.
+    #[cfg(feature = "net")]
+    pub fn listen(mut self, endpoint: &str) -> Self {
+        let secret = self.listen.take().map(|(_, s)| s).unwrap_or_default();
+        self.listen = Some((endpoint.to_owned(), secret));
+        self
+    }
+
+    /// The secret members must share to join (every frame between them is
+    /// authenticated under it). Required with [`listen`](Self::listen).
+    #[cfg(feature = "net")]
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        let endpoint = self.listen.take().map(|(e, _)| e).unwrap_or_default();
+        self.listen = Some((endpoint, Secret(secret.as_ref().to_vec())));
+        self
     }
 }
 

@@ -24,6 +24,8 @@ pub(crate) mod code;
 pub(crate) mod control;
 pub(crate) mod executor;
 pub(crate) mod logs;
+#[cfg(feature = "net")]
+pub(crate) mod relay;
 pub(crate) mod router;
 pub(crate) mod supervisor;
 pub(crate) mod ticket;

@@ -227,15 +227,20 @@ impl Workers {
             children.iter().all(Option::is_none) && !self.respawning.iter().any(|r| r.load(Ordering::Relaxed));
         // (A retired worker replaced to finish a closed pool's queue is
         // running, so `none_left` is false then.)
-        let none_to_come =
-            self.is_closed() || !self.config.respawn || self.failed_starts.load(Ordering::Relaxed) >= MAX_FAILED_STARTS;
+        // Remote members answer too; an open pool that listens may still
+        // get some.
+        let remote = self.remote_members.load(Ordering::Acquire) > 0 || (self.config.remote && !self.is_closed());
+        let none_to_come = !remote
+            && (self.is_closed()
+                || !self.config.respawn
+                || self.failed_starts.load(Ordering::Relaxed) >= MAX_FAILED_STARTS);
         drop(children);
         if none_left && none_to_come {
             // No worker will ever answer again: every waiter learns it at
             // once (results already out are still delivered first).
             self.end_results();
         }
-        alive > 0 || self.in_flight.load(Ordering::Relaxed) == 0
+        alive > 0 || remote || self.in_flight.load(Ordering::Relaxed) == 0
     }
 
     /// Deals with what the dead worker `index` (pid `pid`) held: ring slots

@@ -49,6 +49,10 @@ pub(crate) struct Config {
     pub task_timeout: Option<Duration>,
     /// A worker that ran this many tasks exits and is replaced (`None`: never).
     pub max_tasks: Option<u64>,
+    /// Members on other hosts may join (a pool that listens): while it is
+    /// open, a pool without local workers waits for them rather than
+    /// failing.
+    pub remote: bool,
 }
 
 /// What happens to the tasks a worker held when it died (killed, crashed,
@@ -80,6 +84,7 @@ impl Default for Config {
             on_death: OnWorkerDeath::Requeue { max_attempts: 3 },
             task_timeout: None,
             max_tasks: None,
+            remote: false,
         }
     }
 }
@@ -132,6 +137,8 @@ pub(crate) struct Workers {
     /// A task is parked on room in the queue (see `awaits`): a hint, so
     /// that landing results costs no lock when none is.
     pub(super) room_parked: AtomicBool,
+    /// Remote members present now (a pool that listens; see `relay`).
+    pub(crate) remote_members: AtomicUsize,
 }
 
 impl std::fmt::Debug for Workers {
@@ -148,8 +155,8 @@ impl Workers {
     /// Creates the segment, rings and control block, and starts the workers.
     /// `init` is a stateful pool's (trampoline, function or 0, Init argument).
     pub fn start<I: Message>(config: Config, init: Option<(usize, usize, &I)>) -> Result<Arc<Workers>, Error> {
-        if config.workers == 0 || config.workers > control::MAX_WORKERS as usize {
-            return Err(Error::Config("workers must be between 1 and 1024"));
+        if (config.workers == 0 && !config.remote) || config.workers > control::MAX_WORKERS as usize {
+            return Err(Error::Config("workers must be between 1 and 1024 (0 only for a pool that listens)"));
         }
         if config.queue_capacity == 0 || config.queue_capacity > (ring::MAX_CAPACITY / 2) as usize {
             return Err(Error::Config("queue_capacity must be between 1 and 2^23"));
@@ -234,6 +241,7 @@ impl Workers {
             retire_seen: AtomicU64::new(0),
             terminated: AtomicBool::new(false),
             room_parked: AtomicBool::new(false),
+            remote_members: AtomicUsize::new(0),
         });
         for i in 0..workers {
             let child = inner.spawn_worker(i)?;
