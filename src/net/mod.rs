@@ -22,16 +22,16 @@
 
 pub mod auth;
 mod envelope;
-mod pool;
 mod error;
+mod pool;
 mod presence;
 mod session;
 mod subscription;
 
 pub use envelope::{SenderId, OVERHEAD, REPLAY_WINDOW};
+pub use error::NetError;
 pub(crate) use pool::Relay;
 pub use pool::{join, JoinReport};
-pub use error::NetError;
 pub use presence::{Presence, Token, Watch, WatchHandle};
 pub use session::{Publisher, Session, SessionBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE};
 pub use subscription::{CallbackSubscription, DropCounts, Frame, Subscription};

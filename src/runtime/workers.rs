@@ -175,7 +175,7 @@ impl Workers {
         let workers = config.workers as u32;
         // Calls from workers to the parent: one in flight per worker, and
         // room for a dead worker's leftover.
-        let call_ring = Ring::create(&seg, 2 * workers, payload)?;
+        let call_ring = Ring::create(&seg, (2 * workers).max(2), payload)?;
         let reply_rings = (0..workers)
             .map(|_| Ring::create(&seg, REPLY_SLOTS, payload).map(|r| r.offset()))
             .collect::<Result<Vec<_>, _>>()?;

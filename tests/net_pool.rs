@@ -1,0 +1,211 @@
+//! Pools across hosts (feature `net`), on loopback: members that join a
+//! listening pool run its tasks; a member killed mid-map loses nothing; a
+//! member with the wrong secret is never admitted; a pool without local
+//! workers waits for a member; a member's `join` returns when the pool
+//! closes. Members are this test binary re-executed (std::process::Command)
+//! with a role, as a program on another host would be the same binary.
+#![cfg(feature = "net")]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+#[path = "common/procs.rs"]
+mod procs;
+#[path = "common/watchdog.rs"]
+mod watchdog;
+use procs::{say, Proc};
+use watchdog::watchdog;
+
+const KEY: &[u8] = b"the shared secret of these tests";
+const WAIT: Duration = Duration::from_secs(20);
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// The square of `x`, and the pid of the process that computed it.
+fn square_where(x: u64) -> (u64, u32) {
+    (x * x, std::process::id())
+}
+
+/// `square_where`, a millisecond a task (so that a map is still running
+/// when a member is killed).
+fn slow_square_where(x: u64) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(1));
+    square_where(x)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn endpoint(port: u16) -> String {
+    format!("tcp/127.0.0.1:{port}")
+}
+
+#[test]
+fn child_role() {
+    let Some((role, args)) = procs::role() else { return };
+    match role.as_str() {
+        "member" => {
+            let secret = args.get(1).map_or(KEY.to_vec(), |s| s.as_bytes().to_vec());
+            say("STARTED");
+            match shmpool::net::join(&args[0], 1, secret) {
+                Ok(r) => say(&format!("DONE {}", r.tasks)),
+                Err(e) => say(&format!("ERR {e:?}")),
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// Submits tasks until one is answered by a process that is neither this
+/// one nor a local worker: a member has joined.
+fn wait_for_a_member(pool: &shmpool::Pool) -> u32 {
+    let local: HashSet<u32> = pool.worker_pids().into_iter().chain([std::process::id()]).collect();
+    let until = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < until, "no member joined within {WAIT:?}");
+        let pids: Vec<u32> = pool.map(square_where, 0..64u64).unwrap().map(|r| r.unwrap().1).collect();
+        if let Some(p) = pids.into_iter().find(|p| !local.contains(p)) {
+            return p;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_map_runs_across_local_and_remote_workers_in_order() {
+    let _w = watchdog("net: map across local and remote workers", LIMIT);
+    let port = free_port();
+    let pool = shmpool::Pool::builder().workers(1).listen(&endpoint(port)).secret(KEY).build().unwrap();
+    let mut member = Proc::spawn("member", &[&endpoint(port)]);
+    member.expect("STARTED", WAIT);
+    let remote = wait_for_a_member(&pool);
+    let mut by_remote = 0u64;
+    for (x, r) in pool.map(square_where, 0..100_000u64).unwrap().enumerate() {
+        let (sq, pid) = r.unwrap();
+        assert_eq!(sq, (x as u64) * (x as u64), "result {x}");
+        by_remote += u64::from(pid == remote);
+    }
+    assert!(by_remote > 0, "the member ran none of the 100,000 tasks");
+    drop(pool);
+    let done = member.expect("DONE", WAIT);
+    let ran: u64 = done.parse().unwrap();
+    // It counts tasks (a map sends items in groups), the results count items.
+    assert!(ran > 0 && ran <= by_remote, "the member says it ran {ran} tasks, {by_remote} results came from it");
+    member.wait_ok(WAIT);
+}
+
+#[test]
+fn a_member_killed_mid_map_loses_nothing() {
+    let _w = watchdog("net: a member killed mid-map", LIMIT);
+    let port = free_port();
+    let pool = shmpool::Pool::builder().workers(1).listen(&endpoint(port)).secret(KEY).build().unwrap();
+    let mut member = Proc::spawn("member", &[&endpoint(port)]);
+    member.expect("STARTED", WAIT);
+    let remote = wait_for_a_member(&pool);
+    let mut killed = false;
+    let mut seen_remote = 0;
+    for (x, r) in pool.map(slow_square_where, 0..3000u64).unwrap().enumerate() {
+        let (sq, pid) = r.unwrap_or_else(|e| panic!("task {x}: {e}"));
+        assert_eq!(sq, (x as u64) * (x as u64), "result {x}");
+        if pid == remote {
+            seen_remote += 1;
+            if seen_remote == 20 && !killed {
+                member.kill();
+                killed = true;
+            }
+        }
+    }
+    assert!(killed, "the member answered fewer than 20 tasks before the map ended");
+    // A new member joins and works.
+    let again = Proc::spawn("member", &[&endpoint(port)]);
+    again.expect("STARTED", WAIT);
+    let newcomer = wait_for_a_member(&pool);
+    assert_ne!(newcomer, remote);
+    drop(pool);
+    again.expect("DONE", WAIT);
+}
+
+#[test]
+fn a_member_with_another_secret_is_never_admitted() {
+    let _w = watchdog("net: wrong secret", LIMIT);
+    let port = free_port();
+    let pool = shmpool::Pool::builder().workers(1).listen(&endpoint(port)).secret(KEY).build().unwrap();
+    let mut member = Proc::spawn("member", &[&endpoint(port), "not the secret"]);
+    member.expect("STARTED", WAIT);
+    let answer = member.expect("ERR", Duration::from_secs(30));
+    assert!(answer.contains("TimedOut"), "{answer}");
+    // Meanwhile every task ran here.
+    let local: HashSet<u32> = pool.worker_pids().into_iter().collect();
+    for r in pool.map(square_where, 0..1000u64).unwrap() {
+        assert!(local.contains(&r.unwrap().1));
+    }
+    member.wait_ok(WAIT);
+}
+
+#[test]
+fn a_pool_without_local_workers_waits_for_a_member() {
+    let _w = watchdog("net: workers(0)", LIMIT);
+    let port = free_port();
+    let pool = shmpool::Pool::builder().workers(0).listen(&endpoint(port)).secret(KEY).build().unwrap();
+    assert!(shmpool::Pool::builder().workers(0).build().is_err(), "workers(0) without listen stays an error");
+    let ticket = pool.submit(square_where, 12u64).unwrap();
+    // Nobody to run it yet: it waits, it does not fail.
+    let ticket = match ticket.wait_timeout(Duration::from_millis(300)) {
+        Ok(r) => panic!("answered with no worker anywhere: {r:?}"),
+        Err(t) => t,
+    };
+    let mut member = Proc::spawn("member", &[&endpoint(port)]);
+    member.expect("STARTED", WAIT);
+    let (sq, pid) = ticket.wait().unwrap();
+    assert_eq!(sq, 144);
+    assert_ne!(pid, std::process::id());
+    let squares: Vec<u64> = pool.map(square_where, 0..10_000u64).unwrap().map(|r| r.unwrap().0).collect();
+    assert_eq!(squares, (0..10_000u64).map(|x| x * x).collect::<Vec<_>>());
+    drop(pool);
+    member.expect("DONE", WAIT);
+    member.wait_ok(WAIT);
+}
+
+/// A member of another build (a copy of this test binary with one byte of
+/// its GNU build id flipped) is refused with a typed error: code offsets
+/// would name other code there.
+#[test]
+fn a_member_of_another_build_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let _w = watchdog("net: another build", LIMIT);
+    let port = free_port();
+    let _pool = shmpool::Pool::builder().workers(1).listen(&endpoint(port)).secret(KEY).build().unwrap();
+    let id = shmpool::service::gnu_build_id_bytes().expect("the linker here writes a GNU build id");
+    let mut image = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let mut flipped = 0;
+    let mut i = 0;
+    while let Some(at) = image[i..].windows(id.len()).position(|w| w == id.as_slice()) {
+        image[i + at + id.len() - 1] ^= 0xff;
+        flipped += 1;
+        i += at + id.len();
+    }
+    assert!(flipped >= 1, "the build id was not found in the binary");
+    let copy = std::env::temp_dir().join(format!("shmpool-net-other-build-{}", std::process::id()));
+    std::fs::write(&copy, &image).unwrap();
+    drop(image);
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut tries = 0;
+    let out = loop {
+        let run = std::process::Command::new(&copy)
+            .args(["--exact", procs::ENTRY, "--nocapture", "--test-threads=1"])
+            .env("SHMPOOL_TEST_CHILD_ROLE", format!("member\u{1f}{}", endpoint(port)))
+            .stdin(std::process::Stdio::null())
+            .output();
+        match run {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
+    let _ = std::fs::remove_file(&copy);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ERR Refused"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("owner_build: {}", shmpool::build_id())), "{stdout}");
+}
