@@ -27,6 +27,7 @@ mod pool;
 mod presence;
 mod session;
 mod subscription;
+mod topic;
 
 pub use envelope::{SenderId, OVERHEAD, REPLAY_WINDOW};
 pub use error::NetError;
@@ -35,3 +36,4 @@ pub use pool::{join, JoinReport};
 pub use presence::{Presence, Token, Watch, WatchHandle};
 pub use session::{Publisher, Session, SessionBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE};
 pub use subscription::{CallbackSubscription, DropCounts, Frame, Subscription};
+pub use topic::{bridge, TopicBridge};

@@ -173,6 +173,7 @@ impl Sealer {
 ///
 /// Dropping the session closes it (its subscriptions, watches and tokens
 /// end with it).
+#[derive(Clone)]
 pub struct Session {
     zenoh: zenoh::Session,
     sealer: Arc<Sealer>,
@@ -302,6 +303,12 @@ impl Session {
         keys.sort();
         keys.dedup();
         Ok(keys)
+    }
+
+    /// This session's sender id, as [`Frame::sender`](super::Frame::sender)
+    /// gives it on frames it published.
+    pub fn sender(&self) -> SenderId {
+        self.sealer.sender
     }
 
     /// Frames dropped so far by all of this session's subscriptions

@@ -153,6 +153,13 @@ const PAYLOAD_AT: u64 = 16;
 
 /// A type's fingerprint, stored with a container so that opening it with
 /// another element type is an error, not a misread.
+/// The fingerprint of a type's label (name, size, alignment), as the
+/// network carries it beside a topic's samples.
+#[cfg(feature = "net")]
+pub(crate) fn type_fingerprint_of(label: &str) -> u64 {
+    fnv1a(label.as_bytes())
+}
+
 pub(crate) fn type_fingerprint<T: ?Sized>() -> u64 {
     fingerprint::<T>()
 }

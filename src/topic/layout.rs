@@ -69,6 +69,11 @@ pub(super) struct Header {
     pub next_seq: AtomicU64,
     /// Queues: items queued (not taken), for the capacity bound.
     pub queued: AtomicU64,
+    /// Topics: the pid of the process whose bridge carries this host's
+    /// samples to and from the network (0: none). One per host, so that
+    /// each sample crosses once.
+    pub bridge: AtomicU32,
+    pub _pad_bridge: AtomicU32,
     /// The history ring (topics with history), or the item ring (queues).
     pub ring: AtomicU64,
     /// Serialises sends with joins when the topic keeps history, so a
@@ -177,8 +182,14 @@ pub(super) struct SampleHeader {
     /// Length of the value's bytes after the header.
     pub len: AtomicU64,
     pub seq: AtomicU64,
-    pub _pad: AtomicU64,
+    /// `FROM_NETWORK`: a bridge published it, received from another host
+    /// (a bridge never sends such a sample back out).
+    pub flags: AtomicU64,
 }
+
+/// [`SampleHeader::flags`]: the sample came from another host.
+#[cfg(feature = "net")]
+pub(super) const FROM_NETWORK: u64 = 1;
 
 // SAFETY: `#[repr(C)]`, atomics only, valid when zeroed.
 unsafe impl ShmSafe for SampleHeader {}
@@ -214,6 +225,7 @@ pub(super) fn alloc_sample(seg: &Segment, len: u64, seq: u64) -> Result<u64, cra
     h.refs.store(1, Ordering::Relaxed);
     h.len.store(len, Ordering::Relaxed);
     h.seq.store(seq, Ordering::Relaxed);
+    h.flags.store(0, Ordering::Relaxed);
     // SYNC: Release: a reader that checks the tag with Acquire sees the rest.
     h.check.store(SAMPLE_MAGIC ^ block.offset as u32, Ordering::Release);
     Ok(block.offset)

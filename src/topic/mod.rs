@@ -246,6 +246,10 @@ fn type_label(name: &str, size: u32, align: u32) -> String {
 /// ```
 pub struct Topic<T: Payload> {
     shared: Arc<Shared>,
+    /// This process's bridge to the network, if the builder was given one
+    /// (feature `net`).
+    #[cfg(feature = "net")]
+    bridge: Option<Arc<crate::net::TopicBridge>>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -257,7 +261,12 @@ impl<T: Payload> fmt::Debug for Topic<T> {
 
 impl<T: Payload> Clone for Topic<T> {
     fn clone(&self) -> Self {
-        Topic { shared: Arc::clone(&self.shared), _type: PhantomData }
+        Topic {
+            shared: Arc::clone(&self.shared),
+            #[cfg(feature = "net")]
+            bridge: self.bridge.clone(),
+            _type: PhantomData,
+        }
     }
 }
 
@@ -268,6 +277,8 @@ pub struct TopicBuilder<T: Payload> {
     name: String,
     shape: Shape,
     overflow: Overflow,
+    #[cfg(feature = "net")]
+    network: Option<crate::net::Session>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -291,7 +302,14 @@ impl Default for Shape {
 impl<T: Payload> Topic<T> {
     /// Options for the topic `name`.
     pub fn builder(name: &str) -> TopicBuilder<T> {
-        TopicBuilder { name: name.to_owned(), shape: Shape::default(), overflow: Overflow::Block, _type: PhantomData }
+        TopicBuilder {
+            name: name.to_owned(),
+            shape: Shape::default(),
+            overflow: Overflow::Block,
+            #[cfg(feature = "net")]
+            network: None,
+            _type: PhantomData,
+        }
     }
 
     /// Opens the existing topic `name` (`NotFound` if there is none).
@@ -324,6 +342,45 @@ impl<T: Payload> Topic<T> {
     /// Subscribers now attached (live or not yet reclaimed).
     pub fn subscriber_count(&self) -> usize {
         self.shared.subscriber_count()
+    }
+
+    /// Becomes this host's bridge of the topic if it has none (or its
+    /// bridge died): one per host, so each sample crosses once.
+    #[cfg(feature = "net")]
+    pub(crate) fn claim_bridge(&self) -> bool {
+        let b = &self.shared.header().bridge;
+        let me = crate::sys::process::current_pid();
+        let cur = b.load(std::sync::atomic::Ordering::Acquire);
+        if cur == me {
+            return true;
+        }
+        (cur == 0 || !crate::sys::process::is_alive(cur))
+            && b.compare_exchange(cur, me, std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Gives up being this host's bridge.
+    #[cfg(feature = "net")]
+    pub(crate) fn release_bridge(&self) {
+        let me = crate::sys::process::current_pid();
+        let _ = self.shared.header().bridge.compare_exchange(
+            me,
+            0,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The fingerprint of the topic's type, as the network carries it.
+    #[cfg(feature = "net")]
+    pub(crate) fn type_fingerprint(&self) -> u64 {
+        let h = self.shared.header();
+        let label = type_label(
+            &h.type_name(),
+            h.type_size.load(std::sync::atomic::Ordering::Relaxed),
+            h.type_align.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        crate::shared::type_fingerprint_of(&label)
     }
 }
 
@@ -368,6 +425,16 @@ impl<T: Payload> TopicBuilder<T> {
         self
     }
 
+    /// Also carries the topic across hosts through `session` (feature
+    /// `net`): samples published here reach this topic on every connected
+    /// host, and theirs reach this host's subscribers (see
+    /// [`crate::net::bridge`]).
+    #[cfg(feature = "net")]
+    pub fn network(mut self, session: &crate::net::Session) -> Self {
+        self.network = Some(session.clone());
+        self
+    }
+
     /// Opens the topic, creating it if it does not exist.
     pub fn open_or_create(self) -> Result<Topic<T>, TopicError> {
         self.attach(true)
@@ -392,7 +459,19 @@ impl<T: Payload> TopicBuilder<T> {
         let seg_name = segment_name("topic", &self.name)?;
         check_kind("queue", &self.name)?;
         let shared = Shared::attach::<T>(&seg_name, &self.name, layout::KIND_TOPIC, &self.shape, create)?;
-        Ok(Topic { shared: Arc::new(shared), _type: PhantomData })
+        #[allow(unused_mut)]
+        let mut topic = Topic {
+            shared: Arc::new(shared),
+            #[cfg(feature = "net")]
+            bridge: None,
+            _type: PhantomData,
+        };
+        #[cfg(feature = "net")]
+        if let Some(session) = &self.network {
+            let bridge = crate::net::bridge(&topic, session).map_err(|e| TopicError::Segment(e.to_string()))?;
+            topic.bridge = Some(Arc::new(bridge));
+        }
+        Ok(topic)
     }
 }
 
@@ -401,6 +480,16 @@ impl<T: Payload> TopicBuilder<T> {
 /// `..` (segment names allow letters, digits, `.`, `_` and `-` only).
 pub(crate) fn segment_name(kind: &str, name: &str) -> Result<String, TopicError> {
     let mut out = format!("{kind}.");
+    if name.is_empty() {
+        return Err(TopicError::Config("a topic or queue name is 1 to about 58 characters"));
+    }
+    // `SHMPOOL_TOPIC_NAMESPACE` keeps sets of topics apart on one host (as
+    // separate hosts would be: tests of bridges, containers sharing
+    // /dev/shm): it is a leading path of every name.
+    let name = match std::env::var(NAMESPACE_ENV) {
+        Ok(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name.to_owned(),
+    };
     for c in name.chars() {
         match c {
             'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => out.push(c),
@@ -409,11 +498,14 @@ pub(crate) fn segment_name(kind: &str, name: &str) -> Result<String, TopicError>
             _ => return Err(TopicError::Config("a topic or queue name is letters, digits, '.', '_', '-' and '/'")),
         }
     }
-    if name.is_empty() || out.len() > 64 {
+    if out.len() > 64 {
         return Err(TopicError::Config("a topic or queue name is 1 to about 58 characters"));
     }
     Ok(out)
 }
+
+/// The environment variable that namespaces topic and queue names.
+pub const NAMESPACE_ENV: &str = "SHMPOOL_TOPIC_NAMESPACE";
 
 /// `WrongKind` if `name` exists as the other kind of object.
 pub(crate) fn check_kind(other: &str, name: &str) -> Result<(), TopicError> {

@@ -149,6 +149,21 @@ impl<T: Payload> Publisher<T> {
         self.publish(loan, deadline)
     }
 
+    /// Sends value bytes made elsewhere (a bridge: a sample from another
+    /// host, already validated), marked as from the network so that no
+    /// bridge sends it out again.
+    #[cfg(feature = "net")]
+    pub(crate) fn send_from_network(&self, bytes: &[u8], timeout: Duration) -> Result<usize, TopicError> {
+        let loan = self.loan_raw(bytes.len())?;
+        // SAFETY: the loan's block is ours alone until it is sent.
+        let dst = unsafe { std::slice::from_raw_parts_mut(loan.ptr, loan.len) };
+        dst.copy_from_slice(bytes);
+        if let Some(h) = layout::sample(&self.shared.seg, loan.off) {
+            h.flags.store(layout::FROM_NETWORK, Ordering::Relaxed);
+        }
+        self.publish(loan, deadline(timeout))
+    }
+
     /// Allocates a sample of `len` value bytes, recorded as a loan.
     fn loan_raw(&self, len: usize) -> Result<RawLoan<'_, T>, TopicError> {
         let shared = &self.shared;

@@ -286,6 +286,12 @@ impl<T: Payload> Sample<T> {
         layout::sample(&self.seg, self.off).map_or(0, |h| h.seq.load(Ordering::Relaxed))
     }
 
+    /// Whether a bridge published it, received from another host.
+    #[cfg(feature = "net")]
+    pub(crate) fn came_from_network(&self) -> bool {
+        layout::sample(&self.seg, self.off).is_some_and(|h| h.flags.load(Ordering::Relaxed) & layout::FROM_NETWORK != 0)
+    }
+
     /// The value's bytes (the archive, or the raw bytes).
     pub fn bytes(&self) -> &[u8] {
         if self.ptr.is_null() {
