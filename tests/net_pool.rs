@@ -209,3 +209,45 @@ fn a_member_of_another_build_is_refused() {
     assert!(stdout.contains("ERR Refused"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("owner_build: {}", shmpool::build_id())), "{stdout}");
 }
+
+#[path = "common/capture.rs"]
+mod capture;
+
+/// A task that logs where it ran.
+fn loud(x: u64) -> u64 {
+    log::warn!(target: "netlog", "task {x} in process {}", std::process::id());
+    x
+}
+
+#[test]
+fn a_members_log_records_reach_the_owners_logger() {
+    let _w = watchdog("net: members' logs", LIMIT);
+    let _ = log::set_logger(&capture::CAPTURE);
+    log::set_max_level(log::LevelFilter::Info);
+    let port = free_port();
+    // No local worker: every task runs on the member.
+    let pool = shmpool::Pool::builder().workers(0).listen(&endpoint(port)).secret(KEY).build().unwrap();
+    let member = Proc::spawn("member", &[&endpoint(port)]);
+    member.expect("STARTED", WAIT);
+    let got: Vec<u64> = pool.map(loud, 0..20u64).unwrap().map(Result::unwrap).collect();
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+    let until = Instant::now() + WAIT;
+    loop {
+        let remote: Vec<String> = capture::CAPTURE
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(target, message)| target == "netlog" && message.contains("[member "))
+            .map(|(_, m)| m.clone())
+            .collect();
+        if remote.len() >= 20 {
+            assert!(remote.iter().any(|m| m.contains("task 7 in process")), "{remote:?}");
+            break;
+        }
+        assert!(Instant::now() < until, "only {} of 20 records of the member's tasks came: {remote:?}", remote.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(pool);
+    member.expect("DONE", WAIT);
+}

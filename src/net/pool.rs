@@ -69,6 +69,15 @@ struct Task {
     body: Vec<u8>,
 }
 
+/// A log record of a member (its own, and its workers' it re-emits).
+#[derive(Archive, Serialize, Deserialize, Debug)]
+struct LogLine {
+    member: u64,
+    level: u8,
+    target: String,
+    message: String,
+}
+
 /// A result on the wire.
 #[derive(Archive, Serialize, Deserialize, Debug)]
 struct Outcome {
@@ -160,6 +169,25 @@ impl Relay {
         subs.push(Box::new(shared.session.subscribe_with(&format!("{PREFIX}/result"), move |f| {
             if let Some(o) = decode::<Outcome>(f.payload()) {
                 s.answered(o);
+            }
+        })?));
+        // Members' log records, re-emitted through this process's logger.
+        subs.push(Box::new(shared.session.subscribe_with(&format!("{PREFIX}/log"), |f| {
+            if let Some(l) = decode::<LogLine>(f.payload()) {
+                let level = match l.level {
+                    1 => log::Level::Error,
+                    2 => log::Level::Warn,
+                    3 => log::Level::Info,
+                    4 => log::Level::Debug,
+                    _ => log::Level::Trace,
+                };
+                log::logger().log(
+                    &log::Record::builder()
+                        .level(level)
+                        .target(&l.target)
+                        .args(format_args!("[member {:016x}] {}", l.member, l.message))
+                        .build(),
+                );
             }
         })?));
         let s = Arc::clone(&shared);
@@ -347,6 +375,14 @@ pub fn join(endpoint: &str, workers: usize, secret: impl AsRef<[u8]>) -> Result<
         crate::sys::shm::random_bytes(&mut b).map_err(|e| NetError::Open(format!("drawing a member id: {e}")))?;
         u64::from_ne_bytes(b) | 1
     };
+    // This process's log records (its workers' included) go to the owner's
+    // logger, unless the program installed a logger of its own. Installed
+    // before the workers start: they forward at the level set here.
+    if log::set_boxed_logger(Box::new(NetLogger { member, session: session.clone(), key: format!("{PREFIX}/log") }))
+        .is_ok()
+    {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     let config = Config { workers: workers.max(1), ..Config::default() };
     let local =
         Workers::start::<()>(config, None).map_err(|e| NetError::Open(format!("starting local workers: {e}")))?;
@@ -420,6 +456,43 @@ pub fn join(endpoint: &str, workers: usize, secret: impl AsRef<[u8]>) -> Result<
     let _ = answerer.join();
     local.close();
     Ok(JoinReport { tasks: ran })
+}
+
+/// A member's logger: each record to the owner (Info and above).
+struct NetLogger {
+    member: u64,
+    session: Session,
+    key: String,
+}
+
+thread_local! {
+    /// This thread is inside `NetLogger::log`: whatever the network code
+    /// logs meanwhile is not sent (no recursion).
+    static LOGGING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl log::Log for NetLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Info
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if !self.enabled(r.metadata()) || LOGGING.with(|l| l.replace(true)) {
+            return;
+        }
+        let line = LogLine {
+            member: self.member,
+            level: r.level() as u8,
+            target: r.target().to_owned(),
+            message: r.args().to_string(),
+        };
+        if let Ok(bytes) = encode(&line) {
+            let _ = self.session.publish(&self.key, &bytes);
+        }
+        LOGGING.with(|l| l.set(false));
+    }
+
+    fn flush(&self) {}
 }
 
 /// Sends back every result the member's local workers give for `stream`.
