@@ -47,6 +47,8 @@ fn child_role() {
     let topic = shmpool::Topic::<Reading>::builder(&args[3]).depth(1024).network(&net).open_or_create().unwrap();
     match role.as_str() {
         "publisher" => {
+            // A local subscriber beside the remote one: every reading to both.
+            let local = topic.subscriber().unwrap();
             let p = topic.publisher().unwrap();
             // One reader of stdin for the whole run (a reader per wait would
             // leave earlier ones to swallow the line).
@@ -69,9 +71,21 @@ fn child_role() {
                     break;
                 }
             }
+            let mut seen = Vec::new();
             for seq in 0..N {
                 p.send(&Reading { seq, note: format!("reading {seq}") }).unwrap();
+                while let Ok(s) = local.try_recv() {
+                    seen.push(s.seq.to_native());
+                }
             }
+            let until = Instant::now() + WAIT;
+            while seen.iter().filter(|&&s| s != PROBE).count() < N as usize && Instant::now() < until {
+                if let Ok(s) = local.recv_timeout(Duration::from_millis(50)) {
+                    seen.push(s.seq.to_native());
+                }
+            }
+            let readings: Vec<u64> = seen.into_iter().filter(|&s| s != PROBE).collect();
+            assert_eq!(readings, (0..N).collect::<Vec<_>>(), "the local subscriber's readings");
             say("SENT");
             let _ = rx.recv_timeout(WAIT);
         }
