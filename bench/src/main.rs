@@ -36,6 +36,10 @@
 //! * **topics**: a named `Topic` from 1 publisher to 1, 2 and 4 subscriber
 //!   processes against iceoryx2 publish-subscribe (latency, throughput), and
 //!   a named `Queue` with 2 consumer processes against Redis Streams.
+//! * **net** (built only with the feature `net`): a pool with no local
+//!   worker and one member process over loopback TCP, its task round trip
+//!   beside zenoh's own query round trip and a plain TCP request/reply, and
+//!   its batched map throughput.
 //!
 //! Every ratio compares rows measured in the same run. The peers are this
 //! binary re-executed with the hidden first argument `--peer ROLE`, or
@@ -50,6 +54,8 @@ mod floor;
 mod handoff;
 mod locks;
 mod map;
+#[cfg(feature = "net")]
+mod net;
 mod oneway;
 mod params;
 mod payload;
@@ -83,13 +89,20 @@ Options:
   --plot DIR       also write SVG charts and the tables (tables.md) to DIR
   --only SECTIONS  measure only these, comma-separated, of: latency, throughput,
                    oneway, payload, idle, locks, map, handoff, pipeline,
-                   async, topics
+                   async, topics, net (net: built with --features net)
   -h, --help       print this help
 ";
 
 /// The sections `--only` accepts, in the order they run.
 const SECTIONS: [&str; 11] =
     ["latency", "throughput", "oneway", "payload", "idle", "locks", "map", "handoff", "pipeline", "async", "topics"];
+/// The section built only with the feature `net`, run after the others.
+const NET: &str = "net";
+
+/// Whether `--only` accepts `section` in this build.
+fn known_section(section: &str) -> bool {
+    SECTIONS.contains(&section) || (cfg!(feature = "net") && section == NET)
+}
 
 fn main() {
     shmpool::init();
@@ -124,6 +137,8 @@ fn run_peer(args: &[String]) -> BoxResult<()> {
         Some(role) if role.starts_with("oneway-") => oneway::run_peer(role, rest),
         Some(role) if role.starts_with("rt-") => peers::run_peer(role, rest),
         Some(role) if role.starts_with("topics-") => topics::run_peer(role, rest),
+        #[cfg(feature = "net")]
+        Some(role) if role.starts_with("net-") => net::run_peer(role, rest),
         transport => pipes::run_peer(transport),
     }
 }
@@ -172,8 +187,9 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
             "--plot" => options.plot = Some(PathBuf::from(value("a directory")?)),
             "--only" => {
                 let list: Vec<String> = value("a list of sections")?.split(',').map(str::to_owned).collect();
-                if let Some(unknown) = list.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
-                    return Err(format!("unknown section `{unknown}` (known: {})", SECTIONS.join(", ")));
+                if let Some(unknown) = list.iter().find(|s| !known_section(s)) {
+                    let hint = if unknown == NET { " (the net section is built with --features net)" } else { "" };
+                    return Err(format!("unknown section `{unknown}`{hint} (known: {})", SECTIONS.join(", ")));
                 }
                 options.only = Some(list);
             }
@@ -241,6 +257,10 @@ fn run(options: &Options) -> BoxResult<()> {
         let result = topics::measure(mode, machine.cores)?;
         sections.extend(topics::sections(&result));
         plots.topics = Some(result);
+    }
+    #[cfg(feature = "net")]
+    if options.wants(NET) {
+        sections.extend(net::measure(mode)?);
     }
     if let Some(floor) = &floor {
         sections.push(floor_section(floor));
@@ -322,5 +342,15 @@ mod tests {
         assert!(parse(&["--plot="]).is_err());
         assert!(parse(&["--fast"]).is_err_and(|e| e.contains("--fast")));
         assert!(matches!(parse(&["-h"]), Ok(Action::Help)));
+    }
+
+    #[test]
+    fn the_net_section_exists_only_with_its_feature() {
+        let parsed = parse(&["--only", "net"]);
+        if cfg!(feature = "net") {
+            assert!(matches!(parsed, Ok(Action::Run(o)) if o.wants("net") && !o.wants("latency")));
+        } else {
+            assert!(parsed.is_err_and(|e| e.contains("--features net")));
+        }
     }
 }
