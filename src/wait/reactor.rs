@@ -46,7 +46,7 @@ pub(crate) const TICK: Duration = Duration::from_millis(50);
 const FALLBACK_POLL: Duration = Duration::from_millis(1);
 
 /// What a source wants the reactor to sleep on until its next poll.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Arm {
     /// The futex word; it stays mapped as long as the source that gave it
     /// lives (the [`Source`] contract).
@@ -55,6 +55,9 @@ pub(crate) struct Arm {
     value: u32,
     /// Poll again by then even if the word does not move.
     until: Option<Instant>,
+    /// Keeps the word mapped through the round, for a source that may let
+    /// go of its mapping meanwhile (a cancelled task).
+    keep: Option<Segment>,
 }
 
 impl Arm {
@@ -64,15 +67,15 @@ impl Arm {
     /// The event must live in memory the source keeps mapped.
     pub(crate) fn on(event: &Event, announced: Announced, tick: bool) -> Arm {
         let until = tick.then(|| Instant::now() + TICK);
-        Arm { word: NonNull::from(event.futex_word()), value: announced.word(), until }
+        Arm { word: NonNull::from(event.futex_word()), value: announced.word(), until, keep: None }
     }
 }
 
 /// Something the reactor watches for parked async waiters.
 ///
 /// Contract: the word of every [`Arm`] a source returns stays mapped for as
-/// long as the source lives (it holds the [`Segment`] the word is in), and
-/// `poll` never blocks.
+/// long as the source lives (it holds the [`Segment`] the word is in), or
+/// the arm carries that segment itself; and `poll` never blocks.
 pub(crate) trait Source: Send + Sync {
     /// Does what is due (wakes the tasks whose condition may now hold) and
     /// says what to sleep on next; `None` when nobody waits any more (the
@@ -114,7 +117,10 @@ fn reactor() -> Option<&'static Reactor> {
     let mut started = lock(&STARTED);
     if !*started {
         match std::thread::Builder::new().name("shmpool-reactor".into()).spawn(move || run(r)) {
-            Ok(_) => *started = true,
+            Ok(_) => {
+                *started = true;
+                let _ = REACTOR_STARTED.set(r);
+            }
             Err(e) => {
                 log::error!("shmpool: the reactor thread for async waits could not start: {e}");
                 return None;
@@ -136,6 +142,18 @@ pub(crate) fn watch(source: Arc<dyn Source>) -> bool {
     futex::wake(&r.control, 1);
     true
 }
+
+/// Makes the reactor start a new round now (if it runs).
+fn poke() {
+    if let Some(r) = REACTOR_STARTED.get() {
+        // SYNC: Release, as in `watch`.
+        r.control.fetch_add(1, Ordering::Release);
+        futex::wake(&r.control, 1);
+    }
+}
+
+/// The reactor, once its thread runs (for `poke`, which never starts it).
+static REACTOR_STARTED: OnceLock<&'static Reactor> = OnceLock::new();
 
 /// The reactor thread: polls its sources, then sleeps on all their words.
 fn run(r: &'static Reactor) {
@@ -182,8 +200,9 @@ fn run(r: &'static Reactor) {
         words.push((&r.control, control));
         for a in &arms {
             // SAFETY: every arm came from a source still in `sources`, which
-            // keeps the word mapped (the `Source` contract); `sources` is not
-            // changed until the next round, after this wait.
+            // keeps the word mapped (the `Source` contract), or carries the
+            // segment that maps it (`keep`); neither `sources` nor `arms`
+            // changes until the next round, after this wait.
             words.push((unsafe { a.word.as_ref() }, a.value));
         }
         if futex::wait_any(&words, deadline).is_none() {
@@ -195,57 +214,72 @@ fn run(r: &'static Reactor) {
 
 /// A parked task waiting on one event until its readiness check holds.
 struct WakeOn {
-    /// Keeps the event mapped.
-    _seg: Segment,
     event: NonNull<Event>,
-    /// Whether the task's step may succeed now (a ring can pop, say).
-    ready: Box<dyn Fn() -> bool + Send + Sync>,
     /// Wake the task at this instant even if it is not ready.
     recheck: Option<Instant>,
-    /// `None` once woken or cancelled.
-    waker: Mutex<Option<Waker>>,
+    /// `None` once woken or cancelled: then nothing of the task is kept,
+    /// the mapping included (a cancelled wait must not keep a segment
+    /// mapped until the reactor's next round).
+    live: Mutex<Option<Live>>,
 }
 
-// SAFETY: `event` points into the mapping `_seg` keeps alive, and is only
-// read through shared references to an `Event` (atomics).
+/// What a parked task keeps while it waits.
+struct Live {
+    waker: Waker,
+    /// Whether the task's step may succeed now (a ring can pop, say).
+    ready: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Keeps the event mapped.
+    _seg: Segment,
+}
+
+// SAFETY: `event` points into the mapping that `live`'s segment keeps
+// alive, and is only read while `live` is held (locked, `Some`), through
+// shared references to an `Event` (atomics).
 unsafe impl Send for WakeOn {}
-// SAFETY: as for `Send`; the waker is behind a mutex.
+// SAFETY: as for `Send`; everything else is behind the mutex.
 unsafe impl Sync for WakeOn {}
 
 impl WakeOn {
-    fn event(&self) -> &Event {
-        // SAFETY: `_seg` keeps the mapping that holds the event alive for as
-        // long as `self`.
+    /// The event, while `live` (locked, `Some`) keeps it mapped.
+    fn event<'a>(&'a self, _live: &'a Live) -> &'a Event {
+        // SAFETY: `_live` holds the segment that maps the event, for as
+        // long as the borrow.
         unsafe { self.event.as_ref() }
     }
 
-    /// Forgets the task (it was woken, or gave up).
+    /// Forgets the task (it was woken, or gave up), and its mapping. If
+    /// the reactor may be sleeping on it, it is told to look again now, so
+    /// that the mapping goes at once (not at its next wake-up).
     fn cancel(&self) {
-        lock(&self.waker).take();
+        if lock(&self.live).take().is_some() {
+            poke();
+        }
     }
 }
 
 impl Source for WakeOn {
     fn poll(&self) -> Option<Arm> {
-        let mut waker = lock(&self.waker);
-        waker.as_ref()?;
+        let mut live = lock(&self.live);
+        let l = live.as_ref()?;
+        let event = self.event(l);
         // The reactor's own announce, before the look: a change published
         // after it moves the word we sleep on.
-        let announced = self.event().announce();
-        if (self.ready)() || self.recheck.is_some_and(|t| Instant::now() >= t) {
-            self.event().retract(announced);
-            if let Some(w) = waker.take() {
-                w.wake();
+        let announced = event.announce();
+        if (l.ready)() || self.recheck.is_some_and(|t| Instant::now() >= t) {
+            event.retract(announced);
+            if let Some(l) = live.take() {
+                l.waker.wake();
             }
             return None;
         }
-        let mut arm = Arm::on(self.event(), announced, false);
+        let mut arm = Arm::on(event, announced, false);
         arm.until = self.recheck;
+        arm.keep = Some(l._seg.clone());
         Some(arm)
     }
 
     fn ready_now(&self) -> bool {
-        lock(&self.waker).is_some() && (self.ready)()
+        lock(&self.live).as_ref().is_some_and(|l| (l.ready)())
     }
 }
 
@@ -279,11 +313,9 @@ impl Parked {
     ) -> Poll<T> {
         self.cancel();
         let parked = Arc::new(WakeOn {
-            _seg: seg.clone(),
             event: NonNull::from(event),
-            ready: Box::new(ready),
             recheck: recheck.and_then(|r| Instant::now().checked_add(r)),
-            waker: Mutex::new(Some(cx.waker().clone())),
+            live: Mutex::new(Some(Live { waker: cx.waker().clone(), ready: Box::new(ready), _seg: seg.clone() })),
         });
         if !watch(parked.clone()) {
             // No reactor (the thread could not start): poll again soon
