@@ -163,5 +163,9 @@ fn a_host_with_another_secret_hears_nothing() {
     listener.expect("READY", WAIT);
     assert_eq!(listener.expect("HEARD", WAIT), "false", "samples sealed under another secret were delivered");
     listener.wait_ok(WAIT);
-    publisher.kill();
+    // The publisher ends cleanly (a killed one would leave its topic's name).
+    publisher.tell("go");
+    publisher.expect("SENT", WAIT);
+    publisher.tell("bye");
+    publisher.wait_ok(WAIT);
 }
