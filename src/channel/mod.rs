@@ -638,9 +638,12 @@ impl<S, R> Drop for Channel<S, R> {
             }
         }
         // The peer's recv sees Closed once it has read what we sent; its
-        // send sees Closed at once.
-        self.tx.close();
+        // send sees Closed at once. The ring it sends into first: a peer
+        // that saw its receive end closed then finds its send end closed
+        // too (closed the other way round, a send right after that recv
+        // could slip in between the two).
         self.rx.close();
+        self.tx.close();
         if let Peer::Parent { .. } = self.peer {
             // What the parent sent that this end will never read: give the
             // blocks back (the parent's segment outlives us).
