@@ -92,8 +92,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn encode<T: codec::Message>(value: &T) -> Result<Vec<u8>, NetError> {
-    let fail = |e: codec::CodecError| NetError::Zenoh(format!("archiving a pool frame: {e}"));
+pub(super) fn encode<T: codec::Message>(value: &T) -> Result<Vec<u8>, NetError> {
+    let fail = |e: codec::CodecError| NetError::Zenoh(format!("archiving a frame: {e}"));
     let n = codec::encoded_len(value).map_err(fail)?;
     let mut buf = rkyv::util::AlignedVec::<16>::with_capacity(n);
     buf.extend_from_slice(&vec![0u8; n]);
@@ -103,7 +103,7 @@ fn encode<T: codec::Message>(value: &T) -> Result<Vec<u8>, NetError> {
 
 /// Network payloads arrive unaligned: copied into an aligned buffer, then
 /// validated and read.
-fn decode<T: codec::Message>(payload: &[u8]) -> Option<T> {
+pub(super) fn decode<T: codec::Message>(payload: &[u8]) -> Option<T> {
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
     codec::decode::<T>(&aligned).ok()

@@ -174,6 +174,40 @@ impl Shared {
         Ok(Some(shared))
     }
 
+    /// Becomes this host's bridge to the network (a topic's, or a queue's
+    /// home server) if it has none or its bridge died: one per host.
+    #[cfg(feature = "net")]
+    pub fn claim_bridge(&self) -> bool {
+        let b = &self.header().bridge;
+        let me = process::current_pid();
+        let cur = b.load(Ordering::Acquire);
+        if cur == me {
+            return true;
+        }
+        (cur == 0 || !process::is_alive(cur))
+            && b.compare_exchange(cur, me, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// Gives up being this host's bridge.
+    #[cfg(feature = "net")]
+    pub fn release_bridge(&self) {
+        let me = process::current_pid();
+        let _ = self.header().bridge.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// The fingerprint of the type it carries, as the network names it.
+    #[cfg(feature = "net")]
+    pub fn type_fingerprint(&self) -> u64 {
+        crate::shared::type_fingerprint_of(&self.type_label())
+    }
+
+    /// The type it carries: name, archived size and alignment.
+    #[cfg(feature = "net")]
+    pub fn type_label(&self) -> String {
+        let h = self.header();
+        type_label(&h.type_name(), h.type_size.load(Ordering::Relaxed), h.type_align.load(Ordering::Relaxed))
+    }
+
     pub fn header(&self) -> &Header {
         // The header's offset and size were checked at join.
         self.seg.get::<Header>(self.header).expect("the topic header was checked at join")

@@ -106,6 +106,11 @@ pub enum TopicError {
     Config(&'static str),
     /// The segment could not be created, opened or used (says why).
     Segment(String),
+    /// Across hosts (feature `net`): the network failed, or the host that
+    /// serves a queue did not answer (says which). An operation that ends
+    /// so may still have taken effect there (a push queued, its answer
+    /// lost): at least once, never silently lost.
+    Network(String),
 }
 
 impl fmt::Display for TopicError {
@@ -124,6 +129,7 @@ impl fmt::Display for TopicError {
             TopicError::Corrupt(e) => write!(f, "shared state is corrupt: {e}"),
             TopicError::Config(e) => write!(f, "bad option: {e}"),
             TopicError::Segment(e) => write!(f, "segment: {e}"),
+            TopicError::Network(e) => write!(f, "network: {e}"),
         }
     }
 }
@@ -293,6 +299,17 @@ pub(crate) struct Shape {
     pub type_name: Option<String>,
 }
 
+impl Shape {
+    /// The fingerprint of `T` as a topic or queue of this shape records
+    /// it (what the network compares), and its label.
+    #[cfg(feature = "net")]
+    pub(crate) fn type_fingerprint<T: Payload>(&self) -> (u64, String) {
+        let (name, size, align) = T::describe();
+        let label = type_label(self.type_name.as_deref().unwrap_or(&name), size, align);
+        (crate::shared::type_fingerprint_of(&label), label)
+    }
+}
+
 impl Default for Shape {
     fn default() -> Self {
         Shape { max_subscribers: 16, depth: 64, history: 0, capacity: 1024, segment_size: 64 << 20, type_name: None }
@@ -344,43 +361,22 @@ impl<T: Payload> Topic<T> {
         self.shared.subscriber_count()
     }
 
-    /// Becomes this host's bridge of the topic if it has none (or its
-    /// bridge died): one per host, so each sample crosses once.
+    /// Claims being this host's bridge (free, or its bridge died).
     #[cfg(feature = "net")]
     pub(crate) fn claim_bridge(&self) -> bool {
-        let b = &self.shared.header().bridge;
-        let me = crate::sys::process::current_pid();
-        let cur = b.load(std::sync::atomic::Ordering::Acquire);
-        if cur == me {
-            return true;
-        }
-        (cur == 0 || !crate::sys::process::is_alive(cur))
-            && b.compare_exchange(cur, me, std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Relaxed)
-                .is_ok()
+        self.shared.claim_bridge()
     }
 
     /// Gives up being this host's bridge.
     #[cfg(feature = "net")]
     pub(crate) fn release_bridge(&self) {
-        let me = crate::sys::process::current_pid();
-        let _ = self.shared.header().bridge.compare_exchange(
-            me,
-            0,
-            std::sync::atomic::Ordering::AcqRel,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.shared.release_bridge()
     }
 
     /// The fingerprint of the topic's type, as the network carries it.
     #[cfg(feature = "net")]
     pub(crate) fn type_fingerprint(&self) -> u64 {
-        let h = self.shared.header();
-        let label = type_label(
-            &h.type_name(),
-            h.type_size.load(std::sync::atomic::Ordering::Relaxed),
-            h.type_align.load(std::sync::atomic::Ordering::Relaxed),
-        );
-        crate::shared::type_fingerprint_of(&label)
+        self.shared.type_fingerprint()
     }
 }
 
