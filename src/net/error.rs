@@ -1,6 +1,7 @@
 //! The network layer's error.
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// Why a network operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +39,19 @@ pub enum NetError {
         /// The owner's build id.
         owner_build: u64,
     },
-    /// A pool option is out of range or missing (says which).
+    /// A pool or session option is out of range, missing, or at odds with
+    /// another (says which).
     Config(&'static str),
+    /// A file named by [`Tls`](super::Tls) could not be read, or holds no
+    /// PEM block.
+    TlsFile {
+        /// Which file: `root CA certificate`, `certificate`, `private key`.
+        what: &'static str,
+        /// The path as given.
+        path: PathBuf,
+        /// What was wrong with it.
+        reason: String,
+    },
 }
 
 impl fmt::Display for NetError {
@@ -58,6 +70,7 @@ impl fmt::Display for NetError {
                 crate::runtime::build_id()
             ),
             NetError::Config(what) => write!(f, "bad network option: {what}"),
+            NetError::TlsFile { what, path, reason } => write!(f, "TLS {what} {}: {reason}", path.display()),
         }
     }
 }

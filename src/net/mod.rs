@@ -14,11 +14,37 @@
 //! - Presence: [`Token`] and [`Watch`], zenoh liveliness. A member that dies
 //!   takes its token with it (its TCP link closes with the process).
 //!
-//! What an open port exposes: anyone who can reach a `listen` endpoint can
-//! connect, see key expressions and payloads (TCP is not encrypted: use
-//! zenoh's TLS transport across untrusted networks), and declare presence
-//! tokens; without the secret they cannot produce a frame any subscription
-//! delivers.
+//! What an open port exposes: anyone who can reach a `tcp/` endpoint can
+//! connect, see key expressions and payloads (TCP is not encrypted), and
+//! declare presence tokens; without the secret they cannot produce a frame
+//! any subscription delivers.
+//!
+//! Across untrusted networks, use `tls/` endpoints with [`Tls`] files
+//! ([`SessionBuilder::tls`]): zenoh's TLS transport (rustls) encrypts each
+//! link, and a client connects only to a server whose certificate is signed
+//! by a CA it trusts and names the host or address it dialled, so that no one
+//! on the path reads the traffic or poses as the server. The server still
+//! accepts any client, which then sees what an open `tcp/` port shows; with
+//! [`Tls::mutual`] it demands a certificate of its CA from each client, and a
+//! host without one gets no link at all (no key expressions, payloads or
+//! tokens, in either direction). TLS does not replace the MAC: frames are
+//! still sealed under the secret, end to end, whatever links carry them.
+//!
+//! ```no_run
+//! use shmpool::net::{Session, Tls};
+//! # fn main() -> Result<(), shmpool::net::NetError> {
+//! # let key = b"k";
+//! // host A (its certificate names `hostA`):
+//! let a = Session::builder()
+//!     .listen("tls/0.0.0.0:7447")
+//!     .tls(Tls::new("ca.pem").identity("hostA.pem", "hostA.key"))
+//!     .secret(key)
+//!     .open()?;
+//! // host B:
+//! let b = Session::builder().connect("tls/hostA:7447").tls(Tls::new("ca.pem")).secret(key).open()?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod auth;
 mod envelope;
@@ -28,6 +54,7 @@ mod presence;
 mod queue;
 mod session;
 mod subscription;
+mod tls;
 mod topic;
 
 pub use envelope::{SenderId, OVERHEAD, REPLAY_WINDOW};
@@ -38,4 +65,5 @@ pub use presence::{Presence, Token, Watch, WatchHandle};
 pub(crate) use queue::{serve_queue, Leased, QueueHome, QueueProxy};
 pub use session::{Publisher, Session, SessionBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE};
 pub use subscription::{CallbackSubscription, DropCounts, Frame, Subscription};
+pub use tls::Tls;
 pub use topic::{bridge, TopicBridge};

@@ -13,7 +13,7 @@ use super::auth::Key;
 use super::envelope::{self, SenderId};
 use super::presence::{Token, Watch, WatchHandle};
 use super::subscription::{CallbackSubscription, Frame, SubStats, Subscription};
-use super::NetError;
+use super::{NetError, Tls};
 
 /// How long `open` tries the `connect` endpoints before failing, unless
 /// [`SessionBuilder::connect_timeout`] says otherwise.
@@ -30,6 +30,7 @@ pub struct SessionBuilder {
     connect: Vec<String>,
     secret: Option<Vec<u8>>,
     connect_timeout: Duration,
+    tls: Option<Tls>,
 }
 
 impl fmt::Debug for SessionBuilder {
@@ -39,23 +40,25 @@ impl fmt::Debug for SessionBuilder {
             .field("connect", &self.connect)
             .field("secret", &self.secret.as_ref().map(|_| ".."))
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
 impl SessionBuilder {
     /// Listens on `endpoint` (`tcp/127.0.0.1:7447`, `tcp/0.0.0.0:7447`;
-    /// port 0 picks a free one). May be given more than once. Without it the
-    /// session listens nowhere: it only makes the connections it is told to.
+    /// port 0 picks a free one; `tls/0.0.0.0:7447` with [`tls`](Self::tls)).
+    /// May be given more than once. Without it the session listens nowhere:
+    /// it only makes the connections it is told to.
     pub fn listen(mut self, endpoint: impl Into<String>) -> Self {
         self.listen.push(endpoint.into());
         self
     }
 
-    /// Connects to `endpoint` (`tcp/hostA:7447`), another session's listen
-    /// address. May be given more than once; `open` waits for every one of
-    /// them, up to the connect timeout. A connection lost later is retried
-    /// in the background.
+    /// Connects to `endpoint` (`tcp/hostA:7447`; `tls/hostA:7447` with
+    /// [`tls`](Self::tls)), another session's listen address. May be given
+    /// more than once; `open` waits for every one of them, up to the connect
+    /// timeout. A connection lost later is retried in the background.
     pub fn connect(mut self, endpoint: impl Into<String>) -> Self {
         self.connect.push(endpoint.into());
         self
@@ -77,6 +80,21 @@ impl SessionBuilder {
         self
     }
 
+    /// TLS for the `tls/` endpoints: the CA to trust, this host's
+    /// certificate, mutual TLS or not (see [`Tls`]). TLS encrypts the links
+    /// and authenticates the server (the client too, under mutual TLS); the
+    /// frames are still sealed under the [`secret`](Self::secret). A `tls/`
+    /// endpoint without it is refused by `open`, and so is a file that
+    /// cannot be read ([`NetError::TlsFile`]).
+    ///
+    /// The server's certificate must name what the client's endpoint names:
+    /// `tls/hostA:7447` needs `hostA` among its DNS names,
+    /// `tls/10.0.0.5:7447` needs that IP address among its IP addresses.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Opens the session: binds the listen endpoints, then connects.
     pub fn open(self) -> Result<Session, NetError> {
         let secret = self.secret.as_deref().ok_or(NetError::NoSecret)?;
@@ -91,7 +109,7 @@ impl SessionBuilder {
     fn config(&self) -> Result<zenoh::Config, NetError> {
         let mut config = zenoh::Config::default();
         let timeout_ms = i64::try_from(self.connect_timeout.as_millis()).unwrap_or(i64::MAX).max(1);
-        let settings: [(&str, String); 9] = [
+        let mut settings: Vec<(&str, String)> = vec![
             ("mode", "\"peer\"".into()),
             // No multicast scouting (it listens on UDP 7446 and answers
             // anyone on the LAN) and no gossip (a connected peer could make
@@ -108,6 +126,14 @@ impl SessionBuilder {
             ("connect/retry", "{period_init_ms: 50, period_max_ms: 1000, period_increase_factor: 2}".into()),
             ("adminspace/enabled", "false".into()),
         ];
+        let is_tls = |endpoint: &String| endpoint.starts_with("tls/");
+        match &self.tls {
+            Some(tls) => settings.extend(tls.settings(self.listen.iter().any(is_tls))?),
+            None if self.listen.iter().chain(&self.connect).any(is_tls) => {
+                return Err(NetError::Config("a tls/ endpoint needs SessionBuilder::tls (the CA to trust)"));
+            }
+            None => {}
+        }
         for (key, value) in settings {
             config
                 .insert_json5(key, &value)
@@ -197,6 +223,7 @@ impl Session {
             connect: Vec::new(),
             secret: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: None,
         }
     }
 
