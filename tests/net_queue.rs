@@ -12,6 +12,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 use shmpool::net::Session;
 use shmpool::topic::{Bytes, Queue, TopicError};
 
+#[path = "common/net.rs"]
+mod net;
 #[path = "common/procs.rs"]
 mod procs;
 #[path = "common/watchdog.rs"]
@@ -28,16 +30,9 @@ struct Job {
     label: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A serving session and a connected one (two "hosts" in this process).
 fn sessions() -> (Session, Session, String) {
-    let ep = format!("tcp/127.0.0.1:{}", free_port());
-    let home = Session::builder().listen(&ep).secret(KEY).open().unwrap();
-    let away = Session::builder().connect(&ep).secret(KEY).open().unwrap();
-    (home, away, ep)
+    net::pair(KEY)
 }
 
 fn name(what: &str) -> String {
@@ -92,7 +87,7 @@ fn child_role() {
 #[test]
 fn every_item_goes_to_exactly_one_consumer_local_or_remote() {
     let _w = watchdog("net: a queue served to another host", Duration::from_secs(120));
-    let ep = format!("tcp/127.0.0.1:{}", free_port());
+    let ep = net::endpoint();
     let net = Session::builder().listen(&ep).secret(KEY).open().unwrap();
     let qname = name("jobs");
     let q = Queue::<Job>::builder(&qname).capacity(4096).serve(&net).open_or_create().unwrap();
@@ -147,7 +142,7 @@ fn every_item_goes_to_exactly_one_consumer_local_or_remote() {
 #[test]
 fn a_remote_consumer_killed_holding_an_item_has_it_delivered_again() {
     let _w = watchdog("net: a remote consumer killed with an unacked item", Duration::from_secs(120));
-    let ep = format!("tcp/127.0.0.1:{}", free_port());
+    let ep = net::endpoint();
     let net = Session::builder().listen(&ep).secret(KEY).open().unwrap();
     let qname = name("held");
     let q = Queue::<Job>::builder(&qname).serve(&net).open_or_create().unwrap();
@@ -232,14 +227,14 @@ fn a_remote_queue_of_another_type_is_refused_at_open() {
 #[test]
 fn a_host_with_another_secret_gets_no_answer() {
     let _w = watchdog("net: a remote queue with another secret", Duration::from_secs(60));
-    let ep = format!("tcp/127.0.0.1:{}", free_port());
+    let ep = net::endpoint();
     let home = Session::builder().listen(&ep).secret(KEY).open().unwrap();
     let qname = name("secret");
     let q = Queue::<u64>::builder(&qname).serve(&home).open_or_create().unwrap();
     q.push(&5).unwrap();
     let other = Session::builder().connect(&ep).secret(b"another secret").open().unwrap();
     match Queue::<u64>::builder(&qname).network(&other).open() {
-        Err(TopicError::Network(why)) => assert!(why.contains("did not answer"), "{why}"),
+        Err(TopicError::Network(why)) => assert!(why.contains("answered"), "{why}"),
         other => panic!("expected a Network error, got {other:?}"),
     }
     assert_eq!(q.len(), 1, "the item is still there");

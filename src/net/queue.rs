@@ -31,6 +31,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use super::pool::{decode, encode};
 use super::{CallbackSubscription, NetError, Presence, Session, Token, WatchHandle};
 use crate::topic::{Item, Payload, Queue, TopicError, MAX_HELD};
+use crate::wait::reactor::WakeAt;
 use crate::wait::{Changed, Deadline};
 
 /// How long opening a queue served elsewhere waits for its server.
@@ -40,6 +41,8 @@ const OPEN_WAIT: Duration = Duration::from_secs(10);
 const HOLD: Duration = Duration::from_secs(5);
 /// How long past its wait a request's answer may take to come back.
 const GRACE: Duration = Duration::from_secs(5);
+/// How long a hello to one server waits for its answer.
+const HELLO_WAIT: Duration = Duration::from_secs(2);
 /// How long a `len` waits for its answer.
 const LEN_WAIT: Duration = Duration::from_secs(1);
 /// Items leased at once by a server: its consumer slot's records (one kept
@@ -68,6 +71,7 @@ enum Failure {
     Timeout,
     TypeMismatch { expected: String },
     Invalid(String),
+    Encode(String),
     Other(String),
 }
 
@@ -124,7 +128,10 @@ impl Leased {
 /// What a client handle waits on: answers by request id, and the server.
 #[derive(Default)]
 struct ClientState {
-    /// The serving session's id, while its presence is seen.
+    /// The servers whose presence is seen (`<zid>-<epoch>`). Presence is
+    /// not authenticated: one is used only once it answered a sealed hello.
+    candidates: Vec<String>,
+    /// The server in use: one of `candidates` that answered.
     home: Option<String>,
     awaited: HashSet<u64>,
     answers: HashMap<u64, Reply>,
@@ -163,6 +170,8 @@ pub(crate) struct Call {
     answer_by: Instant,
     /// Re-sends the request (same wait rules) under a new id.
     kind: CallKind,
+    /// Polled: wakes the task when the answer is overdue.
+    timer: Option<WakeAt>,
 }
 
 #[derive(Clone)]
@@ -175,7 +184,7 @@ enum CallKind {
 
 impl Drop for Call {
     fn drop(&mut self) {
-        self.proxy.forget(self.id);
+        self.proxy.forget(self.id, &self.home);
     }
 }
 
@@ -230,7 +239,7 @@ impl QueueProxy {
         let until = Instant::now() + OPEN_WAIT;
         {
             let mut st = proxy.lock();
-            while st.home.is_none() {
+            while st.candidates.is_empty() {
                 let now = Instant::now();
                 if now >= until {
                     return Err(TopicError::NotFound(format!("{name} (no host serves it within {OPEN_WAIT:?})")));
@@ -238,18 +247,44 @@ impl QueueProxy {
                 st = proxy.changed.wait_timeout(st, until - now);
             }
         }
-        match proxy.start(CallKind::Hello, Deadline::from(Some(until))).and_then(|c| c.wait()) {
-            Ok(_) => Ok(proxy),
-            Err(TopicError::Network(_)) if proxy.lock().home.is_some() => {
-                // A server that does not answer: another secret, most likely.
-                Err(TopicError::Network(format!(
-                    "the host serving {name:?} did not answer (another secret, or another build of the frames?)"
-                )))
-            }
+        match proxy.verify(until) {
             Err(TopicError::TypeMismatch { expected, .. }) => {
                 Err(TopicError::TypeMismatch { expected, found: label.to_owned() })
             }
+            Err(TopicError::Network(_)) => Err(TopicError::Network(format!(
+                "no host serving {name:?} answered (another secret, or another build of the frames?)"
+            ))),
             Err(e) => Err(e),
+            Ok(_) => Ok(proxy),
+        }
+    }
+
+    /// Finds a server that answers a sealed hello (and carries our type),
+    /// trying each one seen, until `until`; it becomes the one in use.
+    fn verify(self: &Arc<Self>, until: Instant) -> Result<String, TopicError> {
+        loop {
+            let candidates = self.lock().candidates.clone();
+            for home in candidates {
+                let slice = Instant::now() + HELLO_WAIT;
+                let call = self.call_to(&home, CallKind::Hello, Deadline::from(Some(slice.min(until))))?;
+                match call.wait() {
+                    Ok(_) => {
+                        self.lock().home = Some(home.clone());
+                        return Ok(home);
+                    }
+                    Err(e @ TopicError::TypeMismatch { .. }) => return Err(e),
+                    Err(_) => {}
+                }
+                if Instant::now() >= until {
+                    break;
+                }
+            }
+            if Instant::now() >= until {
+                return Err(TopicError::Network(format!("no host serving {} answered", self.base)));
+            }
+            // None answered yet: wait for a change, or try again shortly.
+            let st = self.lock();
+            drop(self.changed.wait_timeout(st, until.saturating_duration_since(Instant::now()).min(HELLO_WAIT)));
         }
     }
 
@@ -269,7 +304,8 @@ impl QueueProxy {
             drop(st);
             self.changed.notify_all();
         } else if let Reply::Item { lease, .. } = reply {
-            // Nobody waits for it any more (timed out, dropped): it goes back.
+            // Nobody waits for it any more (timed out, dropped): it goes
+            // back (to the server in use: leases live as long as it does).
             let home = st.home.clone();
             drop(st);
             if let Some(home) = home {
@@ -280,14 +316,16 @@ impl QueueProxy {
 
     fn home_changed(&self, change: Presence) {
         let mut st = self.lock();
+        let id = change.key().rsplit('/').next().unwrap_or_default().to_owned();
         match change {
-            Presence::Alive(key) => {
-                if st.home.is_none() {
-                    st.home = key.rsplit('/').next().map(str::to_owned);
+            Presence::Alive(_) => {
+                if !st.candidates.contains(&id) {
+                    st.candidates.push(id);
                 }
             }
-            Presence::Gone(key) => {
-                if st.home.as_deref() == key.rsplit('/').next() {
+            Presence::Gone(_) => {
+                st.candidates.retain(|c| *c != id);
+                if st.home.as_deref() == Some(id.as_str()) {
                     st.home = None;
                 }
             }
@@ -296,15 +334,12 @@ impl QueueProxy {
         self.changed.notify_all();
     }
 
-    fn forget(&self, id: u64) {
+    fn forget(&self, id: u64, home: &str) {
         let mut st = self.lock();
         st.awaited.remove(&id);
         if let Some(Reply::Item { lease, .. }) = st.answers.remove(&id) {
-            let home = st.home.clone();
             drop(st);
-            if let Some(home) = home {
-                self.send(&home, &Request::Finish { client: self.client, lease, ack: false });
-            }
+            self.send(home, &Request::Finish { client: self.client, lease, ack: false });
         }
     }
 
@@ -317,18 +352,22 @@ impl QueueProxy {
         sent.is_ok()
     }
 
-    /// Sends a request of `kind`, waiting at the server at most until
-    /// `deadline` (capped at [`HOLD`]).
+    /// Sends a request of `kind` to the server in use (finding one that
+    /// answers first if the last one went), waiting at the server at most
+    /// until `deadline` (capped at [`HOLD`]).
     fn start(self: &Arc<Self>, kind: CallKind, deadline: Deadline) -> Result<Call, TopicError> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let home = {
-            let mut st = self.lock();
-            let home = st.home.clone().ok_or_else(|| {
-                TopicError::Network(format!("no host serves {} now (its server went away)", self.base))
-            })?;
-            st.awaited.insert(id);
-            home
+        let known = self.lock().home.clone();
+        let home = match known {
+            Some(home) => home,
+            None => self.verify(Instant::now() + HELLO_WAIT)?,
         };
+        self.call_to(&home, kind, deadline)
+    }
+
+    /// Sends a request of `kind` to the server `home`.
+    fn call_to(self: &Arc<Self>, home: &str, kind: CallKind, deadline: Deadline) -> Result<Call, TopicError> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().awaited.insert(id);
         let hold = match kind {
             CallKind::Push(_) | CallKind::Pop => Deadline::from(Some(deadline.slice(HOLD))),
             CallKind::Len | CallKind::Hello => Deadline::now(),
@@ -350,8 +389,8 @@ impl QueueProxy {
             CallKind::Push(_) | CallKind::Pop => hold.instant().unwrap_or_else(Instant::now) + GRACE,
             CallKind::Len | CallKind::Hello => deadline.instant().unwrap_or_else(|| Instant::now() + GRACE),
         };
-        let call = Call { proxy: Arc::clone(self), id, home, deadline, answer_by, kind };
-        if !self.send(&call.home, &req) {
+        let call = Call { proxy: Arc::clone(self), id, home: home.to_owned(), deadline, answer_by, kind, timer: None };
+        if !self.send(home, &req) {
             return Err(TopicError::Network(format!("a request to the server of {} could not be sent", self.base)));
         }
         Ok(call)
@@ -363,7 +402,7 @@ impl QueueProxy {
             st.awaited.remove(&call.id);
             return Some(Ok(reply));
         }
-        if st.home.as_deref() != Some(call.home.as_str()) {
+        if !st.candidates.contains(&call.home) {
             return Some(Err(TopicError::Network(format!("the host serving {} went away", self.base))));
         }
         if Instant::now() >= call.answer_by {
@@ -451,7 +490,9 @@ impl Call {
                 Failure::Timeout => TopicError::Timeout,
                 Failure::TypeMismatch { expected } => TopicError::TypeMismatch { expected, found: String::new() },
                 Failure::Invalid(e) => TopicError::Invalid(e),
-                Failure::Other(e) => TopicError::Network(format!("the serving host: {e}")),
+                Failure::Encode(e) => TopicError::Encode(e),
+                // Not a network failure: retrying would not help.
+                Failure::Other(e) => TopicError::Segment(format!("at the serving host: {e}")),
             }),
             ok => Ok(ok),
         }
@@ -479,9 +520,11 @@ impl Call {
             let got = match p.answer(&mut st, self) {
                 Some(r) => r.and_then(Call::outcome),
                 None => {
-                    // Woken by an answer or a change of server (an overdue
-                    // answer is noticed at the next of those).
+                    // Woken by an answer, a change of server, or the time
+                    // the answer is overdue (then `answer` says so).
                     p.changed.park(cx.waker());
+                    drop(st);
+                    self.timer = Some(WakeAt::new(self.answer_by, cx.waker()));
                     return Poll::Pending;
                 }
             };
@@ -525,8 +568,8 @@ impl Drop for QueueHome {
     }
 }
 
-/// What reaches the server thread: requests, clients gone, and wake-ups of
-/// its parked pops and pushes.
+/// What reaches the server thread, in arrival order: requests, clients
+/// come and gone; and wake-ups of its parked pops and pushes.
 #[derive(Default)]
 struct Inbox {
     state: Mutex<InboxState>,
@@ -535,10 +578,14 @@ struct Inbox {
 
 #[derive(Default)]
 struct InboxState {
-    requests: VecDeque<Request>,
-    alive: Vec<u64>,
-    gone: Vec<u64>,
+    events: VecDeque<Event>,
     woken: bool,
+}
+
+enum Event {
+    Request(Request),
+    Alive(u64),
+    Gone(u64),
 }
 
 impl Inbox {
@@ -546,12 +593,27 @@ impl Inbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn post(&self, event: Event) {
+        self.lock().events.push_back(event);
+        self.changed.notify_all();
+    }
+
     fn nudge(&self) {
         self.lock().woken = true;
         self.changed.notify_all();
     }
+
+    /// Sleeps until an event, a wake-up or `timeout`.
+    fn nap(&self, timeout: Duration) {
+        let st = self.lock();
+        let mut st = if st.woken || !st.events.is_empty() { st } else { self.changed.wait_timeout(st, timeout) };
+        st.woken = false;
+    }
 }
 
+/// The server's parked pops and pushes are woken through the inbox: the
+/// reactor wakes them as it wakes any task, and the server thread polls
+/// them again.
 impl Wake for Inbox {
     fn wake(self: Arc<Self>) {
         self.nudge();
@@ -559,6 +621,35 @@ impl Wake for Inbox {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.nudge();
+    }
+}
+
+/// The queues this process serves (one handle each: a second `serve` of
+/// the same queue stands by).
+static SERVED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Serving a queue: this process's handle is the one (among this process's
+/// handles, and among this host's processes, through the queue's header).
+struct Claim<'q, T: Payload> {
+    queue: &'q Queue<T>,
+}
+
+impl<'q, T: Payload> Claim<'q, T> {
+    fn take(queue: &'q Queue<T>) -> Option<Claim<'q, T>> {
+        let mut served = SERVED.lock().unwrap_or_else(|e| e.into_inner());
+        let name = queue.name().to_owned();
+        if served.contains(&name) || !queue.claim_home() {
+            return None;
+        }
+        served.push(name);
+        Some(Claim { queue })
+    }
+}
+
+impl<T: Payload> Drop for Claim<'_, T> {
+    fn drop(&mut self) {
+        self.queue.release_home();
+        SERVED.lock().unwrap_or_else(|e| e.into_inner()).retain(|n| n != self.queue.name());
     }
 }
 
@@ -582,13 +673,12 @@ pub(crate) fn serve_queue<T: Payload>(queue: Queue<T>, session: &Session) -> Res
                 inbox: inbox2,
             };
             server.run(&stop2);
-            queue.release_home();
         })
         .map_err(|e| TopicError::Network(format!("starting the queue's server thread: {e}")))?;
     Ok(QueueHome { stop, inbox, thread: Some(thread) })
 }
 
-type Pending<'q, T> = Pin<Box<dyn Future<Output = Result<Item<T>, TopicError>> + 'q>>;
+type PendingPop<'q, T> = Pin<Box<dyn Future<Output = Result<Item<T>, TopicError>> + 'q>>;
 type PendingPush<'q> = Pin<Box<dyn Future<Output = Result<(), TopicError>> + 'q>>;
 
 /// A request the server holds until it can answer (or its wait ends).
@@ -600,7 +690,7 @@ struct Waiting<'q, T: Payload> {
 }
 
 enum Job<'q, T: Payload> {
-    Pop(Pending<'q, T>),
+    Pop(PendingPop<'q, T>),
     Push(PendingPush<'q>),
 }
 
@@ -619,13 +709,16 @@ struct Server<'q, T: Payload> {
     inbox: Arc<Inbox>,
 }
 
-/// The server thread's state while it serves.
+/// The server thread's state while it serves. Dropped (on stop, or after a
+/// panic of a round) in field order: waits end, leased items go back to the
+/// queue, the presence token goes (clients learn it), then the claim.
 struct Serving<'q, T: Payload> {
     waiting: Vec<Waiting<'q, T>>,
     leases: HashMap<(u64, u64), Lease<T>>,
     next_lease: u64,
     alive: HashSet<u64>,
     _subs: (Token, CallbackSubscription, WatchHandle),
+    _claim: Claim<'q, T>,
 }
 
 impl<'q, T: Payload> Server<'q, T> {
@@ -633,60 +726,61 @@ impl<'q, T: Payload> Server<'q, T> {
         let mut serving: Option<Serving<'q, T>> = None;
         while !stop.load(Ordering::Acquire) {
             let Some(s) = serving.as_mut() else {
-                // One process per host serves: the others stand by, and
-                // take over when it dies.
-                if self.queue.claim_home() {
-                    match self.declare() {
-                        Ok(s) => serving = Some(s),
-                        Err(e) => {
-                            log::warn!("shmpool: serving queue {} to the network failed: {e}", self.base);
-                            self.idle(Duration::from_secs(1));
-                        }
+                // One handle per process and one process per host serves:
+                // the others stand by, and take over when it goes.
+                match Claim::take(self.queue).map(|claim| self.declare(claim)) {
+                    Some(Ok(s)) => serving = Some(s),
+                    Some(Err(e)) => {
+                        log::warn!("shmpool: serving queue {} to the network failed: {e}", self.base);
+                        self.inbox.nap(Duration::from_secs(1));
                     }
-                } else {
-                    self.idle(IDLE);
+                    None => self.inbox.nap(IDLE),
                 }
                 continue;
             };
-            self.round(s);
+            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.round(s)));
+            if round.is_err() {
+                // Not silently: logged, and serving starts over (what was
+                // leased goes back to the queue; clients see the server go).
+                log::error!("shmpool: the server of queue {} panicked; it starts over", self.base);
+                serving = None;
+            }
         }
         // Leases and waits end with `serving`: leased items go back.
     }
 
-    fn idle(&self, d: Duration) {
-        let st = self.inbox.lock();
-        let mut st = if st.woken { st } else { self.inbox.changed.wait_timeout(st, d) };
-        st.woken = false;
-    }
-
-    fn declare(&self) -> Result<Serving<'q, T>, NetError> {
-        let zid = self.session.id();
+    fn declare(&self, claim: Claim<'q, T>) -> Result<Serving<'q, T>, NetError> {
+        // A fresh epoch each time: requests and acks meant for an earlier
+        // serving (replayed, or late) go to a key nobody serves.
+        let epoch = {
+            let mut b = [0u8; 8];
+            crate::sys::shm::random_bytes(&mut b).map_err(|e| NetError::Open(format!("drawing an epoch: {e}")))?;
+            u64::from_ne_bytes(b)
+        };
+        let id = format!("{}-{epoch:016x}", self.session.id());
         let inbox = Arc::clone(&self.inbox);
-        let requests = self.session.subscribe_with(&format!("{}/h/{zid}", self.base), move |f| {
+        let requests = self.session.subscribe_with(&format!("{}/h/{id}", self.base), move |f| {
             if let Some(req) = decode::<Request>(f.payload()) {
-                inbox.lock().requests.push_back(req);
-                inbox.changed.notify_all();
+                inbox.post(Event::Request(req));
             }
         })?;
         let inbox = Arc::clone(&self.inbox);
         let clients = self.session.watch_with(&format!("{}/alive/*", self.base), move |p| {
-            let id = |k: &str| k.rsplit('/').next().and_then(|id| u64::from_str_radix(id, 16).ok());
-            let mut st = inbox.lock();
-            match p {
-                Presence::Alive(k) => st.alive.extend(id(&k)),
-                Presence::Gone(k) => st.gone.extend(id(&k)),
-            }
-            drop(st);
-            inbox.changed.notify_all();
+            let Some(c) = p.key().rsplit('/').next().and_then(|id| u64::from_str_radix(id, 16).ok()) else { return };
+            inbox.post(match p {
+                Presence::Alive(_) => Event::Alive(c),
+                Presence::Gone(_) => Event::Gone(c),
+            });
         })?;
         // Declared last: clients send requests only once they see it.
-        let token = self.session.declare_token(&format!("{}/home/{zid}", self.base))?;
+        let token = self.session.declare_token(&format!("{}/home/{id}", self.base))?;
         Ok(Serving {
             waiting: Vec::new(),
             leases: HashMap::new(),
             next_lease: 1,
             alive: HashSet::new(),
             _subs: (token, requests, clients),
+            _claim: claim,
         })
     }
 
@@ -702,36 +796,29 @@ impl<'q, T: Payload> Server<'q, T> {
         self.reply(client, &Reply::Failed { id, why });
     }
 
-    /// One round: new requests, clients come and gone, waits polled; then
-    /// sleeps until something changes or a wait ends.
+    /// One round: events in arrival order, waits polled; then a nap until
+    /// something happens or a wait ends.
     fn round(&self, s: &mut Serving<'q, T>) {
-        let (requests, alive, gone) = {
-            let mut st = self.inbox.lock();
-            st.woken = false;
-            (std::mem::take(&mut st.requests), std::mem::take(&mut st.alive), std::mem::take(&mut st.gone))
-        };
-        s.alive.extend(alive);
-        // Requests first: a client's last acks arrive before its presence
-        // goes (one link, in order), so they are not taken for unacked.
-        for req in requests {
-            self.handle(s, req);
-        }
-        for client in gone {
-            s.alive.remove(&client);
-            // What it held goes back to the queue (dropped items return).
-            s.leases.retain(|(c, _), _| *c != client);
-            s.waiting.retain(|w| w.client != client);
+        let events = std::mem::take(&mut self.inbox.lock().events);
+        for event in events {
+            match event {
+                Event::Request(req) => self.handle(s, req),
+                Event::Alive(client) => {
+                    s.alive.insert(client);
+                }
+                Event::Gone(client) => {
+                    s.alive.remove(&client);
+                    // What it held goes back to the queue (dropped items return).
+                    s.leases.retain(|(c, _), _| *c != client);
+                    s.waiting.retain(|w| w.client != client);
+                }
+            }
         }
         // A client whose presence never showed: taken for gone after a while.
         s.leases.retain(|(c, _), l| s.alive.contains(c) || l.since.elapsed() < UNSEEN_LEASE);
         self.poll_waiting(s);
         let next = s.waiting.iter().filter_map(|w| w.until).min();
-        let nap = next.map_or(IDLE, |t| t.saturating_duration_since(Instant::now()).min(IDLE));
-        let st = self.inbox.lock();
-        if !st.woken && st.requests.is_empty() && st.gone.is_empty() {
-            let mut st = self.inbox.changed.wait_timeout(st, nap);
-            st.woken = false;
-        }
+        self.inbox.nap(next.map_or(IDLE, |t| t.saturating_duration_since(Instant::now()).min(IDLE)));
     }
 
     fn handle(&self, s: &mut Serving<'q, T>, req: Request) {
@@ -835,6 +922,7 @@ fn failure(id: u64, e: TopicError) -> Reply {
         TopicError::Full => Failure::Full,
         TopicError::Timeout => Failure::Timeout,
         TopicError::Invalid(e) => Failure::Invalid(e),
+        TopicError::Encode(e) => Failure::Encode(e),
         e => Failure::Other(e.to_string()),
     };
     Reply::Failed { id, why }

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use zenoh::Wait;
@@ -102,7 +102,7 @@ impl SessionBuilder {
         let config = self.config()?;
         let zenoh = zenoh::open(config).wait().map_err(|e| NetError::Open(e.to_string()))?;
         let sender: SenderId = zenoh.zid().to_le_bytes();
-        let sealer = Arc::new(Sealer { key, sender, counter: AtomicU64::new(0) });
+        let sealer = Arc::new(Sealer { key, sender, counter: AtomicU64::new(0), order: Mutex::new(()) });
         Ok(Session { zenoh, sealer, dropped: Arc::new(SubStats::default()) })
     }
 
@@ -170,12 +170,25 @@ pub(crate) struct Sealer {
     pub(crate) key: Key,
     sender: SenderId,
     counter: AtomicU64,
+    /// Held from taking a counter to handing the frame to zenoh: frames
+    /// leave in counter order. (Threads that numbered frames first and
+    /// sent them later could put one more than the replay window behind
+    /// its successors: the receiver would drop it as a replay.)
+    order: Mutex<()>,
 }
 
 impl Sealer {
-    fn seal(&self, key_expr: &str, payload: &[u8]) -> Vec<u8> {
+    /// Seals `payload` for `key_expr` with the next counter and hands the
+    /// frame to `put`, in counter order.
+    fn send(
+        &self,
+        key_expr: &str,
+        payload: &[u8],
+        put: impl FnOnce(Vec<u8>) -> Result<(), NetError>,
+    ) -> Result<(), NetError> {
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         let counter = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
-        envelope::seal(&self.key, key_expr, &self.sender, counter, payload)
+        put(envelope::seal(&self.key, key_expr, &self.sender, counter, payload))
     }
 }
 
@@ -255,12 +268,13 @@ impl Session {
     /// [`Publisher::wait_matched`] when that matters.
     pub fn publish(&self, key: &str, payload: &[u8]) -> Result<(), NetError> {
         let key_expr = key_expr(key)?;
-        let frame = self.sealer.seal(key, payload);
-        self.zenoh
-            .put(key_expr, frame)
-            .congestion_control(zenoh::qos::CongestionControl::Block)
-            .wait()
-            .map_err(zenoh_err)
+        self.sealer.send(key, payload, |frame| {
+            self.zenoh
+                .put(key_expr, frame)
+                .congestion_control(zenoh::qos::CongestionControl::Block)
+                .wait()
+                .map_err(zenoh_err)
+        })
     }
 
     /// Subscribes to `key` (wildcards allowed: `pool/*/results`), queueing
@@ -384,8 +398,7 @@ impl Publisher {
     /// `Block` congestion control), which zenoh bounds by closing a link
     /// stuck longer than its `wait_before_close` (5 s by default).
     pub fn publish(&self, payload: &[u8]) -> Result<(), NetError> {
-        let frame = self.sealer.seal(&self.key, payload);
-        self.inner.put(frame).wait().map_err(zenoh_err)
+        self.sealer.send(&self.key, payload, |frame| self.inner.put(frame).wait().map_err(zenoh_err))
     }
 
     /// Whether at least one subscriber (local or remote) matches now.

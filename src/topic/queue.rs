@@ -21,6 +21,9 @@ use crate::sys::process;
 use crate::wait::reactor::Parked;
 use crate::wait::Deadline;
 
+/// How often a waiting pop looks for items of dead consumers to requeue.
+const REAP_EVERY: Duration = Duration::from_millis(100);
+
 /// A named, bounded MPMC work queue: any process pushes, any process pops,
 /// each item to one consumer. `push` and `pop` take `&self`.
 ///
@@ -149,7 +152,12 @@ impl<T: Payload> QueueBuilder<T> {
     ///
     /// An item a remote consumer took is held for it until it acks; if its
     /// session goes (the process died, the link dropped) the item is
-    /// queued again, as a dead local consumer's is.
+    /// queued again, as a dead local consumer's is, and so is everything
+    /// leased when the serving process stops. Consumers' presence is zenoh
+    /// liveliness, which is not authenticated: a peer that reaches the
+    /// port, even without the secret, can keep a dead consumer's presence
+    /// key alive, and its items then come back only when serving restarts
+    /// (a denial of service, not a way in: no frame of theirs is obeyed).
     #[cfg(feature = "net")]
     pub fn serve(mut self, session: &crate::net::Session) -> Self {
         self.network = Some((session.clone(), Role::Home));
@@ -337,7 +345,7 @@ impl Local {
         let at = layout::record(&slot.held, RESERVED).ok_or(TopicError::TooMany("items held (at most 64)"))?;
         // Dead consumers' items come back while we wait: look now and then.
         let got = loop {
-            let slice = Deadline::after(Duration::from_millis(100));
+            let slice = Deadline::after(REAP_EVERY);
             let d = match (deadline.instant(), slice.instant()) {
                 (Some(a), Some(b)) if a < b => deadline,
                 _ => slice,
@@ -588,6 +596,7 @@ impl<T: Payload> Queue<T> {
     #[cfg_attr(not(feature = "net"), allow(clippy::infallible_destructuring_match))]
     pub fn pop_async(&self) -> impl Future<Output = Result<Item<T>, TopicError>> + '_ {
         let mut parked = Parked::default();
+        let mut reaped = std::time::Instant::now();
         #[cfg(feature = "net")]
         let mut remote = None;
         std::future::poll_fn(move |cx| {
@@ -612,6 +621,12 @@ impl<T: Payload> Queue<T> {
                     };
                 }
             };
+            // Dead consumers' items come back while we wait, as in the
+            // blocking form: reaped at the reactor's rechecks.
+            if reaped.elapsed() >= REAP_EVERY {
+                l.shared.reap();
+                reaped = std::time::Instant::now();
+            }
             let attempt = || match l.pop_until(Deadline::now(), self.spin) {
                 Err(TopicError::Timeout) => None,
                 done => Some(done),
@@ -621,7 +636,7 @@ impl<T: Payload> Queue<T> {
             }
             let r = l.ring().clone();
             let ring = l.ring().readable();
-            parked.park(cx, &l.shared.seg, ring, Some(Duration::from_millis(100)), move || r.can_pop(), attempt)
+            parked.park(cx, &l.shared.seg, ring, Some(REAP_EVERY), move || r.can_pop(), attempt)
         })
     }
 
@@ -743,7 +758,10 @@ impl<T: Payload> Item<T> {
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
-    /// Done with the item: it is freed and never delivered again.
+    /// Done with the item: it is freed and never delivered again. (An item
+    /// of a queue served by another host: the ack is one frame to that
+    /// host; if the link or the serving process goes before it arrives,
+    /// the item is delivered again: at least once.)
     pub fn ack(mut self) {
         self.finish(true);
     }

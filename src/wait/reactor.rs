@@ -283,6 +283,57 @@ impl Source for WakeOn {
     }
 }
 
+/// A task to wake at an instant: for a wait whose news may never come (an
+/// answer over the network), so that its deadline still ends it.
+#[cfg(feature = "net")]
+struct Timer {
+    /// A word nothing changes: the reactor sleeps on it until `until`.
+    word: AtomicU32,
+    until: Instant,
+    /// `None` once fired or cancelled.
+    waker: Mutex<Option<Waker>>,
+}
+
+#[cfg(feature = "net")]
+impl Source for Timer {
+    fn poll(&self) -> Option<Arm> {
+        let mut waker = lock(&self.waker);
+        waker.as_ref()?;
+        if Instant::now() >= self.until {
+            if let Some(w) = waker.take() {
+                w.wake();
+            }
+            return None;
+        }
+        // The word lives in this source, which the reactor holds.
+        Some(Arm { word: NonNull::from(&self.word), value: 0, until: Some(self.until), keep: None })
+    }
+}
+
+/// Wakes a task at an instant unless dropped first.
+#[cfg(feature = "net")]
+pub(crate) struct WakeAt(Arc<Timer>);
+
+#[cfg(feature = "net")]
+impl WakeAt {
+    /// Wakes `waker` at `until` (at once if the reactor cannot start).
+    pub(crate) fn new(until: Instant, waker: &Waker) -> WakeAt {
+        let t = Arc::new(Timer { word: AtomicU32::new(0), until, waker: Mutex::new(Some(waker.clone())) });
+        if !watch(t.clone()) {
+            waker.wake_by_ref();
+        }
+        WakeAt(t)
+    }
+}
+
+#[cfg(feature = "net")]
+impl Drop for WakeAt {
+    fn drop(&mut self) {
+        // The reactor lets go of it at its next look (by `until`).
+        lock(&self.0.waker).take();
+    }
+}
+
 /// The state an async wait on one event keeps between polls: the parked
 /// registration, if any. Dropping it (with the future) cancels the wait.
 #[derive(Default)]
