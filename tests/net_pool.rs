@@ -2,8 +2,9 @@
 //! listening pool run its tasks; a member killed mid-map loses nothing; a
 //! member with the wrong secret is never admitted; a pool without local
 //! workers waits for a member; a member's `join` returns when the pool
-//! closes. Members are this test binary re-executed (std::process::Command)
-//! with a role, as a program on another host would be the same binary.
+//! closes; a listen that cannot bind is a typed error. Members are this
+//! test binary re-executed (std::process::Command) with a role, as a
+//! program on another host would be the same binary.
 #![cfg(feature = "net")]
 
 use std::collections::HashSet;
@@ -52,6 +53,7 @@ fn child_role() {
                 Err(e) => say(&format!("ERR {e:?}")),
             }
         }
+        "listen-errors" => listen_errors(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -250,4 +252,74 @@ fn a_members_log_records_reach_the_owners_logger() {
     }
     drop(pool);
     member.expect("DONE", WAIT);
+}
+
+/// Threads of this process now.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Child processes of this process now.
+fn children() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).unwrap_or_default())
+        .map(|c| c.split_whitespace().count())
+        .sum()
+}
+
+/// A listen that cannot bind fails `build` with a typed error, spawning
+/// no worker and leaving no thread behind. Run in a child process of its
+/// own (the role below), where no other test's threads come and go.
+#[test]
+fn a_listen_that_cannot_bind_is_a_typed_error() {
+    let _w = watchdog("net: listen errors", LIMIT);
+    let mut child = Proc::spawn("listen-errors", &[]);
+    child.expect("OK", LIMIT);
+    child.wait_ok(WAIT);
+}
+
+fn listen_errors() {
+    use shmpool::net::NetError;
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = endpoint(holder.local_addr().unwrap().port());
+    let build = |ep: &str| shmpool::Pool::builder().workers(1).listen(ep).secret(KEY).build();
+    let attempt = || {
+        match build(&taken) {
+            Err(shmpool::Error::Net(NetError::Listen { endpoint, in_use: true, .. })) => assert_eq!(endpoint, taken),
+            other => panic!("listen on a port in use: {other:?}"),
+        }
+        for bad in
+            ["127.0.0.1:7447", "tcp/127.0.0.1", "tcp/127.0.0.1:99999", "tcp/:7447", "udp/127.0.0.1:7447", "tcp/\"x:1"]
+        {
+            match build(bad) {
+                Err(shmpool::Error::Net(NetError::Endpoint { endpoint, .. })) => assert_eq!(endpoint, bad),
+                other => panic!("listen on {bad:?}: {other:?}"),
+            }
+        }
+        // An address of no interface here (TEST-NET-1, RFC 5737).
+        match build("tcp/192.0.2.1:7447") {
+            Err(shmpool::Error::Net(NetError::Listen { in_use: false, .. })) => {}
+            other => panic!("listen on another host's address: {other:?}"),
+        }
+    };
+    // The first failure starts zenoh's runtime (its threads live as long
+    // as the process); later ones must add nothing to it.
+    attempt();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = threads();
+    for _ in 0..5 {
+        attempt();
+        assert_eq!(children(), 0, "a failed build started a worker");
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while threads() > before {
+        assert!(Instant::now() < until, "{} threads before, {} after five more failed builds", before, threads());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The error says what happened.
+    let err = build(&taken).unwrap_err().to_string();
+    assert!(err.contains("already in use") && err.contains(&taken), "{err}");
+    drop(holder);
+    say("OK");
 }

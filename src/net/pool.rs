@@ -146,9 +146,16 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    /// Listens on `endpoint` for members of `workers`'s pool.
-    pub(crate) fn start(workers: Arc<Workers>, endpoint: &str, secret: &[u8]) -> Result<Relay, NetError> {
-        let session = Session::builder().listen(endpoint).secret(secret).open()?;
+    /// The session a relay listens on for members: opened before the pool's
+    /// workers start, so that a port in use or a malformed endpoint fails
+    /// the build before any process is spawned.
+    pub(crate) fn listen(endpoint: &str, secret: &[u8]) -> Result<Session, NetError> {
+        Session::builder().listen(endpoint).secret(secret).open()
+    }
+
+    /// Relays tasks of `workers`'s pool to members that join through
+    /// `session` (from [`Relay::listen`]).
+    pub(crate) fn start(workers: Arc<Workers>, session: Session) -> Result<Relay, NetError> {
         let shared = Arc::new(Shared {
             workers,
             session,

@@ -186,13 +186,16 @@ impl PoolBuilder {
             }
             config.remote = self.listen.is_some();
         }
+        // The port first: a listen that fails spawns no worker.
+        #[cfg(feature = "net")]
+        let session = match &self.listen {
+            Some((endpoint, secret)) => Some(crate::net::Relay::listen(endpoint, &secret.0).map_err(Error::Net)?),
+            None => None,
+        };
         let inner = Workers::start::<()>(config, None)?;
         #[cfg(feature = "net")]
-        let relay = match &self.listen {
-            Some((endpoint, secret)) => Some(
-                crate::net::Relay::start(Arc::clone(&inner), endpoint, &secret.0)
-                    .map_err(|e| Error::Spawn(std::io::Error::other(e.to_string())))?,
-            ),
+        let relay = match session {
+            Some(session) => Some(crate::net::Relay::start(Arc::clone(&inner), session).map_err(Error::Net)?),
             None => None,
         };
         Ok(Pool {
@@ -209,6 +212,12 @@ impl PoolBuilder {
     /// its tasks run again elsewhere. With `listen`, `workers(0)` is
     /// allowed: the pool then waits for members. Nothing listens unless
     /// this is called; the README says what an open port exposes.
+    ///
+    /// `build` binds the endpoint before it starts any worker, and fails
+    /// with [`Error::Net`] if it cannot: [`NetError::Listen`](crate::net::NetError::Listen)
+    /// (the port is taken, with `in_use`; the address is not this host's)
+    /// or [`NetError::Endpoint`](crate::net::NetError::Endpoint) (not
+    /// `tcp/<host>:<port>`).
     #[cfg(feature = "net")]
     pub fn listen(mut self, endpoint: &str) -> Self {
         let secret = self.listen.take().map(|(_, s)| s).unwrap_or_default();
