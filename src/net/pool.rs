@@ -16,16 +16,19 @@
 //! Key expressions, under `shmpool/pool`: `join` (members announce
 //! themselves), `m/<id>/ctl` (the owner's answer: admitted, refused, closed),
 //! `m/<id>/task` (the member's tasks), `result` (every member's results),
-//! `alive/<id>` (each member's presence token), `owner` (the owner's).
+//! `alive/<id>` (each member's presence token), `owner` (the owner's),
+//! `status` and `status/<nonce>` (who the members are: see `members.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::envelope::SenderId;
+use super::members::{self, MemberInfo, StatusRequest};
 use super::{NetError, Presence, Session};
 use crate::codec;
 use crate::runtime::relay::{RelayedResult, RelayedTask};
@@ -33,7 +36,7 @@ use crate::runtime::{Config, Workers};
 use crate::wait::Deadline;
 use crate::wire::FrameHeader;
 
-const PREFIX: &str = "shmpool/pool";
+pub(super) const PREFIX: &str = "shmpool/pool";
 /// How long a joiner waits for the owner's answer.
 const ADMIT_WAIT: Duration = Duration::from_secs(10);
 /// How often the relay's dispatcher looks up from an empty queue.
@@ -92,7 +95,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn encode<T: codec::Message>(value: &T) -> Result<Vec<u8>, NetError> {
+/// A pool frame's payload: the archive of `value`.
+pub(super) fn encode<T: codec::Message>(value: &T) -> Result<Vec<u8>, NetError> {
     let fail = |e: codec::CodecError| NetError::Zenoh(format!("archiving a pool frame: {e}"));
     let n = codec::encoded_len(value).map_err(fail)?;
     let mut buf = rkyv::util::AlignedVec::<16>::with_capacity(n);
@@ -103,7 +107,7 @@ fn encode<T: codec::Message>(value: &T) -> Result<Vec<u8>, NetError> {
 
 /// Network payloads arrive unaligned: copied into an aligned buffer, then
 /// validated and read.
-fn decode<T: codec::Message>(payload: &[u8]) -> Option<T> {
+pub(super) fn decode<T: codec::Message>(payload: &[u8]) -> Option<T> {
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
     codec::decode::<T>(&aligned).ok()
@@ -114,6 +118,15 @@ struct Member {
     credit: usize,
     /// Tasks sent and not answered, by the relay's id.
     held: HashMap<u64, RelayedTask>,
+    /// Worker processes it said it runs.
+    workers: u32,
+    /// Tasks it answered so far.
+    answered: u64,
+    /// When it was admitted: the wall clock (to show) and the monotonic
+    /// one (to measure how long since).
+    joined: (SystemTime, Instant),
+    /// The session its join frame came from.
+    session: SenderId,
 }
 
 #[derive(Default)]
@@ -169,7 +182,14 @@ impl Relay {
         let s = Arc::clone(&shared);
         subs.push(Box::new(shared.session.subscribe_with(&format!("{PREFIX}/join"), move |f| {
             if let Some(j) = decode::<Join>(f.payload()) {
-                s.admit(j);
+                s.admit(j, f.sender());
+            }
+        })?));
+        // Who the members are, for holders of the secret (shmpool-admin).
+        let s = Arc::clone(&shared);
+        subs.push(Box::new(shared.session.subscribe_with(&members::request_key(), move |f| {
+            if let Some(request) = decode::<StatusRequest>(f.payload()) {
+                members::answer(&s.session, &request, &s.snapshot());
             }
         })?));
         let s = Arc::clone(&shared);
@@ -212,6 +232,11 @@ impl Relay {
             .map_err(|e| NetError::Open(format!("starting the relay thread: {e}")))?;
         Ok(Relay { shared, threads: vec![dispatcher], _subs: subs })
     }
+
+    /// The members admitted now, in the order they joined.
+    pub(crate) fn members(&self) -> Vec<MemberInfo> {
+        self.shared.snapshot()
+    }
 }
 
 impl Drop for Relay {
@@ -240,13 +265,20 @@ impl Shared {
         format!("{PREFIX}/m/{member:016x}/ctl")
     }
 
-    fn admit(&self, j: Join) {
+    fn admit(&self, j: Join, session: SenderId) {
         let build = crate::runtime::build_id();
         let answer = if j.build == build {
             let mut m = lock(&self.members);
             if let std::collections::hash_map::Entry::Vacant(slot) = m.by_id.entry(j.member) {
-                let credit = (j.workers.clamp(1, 1024) * CREDIT_PER_WORKER) as usize;
-                slot.insert(Member { credit, held: HashMap::new() });
+                let workers = j.workers.clamp(1, 1024);
+                slot.insert(Member {
+                    credit: (workers * CREDIT_PER_WORKER) as usize,
+                    held: HashMap::new(),
+                    workers,
+                    answered: 0,
+                    joined: (SystemTime::now(), Instant::now()),
+                    session,
+                });
                 self.workers.remote_members.fetch_add(1, Ordering::AcqRel);
             }
             Ctl::Admitted
@@ -260,10 +292,37 @@ impl Shared {
         self.changed.notify_all();
     }
 
+    /// Every member now, in the order they joined.
+    fn snapshot(&self) -> Vec<MemberInfo> {
+        let now = Instant::now();
+        let m = lock(&self.members);
+        let mut list: Vec<MemberInfo> = m
+            .by_id
+            .iter()
+            .map(|(&id, mb)| MemberInfo {
+                id,
+                workers: mb.workers as usize,
+                held: mb.held.len(),
+                answered: mb.answered,
+                joined: mb.joined.0,
+                member_for: now.saturating_duration_since(mb.joined.1),
+                // As zenoh spells a session id (`Session::id`).
+                session: format!("{:x}", u128::from_le_bytes(mb.session)),
+            })
+            .collect();
+        drop(m);
+        list.sort_by(|a, b| b.member_for.cmp(&a.member_for).then(a.id.cmp(&b.id)));
+        list
+    }
+
     fn answered(&self, o: Outcome) {
         let task = {
             let mut m = lock(&self.members);
-            m.by_id.get_mut(&o.member).and_then(|member| member.held.remove(&o.id))
+            m.by_id.get_mut(&o.member).and_then(|member| {
+                let task = member.held.remove(&o.id);
+                member.answered += u64::from(task.is_some());
+                task
+            })
         };
         // A result for a task this member no longer holds (it was queued
         // again after the member was taken for gone) is dropped: the task

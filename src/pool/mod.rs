@@ -35,7 +35,7 @@ pub struct Pool {
     inner: Arc<Workers>,
     /// Relays tasks to members on other hosts (a pool that listens).
     #[cfg(feature = "net")]
-    _relay: Option<crate::net::Relay>,
+    relay: Option<crate::net::Relay>,
 }
 
 impl fmt::Debug for Pool {
@@ -201,7 +201,7 @@ impl PoolBuilder {
         Ok(Pool {
             inner,
             #[cfg(feature = "net")]
-            _relay: relay,
+            relay,
         })
     }
 
@@ -388,6 +388,15 @@ impl Pool {
     /// Tasks run again after their worker died, so far.
     pub fn requeued(&self) -> u64 {
         self.inner.requeued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The members on other hosts admitted now (feature `net`; empty for a
+    /// pool that does not [`listen`](PoolBuilder::listen)), longest-standing
+    /// first: each one's id, workers, tasks it holds and has answered, and
+    /// when it joined. Other processes ask with [`crate::net::members`].
+    #[cfg(feature = "net")]
+    pub fn members(&self) -> Vec<crate::net::MemberInfo> {
+        self.relay.as_ref().map_or_else(Vec::new, crate::net::Relay::members)
     }
 }
 
