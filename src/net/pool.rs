@@ -34,7 +34,7 @@ use crate::codec;
 use crate::runtime::relay::{RelayedResult, RelayedTask};
 use crate::runtime::{Config, Workers};
 use crate::wait::Deadline;
-use crate::wire::FrameHeader;
+use crate::wire::{FrameHeader, Status};
 
 pub(super) const PREFIX: &str = "shmpool/pool";
 /// How long a joiner waits for the owner's answer.
@@ -504,11 +504,19 @@ pub fn join(endpoint: &str, workers: usize, secret: impl AsRef<[u8]>) -> Result<
         let seq = next;
         next += 1;
         lock(&ids).insert(seq, t.id);
+        let (id, len) = (t.id, t.body.len());
         let task =
             RelayedTask { stream: t.stream, seq: t.seq, func: t.func, tramp: t.tramp, status: t.status, body: t.body };
         if let Err(e) = local.push_task(stream, seq, &task) {
-            log::warn!("shmpool: a relayed task could not run here: {e}");
             lock(&ids).remove(&seq);
+            // Its waiter hears why (an argument this host's segment has no
+            // room for), as it would of a local one: never nothing.
+            let why = format!("member {member:016x} could not take the task's argument of {len} bytes: {e}");
+            let body = encode(&why).unwrap_or_default();
+            let o = Outcome { member, id, status: Status::Encode as u32, ran_ns: 0, body };
+            if let Err(e) = encode(&o).and_then(|b| results.publish(&b)) {
+                log::warn!("shmpool: a relayed task could not run here ({why}), nor could its owner be told: {e}");
+            }
             continue;
         }
         ran += 1;
