@@ -100,6 +100,13 @@ pub enum Error {
         /// The worker's build id.
         found: u64,
     },
+    /// The pool's network side failed (feature `net`): the endpoint given
+    /// to [`listen`](crate::PoolBuilder::listen) could not be bound
+    /// ([`NetError::Listen`](crate::net::NetError::Listen)) or is malformed
+    /// ([`NetError::Endpoint`](crate::net::NetError::Endpoint)), or its
+    /// relay could not start.
+    #[cfg(feature = "net")]
+    Net(crate::net::NetError),
 }
 
 impl fmt::Display for Error {
@@ -121,6 +128,8 @@ impl fmt::Display for Error {
             Error::BuildMismatch { expected, found } => {
                 write!(f, "worker runs build {found:016x}, but the pool's segment was written by build {expected:016x}")
             }
+            #[cfg(feature = "net")]
+            Error::Net(e) => write!(f, "the pool's network side: {e}"),
         }
     }
 }
@@ -134,6 +143,8 @@ impl std::error::Error for Error {
             Error::Ring(e) => Some(e),
             Error::Lock(e) => Some(e),
             Error::Shared(e) => Some(e),
+            #[cfg(feature = "net")]
+            Error::Net(e) => Some(e),
             Error::WorkerInit { .. }
             | Error::Closed
             | Error::Full
@@ -168,6 +179,13 @@ impl From<crate::shared::SharedError> for Error {
 impl From<TaskError> for Error {
     fn from(e: TaskError) -> Self {
         Error::Task(e)
+    }
+}
+
+#[cfg(feature = "net")]
+impl From<crate::net::NetError> for Error {
+    fn from(e: crate::net::NetError) -> Self {
+        Error::Net(e)
     }
 }
 

@@ -233,6 +233,9 @@ fn to_remote_error(e: Error, pid: u32) -> RemoteError {
         // Not produced by sending a call; kept apart all the same.
         e @ (Error::Lock(_) | Error::Shared(_)) => RemoteError::Segment(e.to_string()),
         Error::NothingPending | Error::NotClosed => RemoteError::Dead { pid },
+        // Only a pool that listens meets the network; kept apart all the same.
+        #[cfg(feature = "net")]
+        e @ Error::Net(_) => RemoteError::Start(e.to_string()),
     }
 }
 

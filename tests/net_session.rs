@@ -220,6 +220,35 @@ fn open_refuses_without_secret_and_bad_endpoints() {
     assert!(matches!(err, NetError::Endpoint { .. }), "{err:?}");
     let err = Session::builder().listen("tcp/\"x").secret(SECRET).open().unwrap_err();
     assert!(matches!(err, NetError::Endpoint { .. }), "{err:?}");
+    // zenoh's own parse takes these; they would fail only when bound.
+    for bad in ["tcp/127.0.0.1", "tcp/127.0.0.1:65536", "tcp/:7447", "udp/127.0.0.1:7447"] {
+        let err = Session::builder().listen(bad).secret(SECRET).open().unwrap_err();
+        assert!(matches!(&err, NetError::Endpoint { endpoint, .. } if endpoint == bad), "{bad}: {err:?}");
+        let err = Session::builder().connect(bad).secret(SECRET).open().unwrap_err();
+        assert!(matches!(&err, NetError::Endpoint { endpoint, .. } if endpoint == bad), "{bad}: {err:?}");
+    }
+}
+
+#[test]
+fn listening_on_a_port_in_use_is_a_typed_error() {
+    if role().is_some() {
+        return;
+    }
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("tcp/127.0.0.1:{}", taken.local_addr().unwrap().port());
+    match Session::builder().listen(&endpoint).secret(SECRET).open() {
+        Err(NetError::Listen { endpoint: e, in_use: true, reason }) => {
+            assert_eq!(e, endpoint);
+            assert!(!reason.contains(".rs:"), "zenoh's source locations are left out: {reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Listening on another endpoint beside it, the failing one is named.
+    let free = format!("tcp/127.0.0.1:{}", TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    match Session::builder().listen(&free).listen(&endpoint).secret(SECRET).open() {
+        Err(NetError::Listen { endpoint: e, in_use: true, .. }) => assert_eq!(e, endpoint),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

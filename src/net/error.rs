@@ -24,8 +24,20 @@ pub enum NetError {
         /// What was wrong with it.
         reason: String,
     },
-    /// The session could not be opened: a listen address in use or not
-    /// ours, or no `connect` endpoint reachable within the connect timeout.
+    /// A [`listen`](super::SessionBuilder::listen) endpoint could not be
+    /// bound: its port is taken, the address is not this host's, or its
+    /// protocol is not built in (TCP only).
+    Listen {
+        /// The endpoint as given.
+        endpoint: String,
+        /// The address is already in use (another pool or program listens
+        /// there): pick another port, or port 0 for any free one.
+        in_use: bool,
+        /// What the network layer said.
+        reason: String,
+    },
+    /// The session could not be opened: no `connect` endpoint reachable
+    /// within the connect timeout, or zenoh failed to start.
     Open(String),
     /// zenoh failed an operation on an open session.
     Zenoh(String),
@@ -60,6 +72,12 @@ impl fmt::Display for NetError {
             NetError::NoSecret => f.write_str("a network session needs a secret (SessionBuilder::secret)"),
             NetError::Endpoint { endpoint, reason } => write!(f, "bad endpoint {endpoint:?}: {reason}"),
             NetError::KeyExpr { key, reason } => write!(f, "bad key expression {key:?}: {reason}"),
+            NetError::Listen { endpoint, in_use: true, .. } => {
+                write!(f, "could not listen on {endpoint}: the address is already in use")
+            }
+            NetError::Listen { endpoint, in_use: false, reason } => {
+                write!(f, "could not listen on {endpoint}: {reason}")
+            }
             NetError::Open(reason) => write!(f, "could not open the network session: {reason}"),
             NetError::Zenoh(reason) => write!(f, "network operation failed: {reason}"),
             NetError::TimedOut => f.write_str("timed out"),

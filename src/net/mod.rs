@@ -13,6 +13,11 @@
 //!   ([`DropCounts`]).
 //! - Presence: [`Token`] and [`Watch`], zenoh liveliness. A member that dies
 //!   takes its token with it (its TCP link closes with the process).
+//! - Pools across hosts: [`PoolBuilder::listen`](crate::PoolBuilder::listen)
+//!   on the owner, [`join`] on each member; who the members are:
+//!   [`Pool::members`](crate::Pool::members) in the owner's process,
+//!   [`members`] from anywhere that holds the secret (`shmpool-admin
+//!   members <endpoint>`).
 //!
 //! What an open port exposes: anyone who can reach a `tcp/` endpoint can
 //! connect, see key expressions and payloads (TCP is not encrypted), and
@@ -49,6 +54,7 @@
 pub mod auth;
 mod envelope;
 mod error;
+mod members;
 mod pool;
 mod presence;
 mod queue;
@@ -59,6 +65,7 @@ mod topic;
 
 pub use envelope::{SenderId, OVERHEAD, REPLAY_WINDOW};
 pub use error::NetError;
+pub use members::{members, MemberInfo};
 pub(crate) use pool::Relay;
 pub use pool::{join, JoinReport};
 pub use presence::{Presence, Token, Watch, WatchHandle};

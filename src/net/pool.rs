@@ -16,24 +16,27 @@
 //! Key expressions, under `shmpool/pool`: `join` (members announce
 //! themselves), `m/<id>/ctl` (the owner's answer: admitted, refused, closed),
 //! `m/<id>/task` (the member's tasks), `result` (every member's results),
-//! `alive/<id>` (each member's presence token), `owner` (the owner's).
+//! `alive/<id>` (each member's presence token), `owner` (the owner's),
+//! `status` and `status/<nonce>` (who the members are: see `members.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::envelope::SenderId;
+use super::members::{self, MemberInfo, StatusRequest};
 use super::{NetError, Presence, Session};
 use crate::codec;
 use crate::runtime::relay::{RelayedResult, RelayedTask};
 use crate::runtime::{Config, Workers};
 use crate::wait::Deadline;
-use crate::wire::FrameHeader;
+use crate::wire::{FrameHeader, Status};
 
-const PREFIX: &str = "shmpool/pool";
+pub(super) const PREFIX: &str = "shmpool/pool";
 /// How long a joiner waits for the owner's answer.
 const ADMIT_WAIT: Duration = Duration::from_secs(10);
 /// How often the relay's dispatcher looks up from an empty queue.
@@ -92,6 +95,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A frame's payload: the archive of `value`.
 pub(super) fn encode<T: codec::Message>(value: &T) -> Result<Vec<u8>, NetError> {
     let fail = |e: codec::CodecError| NetError::Zenoh(format!("archiving a frame: {e}"));
     let n = codec::encoded_len(value).map_err(fail)?;
@@ -114,6 +118,15 @@ struct Member {
     credit: usize,
     /// Tasks sent and not answered, by the relay's id.
     held: HashMap<u64, RelayedTask>,
+    /// Worker processes it said it runs.
+    workers: u32,
+    /// Tasks it answered so far.
+    answered: u64,
+    /// When it was admitted: the wall clock (to show) and the monotonic
+    /// one (to measure how long since).
+    joined: (SystemTime, Instant),
+    /// The session its join frame came from.
+    session: SenderId,
 }
 
 #[derive(Default)]
@@ -146,9 +159,16 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    /// Listens on `endpoint` for members of `workers`'s pool.
-    pub(crate) fn start(workers: Arc<Workers>, endpoint: &str, secret: &[u8]) -> Result<Relay, NetError> {
-        let session = Session::builder().listen(endpoint).secret(secret).open()?;
+    /// The session a relay listens on for members: opened before the pool's
+    /// workers start, so that a port in use or a malformed endpoint fails
+    /// the build before any process is spawned.
+    pub(crate) fn listen(endpoint: &str, secret: &[u8]) -> Result<Session, NetError> {
+        Session::builder().listen(endpoint).secret(secret).open()
+    }
+
+    /// Relays tasks of `workers`'s pool to members that join through
+    /// `session` (from [`Relay::listen`]).
+    pub(crate) fn start(workers: Arc<Workers>, session: Session) -> Result<Relay, NetError> {
         let shared = Arc::new(Shared {
             workers,
             session,
@@ -162,7 +182,14 @@ impl Relay {
         let s = Arc::clone(&shared);
         subs.push(Box::new(shared.session.subscribe_with(&format!("{PREFIX}/join"), move |f| {
             if let Some(j) = decode::<Join>(f.payload()) {
-                s.admit(j);
+                s.admit(j, f.sender());
+            }
+        })?));
+        // Who the members are, for holders of the secret (shmpool-admin).
+        let s = Arc::clone(&shared);
+        subs.push(Box::new(shared.session.subscribe_with(&members::request_key(), move |f| {
+            if let Some(request) = decode::<StatusRequest>(f.payload()) {
+                members::answer(&s.session, &request, &s.snapshot());
             }
         })?));
         let s = Arc::clone(&shared);
@@ -205,6 +232,11 @@ impl Relay {
             .map_err(|e| NetError::Open(format!("starting the relay thread: {e}")))?;
         Ok(Relay { shared, threads: vec![dispatcher], _subs: subs })
     }
+
+    /// The members admitted now, in the order they joined.
+    pub(crate) fn members(&self) -> Vec<MemberInfo> {
+        self.shared.snapshot()
+    }
 }
 
 impl Drop for Relay {
@@ -233,13 +265,20 @@ impl Shared {
         format!("{PREFIX}/m/{member:016x}/ctl")
     }
 
-    fn admit(&self, j: Join) {
+    fn admit(&self, j: Join, session: SenderId) {
         let build = crate::runtime::build_id();
         let answer = if j.build == build {
             let mut m = lock(&self.members);
             if let std::collections::hash_map::Entry::Vacant(slot) = m.by_id.entry(j.member) {
-                let credit = (j.workers.clamp(1, 1024) * CREDIT_PER_WORKER) as usize;
-                slot.insert(Member { credit, held: HashMap::new() });
+                let workers = j.workers.clamp(1, 1024);
+                slot.insert(Member {
+                    credit: (workers * CREDIT_PER_WORKER) as usize,
+                    held: HashMap::new(),
+                    workers,
+                    answered: 0,
+                    joined: (SystemTime::now(), Instant::now()),
+                    session,
+                });
                 self.workers.remote_members.fetch_add(1, Ordering::AcqRel);
             }
             Ctl::Admitted
@@ -253,10 +292,37 @@ impl Shared {
         self.changed.notify_all();
     }
 
+    /// Every member now, in the order they joined.
+    fn snapshot(&self) -> Vec<MemberInfo> {
+        let now = Instant::now();
+        let m = lock(&self.members);
+        let mut list: Vec<MemberInfo> = m
+            .by_id
+            .iter()
+            .map(|(&id, mb)| MemberInfo {
+                id,
+                workers: mb.workers as usize,
+                held: mb.held.len(),
+                answered: mb.answered,
+                joined: mb.joined.0,
+                member_for: now.saturating_duration_since(mb.joined.1),
+                // As zenoh spells a session id (`Session::id`).
+                session: format!("{:x}", u128::from_le_bytes(mb.session)),
+            })
+            .collect();
+        drop(m);
+        list.sort_by(|a, b| b.member_for.cmp(&a.member_for).then(a.id.cmp(&b.id)));
+        list
+    }
+
     fn answered(&self, o: Outcome) {
         let task = {
             let mut m = lock(&self.members);
-            m.by_id.get_mut(&o.member).and_then(|member| member.held.remove(&o.id))
+            m.by_id.get_mut(&o.member).and_then(|member| {
+                let task = member.held.remove(&o.id);
+                member.answered += u64::from(task.is_some());
+                task
+            })
         };
         // A result for a task this member no longer holds (it was queued
         // again after the member was taken for gone) is dropped: the task
@@ -438,11 +504,19 @@ pub fn join(endpoint: &str, workers: usize, secret: impl AsRef<[u8]>) -> Result<
         let seq = next;
         next += 1;
         lock(&ids).insert(seq, t.id);
+        let (id, len) = (t.id, t.body.len());
         let task =
             RelayedTask { stream: t.stream, seq: t.seq, func: t.func, tramp: t.tramp, status: t.status, body: t.body };
         if let Err(e) = local.push_task(stream, seq, &task) {
-            log::warn!("shmpool: a relayed task could not run here: {e}");
             lock(&ids).remove(&seq);
+            // Its waiter hears why (an argument this host's segment has no
+            // room for), as it would of a local one: never nothing.
+            let why = format!("member {member:016x} could not take the task's argument of {len} bytes: {e}");
+            let body = encode(&why).unwrap_or_default();
+            let o = Outcome { member, id, status: Status::Encode as u32, ran_ns: 0, body };
+            if let Err(e) = encode(&o).and_then(|b| results.publish(&b)) {
+                log::warn!("shmpool: a relayed task could not run here ({why}), nor could its owner be told: {e}");
+            }
             continue;
         }
         ran += 1;

@@ -100,10 +100,26 @@ impl SessionBuilder {
         let secret = self.secret.as_deref().ok_or(NetError::NoSecret)?;
         let key = Key::derive(secret);
         let config = self.config()?;
-        let zenoh = zenoh::open(config).wait().map_err(|e| NetError::Open(e.to_string()))?;
+        let zenoh = zenoh::open(config).wait().map_err(|e| self.open_error(&e.to_string()))?;
         let sender: SenderId = zenoh.zid().to_le_bytes();
         let sealer = Arc::new(Sealer { key, sender, counter: AtomicU64::new(0), order: Mutex::new(()) });
         Ok(Session { zenoh, sealer, dropped: Arc::new(SubStats::default()) })
+    }
+
+    /// zenoh's failure to open, typed: [`NetError::Listen`] when a listen
+    /// endpoint could not be bound (zenoh names it in its message, or it
+    /// is the only kind of endpoint this session has), else
+    /// [`NetError::Open`].
+    fn open_error(&self, message: &str) -> NetError {
+        let reason = tidy(message);
+        let named = self.listen.iter().find(|ep| reason.contains(&format!("listener bound to {ep}")));
+        let endpoint = match named {
+            Some(ep) => ep.clone(),
+            None if self.connect.is_empty() && !self.listen.is_empty() => self.listen.join(", "),
+            None => return NetError::Open(reason),
+        };
+        let in_use = reason.contains("Address already in use") || reason.contains("AddrInUse");
+        NetError::Listen { endpoint, in_use, reason }
     }
 
     fn config(&self) -> Result<zenoh::Config, NetError> {
@@ -143,6 +159,43 @@ impl SessionBuilder {
     }
 }
 
+/// zenoh's error message without the source locations it appends to each
+/// part (" at /…/src/tcp.rs:61.").
+fn tidy(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(" at ") {
+        let after = &rest[at + 4..];
+        let end = after.find(|c: char| c.is_whitespace() || c == ']').unwrap_or(after.len());
+        out.push_str(&rest[..at]);
+        if !after[..end].contains(".rs:") {
+            out.push_str(" at ");
+            out.push_str(&after[..end]);
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Checks an endpoint beyond zenoh's parse (which takes `tcp/host` with no
+/// port, or port 99999, and fails only when it binds): the protocol is one
+/// built in (TCP) and the address is `host:port` with a port number.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let parsed = endpoint.parse::<zenoh::config::EndPoint>().map_err(|e| tidy(&e.to_string()))?;
+    let protocol = parsed.protocol();
+    if protocol.as_str() != "tcp" {
+        return Err(format!("protocol {:?} is not built in (only tcp)", protocol.as_str()));
+    }
+    let address = parsed.address();
+    let (host, port) = address.as_str().rsplit_once(':').ok_or("no port (tcp/<host>:<port>)")?;
+    if host.is_empty() || host == "[]" {
+        return Err("no host (tcp/<host>:<port>)".into());
+    }
+    port.parse::<u16>().map_err(|_| format!("port {port:?} is not a number from 0 to 65535"))?;
+    Ok(())
+}
+
 /// A JSON list of validated endpoints.
 fn endpoint_list(endpoints: &[String]) -> Result<String, NetError> {
     let mut out = String::from("[");
@@ -151,7 +204,7 @@ fn endpoint_list(endpoints: &[String]) -> Result<String, NetError> {
         if endpoint.contains(['"', '\\']) || endpoint.chars().any(char::is_control) {
             return Err(bad("quotes, backslashes and control characters are not allowed".into()));
         }
-        endpoint.parse::<zenoh::config::EndPoint>().map_err(|e| bad(e.to_string()))?;
+        check_endpoint(endpoint).map_err(bad)?;
         if i > 0 {
             out.push(',');
         }
@@ -407,19 +460,20 @@ impl Publisher {
     }
 
     /// Waits until at least one subscriber matches, or `timeout` passes
-    /// ([`NetError::TimedOut`]). Polls every few milliseconds, sleeping.
+    /// ([`NetError::TimedOut`]; `Duration::MAX`: no limit). Polls every few
+    /// milliseconds, sleeping.
     pub fn wait_matched(&self, timeout: Duration) -> Result<(), NetError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut pause = Duration::from_millis(1);
         loop {
             if self.matched()? {
                 return Ok(());
             }
-            let now = Instant::now();
-            if now >= deadline {
+            let left = deadline.map_or(pause, |d| d.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
                 return Err(NetError::TimedOut);
             }
-            std::thread::sleep(pause.min(deadline - now));
+            std::thread::sleep(pause.min(left));
             pause = (pause * 2).min(Duration::from_millis(20));
         }
     }

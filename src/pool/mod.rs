@@ -35,7 +35,7 @@ pub struct Pool {
     inner: Arc<Workers>,
     /// Relays tasks to members on other hosts (a pool that listens).
     #[cfg(feature = "net")]
-    _relay: Option<crate::net::Relay>,
+    relay: Option<crate::net::Relay>,
 }
 
 impl fmt::Debug for Pool {
@@ -186,19 +186,22 @@ impl PoolBuilder {
             }
             config.remote = self.listen.is_some();
         }
+        // The port first: a listen that fails spawns no worker.
+        #[cfg(feature = "net")]
+        let session = match &self.listen {
+            Some((endpoint, secret)) => Some(crate::net::Relay::listen(endpoint, &secret.0).map_err(Error::Net)?),
+            None => None,
+        };
         let inner = Workers::start::<()>(config, None)?;
         #[cfg(feature = "net")]
-        let relay = match &self.listen {
-            Some((endpoint, secret)) => Some(
-                crate::net::Relay::start(Arc::clone(&inner), endpoint, &secret.0)
-                    .map_err(|e| Error::Spawn(std::io::Error::other(e.to_string())))?,
-            ),
+        let relay = match session {
+            Some(session) => Some(crate::net::Relay::start(Arc::clone(&inner), session).map_err(Error::Net)?),
             None => None,
         };
         Ok(Pool {
             inner,
             #[cfg(feature = "net")]
-            _relay: relay,
+            relay,
         })
     }
 
@@ -209,6 +212,12 @@ impl PoolBuilder {
     /// its tasks run again elsewhere. With `listen`, `workers(0)` is
     /// allowed: the pool then waits for members. Nothing listens unless
     /// this is called; the README says what an open port exposes.
+    ///
+    /// `build` binds the endpoint before it starts any worker, and fails
+    /// with [`Error::Net`] if it cannot: [`NetError::Listen`](crate::net::NetError::Listen)
+    /// (the port is taken, with `in_use`; the address is not this host's)
+    /// or [`NetError::Endpoint`](crate::net::NetError::Endpoint) (not
+    /// `tcp/<host>:<port>`).
     #[cfg(feature = "net")]
     pub fn listen(mut self, endpoint: &str) -> Self {
         let secret = self.listen.take().map(|(_, s)| s).unwrap_or_default();
@@ -379,6 +388,15 @@ impl Pool {
     /// Tasks run again after their worker died, so far.
     pub fn requeued(&self) -> u64 {
         self.inner.requeued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The members on other hosts admitted now (feature `net`; empty for a
+    /// pool that does not [`listen`](PoolBuilder::listen)), longest-standing
+    /// first: each one's id, workers, tasks it holds and has answered, and
+    /// when it joined. Other processes ask with [`crate::net::members`].
+    #[cfg(feature = "net")]
+    pub fn members(&self) -> Vec<crate::net::MemberInfo> {
+        self.relay.as_ref().map_or_else(Vec::new, crate::net::Relay::members)
     }
 }
 

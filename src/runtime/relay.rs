@@ -83,13 +83,27 @@ impl Workers {
     }
 
     /// Puts a remote member's result where its task's waiter finds it.
+    ///
+    /// A result this segment has no room for (the member's host had it)
+    /// reaches its waiter as `TaskError::Encode` saying so, as a local
+    /// worker's result too large to archive does: never nothing.
     pub(crate) fn put_result(&self, r: &RelayedResult) -> Result<(), Error> {
         // `func` 0: no local worker answered (the router's per-worker
         // records are for local workers only); `check`: what it ran.
         let hdr = FrameHeader { stream: r.stream, seq: r.seq, status: r.status, check: r.ran_ns, ..Default::default() };
         let mut scratch = Scratch::new();
-        let frame = wire::encode_raw(&self.seg, hdr, &r.body, &mut scratch, self.results.payload_capacity())
-            .map_err(Error::Task)?;
+        let frame = match wire::encode_raw(&self.seg, hdr, &r.body, &mut scratch, self.results.payload_capacity()) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let why = format!(
+                    "a remote member's result of {} bytes has no room in this pool's segment: {e}",
+                    r.body.len()
+                );
+                self.synthesize_with(r.stream, r.seq, Status::Encode, &why);
+                self.land(1);
+                return Ok(());
+            }
+        };
         // The result ring has room for every task in flight: a push waits
         // only for a slot a dead local worker holds, until it is reaped.
         loop {

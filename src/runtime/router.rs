@@ -341,8 +341,15 @@ impl Workers {
     /// Puts a result that no worker produced (cancelled, worker died) where
     /// its owner will find it.
     pub(super) fn synthesize(&self, stream: u64, seq: u64, status: Status, detail: u32) {
+        self.synthesize_with(stream, seq, status, &detail);
+    }
+
+    /// [`synthesize`](Self::synthesize) with any detail: a message (kept
+    /// in this process, so it needs no room in the segment; a detail too
+    /// large for a scratch buffer is sent empty).
+    pub(super) fn synthesize_with<T: codec::Message>(&self, stream: u64, seq: u64, status: Status, detail: &T) {
         let hdr = FrameHeader { stream, seq, status: status as u32, ..Default::default() };
-        let item = OwnedFrame::inline(hdr, &detail);
+        let item = OwnedFrame::inline(hdr, detail);
         let mut routing = lock(&self.routing);
         self.route(&mut routing, item);
         self.wake_routed(routing);
