@@ -39,7 +39,8 @@
 //! * **net** (built only with the feature `net`): a pool with no local
 //!   worker and one member process over loopback TCP, its task round trip
 //!   beside zenoh's own query round trip and a plain TCP request/reply, and
-//!   its batched map throughput.
+//!   its batched map throughput; 1 MiB messages one way through a topic
+//!   across hosts beside zenoh's own put.
 //!
 //! Every ratio compares rows measured in the same run. The peers are this
 //! binary re-executed with the hidden first argument `--peer ROLE`, or

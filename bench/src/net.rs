@@ -13,11 +13,15 @@
 //!   to the other.
 //! - Throughput: `pool.map(square, 0..N)` run by the member alone, beside
 //!   the same map on a local pool of 1 worker (no network).
+//! - Streaming (`stream`): 1 MiB messages one way, a topic across hosts (a
+//!   publisher here, a subscriber in a child with its own session and topic
+//!   namespace) beside zenoh's own put to a subscriber in a child.
 //!
 //! The children are this binary re-executed with `--peer net-member`,
-//! `--peer net-zenoh` or `--peer net-tcp`; each pins itself to the core it
-//! is given before it starts a thread, so that everything it starts (zenoh's
-//! threads, the member's worker processes) inherits that core.
+//! `--peer net-zenoh`, `--peer net-tcp` or `--peer net-stream-*`; each pins
+//! itself to the core it is given before it starts a thread, so that
+//! everything it starts (zenoh's threads, the member's worker processes)
+//! inherits that core.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -34,6 +38,8 @@ use crate::common::{
 use crate::pipes::PEER_FLAG;
 use crate::process::Reaped;
 use crate::report::{verdict, Cell, Column, Section};
+
+mod stream;
 
 /// The secret of the bench's pool and members.
 const SECRET: &[u8] = b"shmpool-bench net section";
@@ -64,6 +70,10 @@ struct Params {
     runs: usize,
     /// How long a throughput run should take (its task count is sized to it).
     run_time: Duration,
+    /// Streaming runs per row (the median is shown), alternating rows.
+    stream_runs: usize,
+    /// How long a streaming run should take (its message count is sized to it).
+    stream_time: Duration,
 }
 
 impl Params {
@@ -75,6 +85,8 @@ impl Params {
             budget: mode.pick(Duration::from_millis(1_500), Duration::from_secs(4)),
             runs: mode.pick(3, 5),
             run_time: mode.pick(Duration::from_millis(1_000), Duration::from_secs(3)),
+            stream_runs: mode.pick(3, 5),
+            stream_time: mode.pick(Duration::from_millis(400), Duration::from_secs(2)),
         }
     }
 }
@@ -107,20 +119,24 @@ impl Row {
 // The children
 
 /// Runs this process as one of the section's children: `net-member
-/// ENDPOINT CORE`, `net-zenoh ENDPOINT CORE` or `net-tcp PORT CORE`.
+/// ENDPOINT CORE`, `net-zenoh ENDPOINT CORE`, `net-tcp PORT CORE`, or one
+/// of the streaming rows' sinks (`net-stream-topic ENDPOINT CORE TOPIC`,
+/// `net-stream-zenoh ENDPOINT CORE`).
 pub fn run_peer(role: &str, args: &[String]) -> BoxResult<()> {
-    let [target, core] = args else {
+    let [target, core, rest @ ..] = args else {
         return Err(format!("{role} needs an endpoint and a core, got {args:?}").into());
     };
     affinity::pin_thread(0, core.parse()?)?;
-    match role {
-        "net-member" => {
+    match (role, rest) {
+        ("net-member", []) => {
             shmpool::net::join(target, 1, SECRET)?;
             Ok(())
         }
-        "net-zenoh" => zenoh_peer(target),
-        "net-tcp" => tcp_peer(target.parse()?),
-        other => Err(format!("unknown net peer `{other}`").into()),
+        ("net-zenoh", []) => zenoh_peer(target),
+        ("net-tcp", []) => tcp_peer(target.parse()?),
+        (stream::TOPIC_SINK, [topic]) => stream::topic_sink(target, topic),
+        (stream::ZENOH_SINK, []) => stream::zenoh_sink(target),
+        (other, _) => Err(format!("unknown net peer `{other}`, or wrong arguments {args:?}").into()),
     }
 }
 
@@ -213,10 +229,18 @@ fn tcp_peer(port: u16) -> BoxResult<()> {
 /// Spawns `--peer ROLE TARGET CORE` on the child's core, leading its own
 /// process group (a member's workers die with it).
 fn spawn_child(role: &str, target: &str, stdin: Stdio) -> BoxResult<Reaped> {
+    let mut command = child_command(role, target, &[])?;
+    command.stdin(stdin);
+    Ok(Reaped::spawn_group(&mut command, format!("the {role} child"))?)
+}
+
+/// The command line of `--peer ROLE TARGET CORE EXTRA...`, the child's core
+/// filled in.
+fn child_command(role: &str, target: &str, extra: &[&str]) -> BoxResult<Command> {
     let core = affinity::pair().1.to_string();
     let mut command = Command::new(std::env::current_exe()?);
-    command.args([PEER_FLAG, role, target, &core]).stdin(stdin);
-    Ok(Reaped::spawn_group(&mut command, format!("the {role} child"))?)
+    command.args([PEER_FLAG, role, target, &core]).args(extra);
+    Ok(command)
 }
 
 /// A free TCP port on loopback (free when asked: it is bound again at once).
@@ -432,7 +456,8 @@ pub fn measure(mode: Mode) -> BoxResult<Vec<Section>> {
     }
     let batches = measure_throughput(&rig, &params)?;
     rig.finish()?;
-    Ok(vec![latency_section(&params, &figures), throughput_section(&params, &batches)])
+    let streams = stream::measure(&params)?;
+    Ok(vec![latency_section(&params, &figures), throughput_section(&params, &batches), stream::section(&streams)])
 }
 
 /// One `map` of `tasks` squares on `pool`, checked: its time and CPU.
@@ -596,10 +621,6 @@ fn throughput_section(params: &Params, rows: &[Batch]) -> Section {
     section.note(
         "CPU/task: CPU time of the parent (every thread) and the worker side (the member and its worker, or the \
          local worker), per task, in the median run",
-    );
-    section.note(
-        "1 MiB messages over loopback (goal: within 1.5x of zenoh put throughput): not measured: topics across hosts \
-         are not built yet",
     );
     section
 }

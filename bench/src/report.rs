@@ -33,6 +33,10 @@ pub enum Cell {
     Rate(f64),
     /// Bytes per second.
     Bandwidth(f64),
+    /// Bytes per second, printed in GiB/s (the unit of rows of whole MiB).
+    /// Only the net section's streaming rows use it so far.
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
+    GibBandwidth(f64),
     /// A size in bytes.
     Bytes(u64),
     /// A count.
@@ -69,6 +73,7 @@ impl Cell {
             Cell::Nanos(ns) => format_nanos(*ns),
             Cell::Rate(rate) => format_rate(*rate),
             Cell::Bandwidth(rate) => format_bandwidth(*rate),
+            Cell::GibBandwidth(rate) => format!("{:.2} GiB/s", rate / (1u64 << 30) as f64),
             Cell::Bytes(bytes) => format_bytes(*bytes as usize),
             Cell::Count(count) => count.to_string(),
             Cell::Reference => "reference".to_owned(),
@@ -87,6 +92,7 @@ impl Cell {
             Cell::Nanos(x)
             | Cell::Rate(x)
             | Cell::Bandwidth(x)
+            | Cell::GibBandwidth(x)
             | Cell::Slower(x)
             | Cell::Factor(x)
             | Cell::Ratio(x) => number(*x),
@@ -298,6 +304,13 @@ mod tests {
         assert_eq!(rows[1]["ratio"], 3.0);
         assert!(rows[2]["ns"].is_null() && rows[2]["ratio"].is_null());
         assert_eq!(json["notes"][0], "a note");
+    }
+
+    #[test]
+    fn gib_bandwidth_is_binary_in_the_table_and_bytes_in_the_json() {
+        let cell = Cell::GibBandwidth(1.5 * (1u64 << 30) as f64);
+        assert_eq!(cell.text(), "1.50 GiB/s");
+        assert_eq!(cell.json(), json!(1.5 * (1u64 << 30) as f64));
     }
 
     #[test]

@@ -38,13 +38,17 @@ pub(crate) enum Refused {
     Replayed,
 }
 
-/// Seals `payload` for publication on `key_expr`.
-pub(crate) fn seal(key: &Key, key_expr: &str, sender: &SenderId, counter: u64, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(OVERHEAD + payload.len());
+/// Seals the payload made of `parts`, concatenated (copied once, into the
+/// frame), for publication on `key_expr`.
+pub(crate) fn seal(key: &Key, key_expr: &str, sender: &SenderId, counter: u64, parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    let mut frame = Vec::with_capacity(OVERHEAD + len);
     frame.extend_from_slice(&MAGIC);
     frame.extend_from_slice(sender);
     frame.extend_from_slice(&counter.to_le_bytes());
-    frame.extend_from_slice(payload);
+    for part in parts {
+        frame.extend_from_slice(part);
+    }
     let tag = key.seal_parts(&[DOMAIN, &key_len(key_expr), key_expr.as_bytes(), &frame]);
     frame.extend_from_slice(&tag);
     frame
@@ -148,8 +152,9 @@ mod tests {
     #[test]
     fn a_sealed_frame_opens_on_its_key_only() {
         let key = Key::derive(b"secret");
-        let frame = seal(&key, "a/b", &A, 7, b"hello");
+        let frame = seal(&key, "a/b", &A, 7, &[b"hello"]);
         assert_eq!(frame.len(), OVERHEAD + 5);
+        assert_eq!(seal(&key, "a/b", &A, 7, &[b"he", b"", b"llo"]), frame, "parts seal as their concatenation");
         let opened = open(&key, "a/b", &frame).unwrap();
         assert_eq!((opened.sender, opened.counter, opened.payload), (A, 7, &b"hello"[..]));
         assert_eq!(open(&key, "a/c", &frame).unwrap_err(), Refused::Forged);
@@ -159,7 +164,7 @@ mod tests {
     #[test]
     fn every_flipped_byte_is_refused() {
         let key = Key::derive(b"secret");
-        let frame = seal(&key, "k", &A, 1, &[0xAB; 40]);
+        let frame = seal(&key, "k", &A, 1, &[&[0xAB; 40]]);
         for i in 0..frame.len() {
             let mut bad = frame.clone();
             bad[i] ^= 0x10;
@@ -174,7 +179,7 @@ mod tests {
         for len in 0..OVERHEAD {
             assert_eq!(open(&key, "k", &vec![0u8; len]).unwrap_err(), Refused::Malformed);
         }
-        let mut frame = seal(&key, "k", &A, 1, b"");
+        let mut frame = seal(&key, "k", &A, 1, &[]);
         assert_eq!(frame.len(), OVERHEAD);
         assert!(open(&key, "k", &frame).is_ok());
         frame[0] = b'X';

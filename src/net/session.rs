@@ -231,17 +231,17 @@ pub(crate) struct Sealer {
 }
 
 impl Sealer {
-    /// Seals `payload` for `key_expr` with the next counter and hands the
-    /// frame to `put`, in counter order.
+    /// Seals the payload made of `parts` (concatenated) for `key_expr` with
+    /// the next counter and hands the frame to `put`, in counter order.
     fn send(
         &self,
         key_expr: &str,
-        payload: &[u8],
+        parts: &[&[u8]],
         put: impl FnOnce(Vec<u8>) -> Result<(), NetError>,
     ) -> Result<(), NetError> {
         let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         let counter = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
-        put(envelope::seal(&self.key, key_expr, &self.sender, counter, payload))
+        put(envelope::seal(&self.key, key_expr, &self.sender, counter, parts))
     }
 }
 
@@ -321,7 +321,7 @@ impl Session {
     /// [`Publisher::wait_matched`] when that matters.
     pub fn publish(&self, key: &str, payload: &[u8]) -> Result<(), NetError> {
         let key_expr = key_expr(key)?;
-        self.sealer.send(key, payload, |frame| {
+        self.sealer.send(key, &[payload], |frame| {
             self.zenoh
                 .put(key_expr, frame)
                 .congestion_control(zenoh::qos::CongestionControl::Block)
@@ -354,6 +354,16 @@ impl Session {
         F: Fn(Frame) + Send + Sync + 'static,
     {
         CallbackSubscription::new(self, key, on_frame)
+    }
+
+    /// [`subscribe_with`](Self::subscribe_with), for frames of other
+    /// sessions only: this session's own frames on `key` are not delivered,
+    /// nor checked (a MAC over every byte) on the way.
+    pub(crate) fn subscribe_remote_with<F>(&self, key: &str, on_frame: F) -> Result<CallbackSubscription, NetError>
+    where
+        F: Fn(Frame) + Send + Sync + 'static,
+    {
+        CallbackSubscription::with_origin(self, key, zenoh::sample::Locality::Remote, on_frame)
     }
 
     /// Declares this session's presence on `key` (say
@@ -451,7 +461,13 @@ impl Publisher {
     /// `Block` congestion control), which zenoh bounds by closing a link
     /// stuck longer than its `wait_before_close` (5 s by default).
     pub fn publish(&self, payload: &[u8]) -> Result<(), NetError> {
-        self.sealer.send(&self.key, payload, |frame| self.inner.put(frame).wait().map_err(zenoh_err))
+        self.publish_parts(&[payload])
+    }
+
+    /// [`publish`](Self::publish) of the payload made of `parts`,
+    /// concatenated: copied once, into the sealed frame.
+    pub(crate) fn publish_parts(&self, parts: &[&[u8]]) -> Result<(), NetError> {
+        self.sealer.send(&self.key, parts, |frame| self.inner.put(frame).wait().map_err(zenoh_err))
     }
 
     /// Whether at least one subscriber (local or remote) matches now.
@@ -487,4 +503,39 @@ pub(crate) fn key_expr(key: &str) -> Result<zenoh::key_expr::KeyExpr<'static>, N
 
 pub(crate) fn zenoh_err(e: zenoh::Error) -> NetError {
     NetError::Zenoh(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The topic bridge's inbound subscription: a session's own frames,
+    /// which zenoh hands back to its own subscribers, reach a plain
+    /// subscription but not a remote-only one, which does not even check
+    /// them (its counts stay empty).
+    #[test]
+    fn a_remote_only_subscription_skips_its_own_sessions_frames() {
+        let session = Session::builder().secret(b"k").open().expect("a session listening nowhere");
+        let counted = |count: &Arc<AtomicU64>| {
+            let count = Arc::clone(count);
+            move |_| {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        let (all, remote) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let _plain = session.subscribe_with("own/frames", counted(&all)).unwrap();
+        let remote_only = session.subscribe_remote_with("own/frames", counted(&remote)).unwrap();
+        let publisher = session.publisher("own/frames").unwrap();
+        publisher.wait_matched(Duration::from_secs(20)).unwrap();
+        for _ in 0..3 {
+            publisher.publish(b"mine").unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while all.load(Ordering::Relaxed) < 3 {
+            assert!(Instant::now() < deadline, "the plain subscription got {} of 3", all.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(remote.load(Ordering::Relaxed), 0, "the remote-only subscription got its own session's frames");
+        assert_eq!(remote_only.counts(), crate::net::DropCounts::default(), "its own frames were checked");
+    }
 }

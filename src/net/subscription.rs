@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use zenoh::sample::Locality;
 use zenoh::Wait;
 
 use super::envelope::{self, Refused, ReplayGuard, SenderId};
@@ -123,6 +124,16 @@ impl CallbackSubscription {
     where
         F: Fn(Frame) + Send + Sync + 'static,
     {
+        Self::with_origin(session, key, Locality::Any, on_frame)
+    }
+
+    /// [`new`](Self::new), for frames published by sessions of `origin`
+    /// only: with [`Locality::Remote`], this session's own frames never
+    /// reach the callback, nor are they checked or copied on the way.
+    pub(crate) fn with_origin<F>(session: &Session, key: &str, origin: Locality, on_frame: F) -> Result<Self, NetError>
+    where
+        F: Fn(Frame) + Send + Sync + 'static,
+    {
         let stats = Arc::new(SubStats::default());
         let session_stats = Arc::clone(session.session_stats());
         let sealer = Arc::clone(session.sealer());
@@ -131,6 +142,7 @@ impl CallbackSubscription {
         let inner = session
             .zenoh()
             .declare_subscriber(key_expr(key)?)
+            .allowed_origin(origin)
             .callback(move |sample: zenoh::sample::Sample| {
                 let key = sample.key_expr().as_str();
                 let bytes = sample.payload().to_bytes();

@@ -89,7 +89,10 @@ pub fn bridge<T: Payload>(topic: &Topic<T>, session: &Session) -> Result<TopicBr
     let publisher = topic.publisher().map_err(topic_err)?;
     let me = session.sender();
     let (inbound_stats, inbound_active) = (Arc::clone(&stats), Arc::clone(&active));
-    let inbound = session.subscribe_with(&key, move |frame| {
+    // Only other sessions' frames: zenoh would hand this session's own
+    // (each sample this bridge sends) back to it, to be checked and copied
+    // before being dropped below.
+    let inbound = session.subscribe_remote_with(&key, move |frame| {
         if frame.sender() == me || !inbound_active.load(Ordering::Acquire) {
             return;
         }
@@ -129,11 +132,10 @@ pub fn bridge<T: Payload>(topic: &Topic<T>, session: &Session) -> Result<TopicBr
                 }
                 match sub.recv_timeout(SLICE) {
                     Ok(sample) if !sample.came_from_network() => {
-                        let mut payload = Vec::with_capacity(8 + sample.bytes().len());
-                        payload.extend_from_slice(&fingerprint.to_le_bytes());
-                        payload.extend_from_slice(sample.bytes());
+                        // Sealed straight from the sample: one copy, into the frame.
+                        let sent = out_publisher.publish_parts(&[&fingerprint.to_le_bytes(), sample.bytes()]);
                         drop(sample);
-                        match out_publisher.publish(&payload) {
+                        match sent {
                             Ok(()) => stats2.sent.fetch_add(1, Ordering::Relaxed),
                             Err(e) => {
                                 log::warn!("shmpool: a topic sample could not go out to the network: {e}");
