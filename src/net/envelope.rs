@@ -2,27 +2,32 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       4     magic "SPN1" (format version)
+//! 0       4     magic "SPN2" (format version)
 //! 4       16    sender: the publishing session's id (random per session)
 //! 20      8     counter: u64 LE, per sender, strictly increasing from 1
-//! 28      n     payload (the caller's bytes, copied as they are)
-//! 28+n    32    tag: HMAC-SHA3-256 over DOMAIN ‖ len(key) u32 LE ‖ key ‖ bytes 0..28+n
+//! 28      n     payload, encrypted: AES-256-GCM under the sender's key
+//!               (derived from the shared secret and the sender's id),
+//!               nonce: the counter
+//! 28+n    16    tag: over DOMAIN ‖ len(key) u32 LE ‖ key ‖ bytes 0..28 (the
+//!               associated data) and the encrypted payload
 //! ```
 //!
 //! The tag binds the key expression the frame was published on, so a frame
 //! captured on one key cannot be replayed onto another; the counter, checked
-//! by [`ReplayGuard`], refuses a frame seen before by the same receiver.
+//! by [`ReplayGuard`], refuses a frame seen before by the same receiver. A
+//! peer without the secret sees key expressions, sizes and sender ids, not
+//! payloads.
 
 use std::collections::HashMap;
 
-use super::auth::{Key, TAG_LEN};
+use super::auth::{Key, SenderKey, AEAD_TAG_LEN};
 
-const MAGIC: [u8; 4] = *b"SPN1";
-const DOMAIN: &[u8] = b"shmpool/net/frame/v1\0";
+const MAGIC: [u8; 4] = *b"SPN2";
+const DOMAIN: &[u8] = b"shmpool/net/frame/v2\0";
 const HEADER_LEN: usize = 4 + 16 + 8;
 
 /// Bytes a sealed frame adds to its payload.
-pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+pub const OVERHEAD: usize = HEADER_LEN + AEAD_TAG_LEN;
 
 /// A publishing session's id, carried in every frame it seals.
 pub type SenderId = [u8; 16];
@@ -38,9 +43,21 @@ pub(crate) enum Refused {
     Replayed,
 }
 
+/// The associated data of a frame: the domain, its key expression and its
+/// header.
+fn associated(key_expr: &str, header: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(DOMAIN.len() + 4 + key_expr.len() + HEADER_LEN);
+    aad.extend_from_slice(DOMAIN);
+    aad.extend_from_slice(&key_len(key_expr));
+    aad.extend_from_slice(key_expr.as_bytes());
+    aad.extend_from_slice(header);
+    aad
+}
+
 /// Seals the payload made of `parts`, concatenated (copied once, into the
-/// frame), for publication on `key_expr`.
-pub(crate) fn seal(key: &Key, key_expr: &str, sender: &SenderId, counter: u64, parts: &[&[u8]]) -> Vec<u8> {
+/// frame, and encrypted there), for publication on `key_expr` by `sender`,
+/// whose key is `key`.
+pub(crate) fn seal(key: &SenderKey, key_expr: &str, sender: &SenderId, counter: u64, parts: &[&[u8]]) -> Vec<u8> {
     let len: usize = parts.iter().map(|part| part.len()).sum();
     let mut frame = Vec::with_capacity(OVERHEAD + len);
     frame.extend_from_slice(&MAGIC);
@@ -49,29 +66,71 @@ pub(crate) fn seal(key: &Key, key_expr: &str, sender: &SenderId, counter: u64, p
     for part in parts {
         frame.extend_from_slice(part);
     }
-    let tag = key.seal_parts(&[DOMAIN, &key_len(key_expr), key_expr.as_bytes(), &frame]);
+    let (header, payload) = frame.split_at_mut(HEADER_LEN);
+    let tag = key.seal(counter, &associated(key_expr, header), payload);
     frame.extend_from_slice(&tag);
     frame
 }
 
-/// An authentic frame, before the replay check.
+/// An authentic frame, before the replay check: its payload is
+/// `frame[PAYLOAD..]` (decrypted, the tag cut off).
 #[derive(Debug)]
-pub(crate) struct Opened<'a> {
+pub(crate) struct Opened {
     pub sender: SenderId,
     pub counter: u64,
-    pub payload: &'a [u8],
 }
 
-/// Checks the format and the tag of a frame received on `key_expr`.
-pub(crate) fn open<'a>(key: &Key, key_expr: &str, frame: &'a [u8]) -> Result<Opened<'a>, Refused> {
+/// Where an opened frame's payload starts.
+pub(crate) const PAYLOAD: usize = HEADER_LEN;
+
+/// Checks the format and the tag of a frame received on `key_expr` and
+/// decrypts its payload in place (see [`Opened`]); `keys` remembers the
+/// keys of senders whose frames verified.
+pub(crate) fn open(key: &Key, keys: &mut SenderKeys, key_expr: &str, frame: &mut Vec<u8>) -> Result<Opened, Refused> {
     if frame.len() < OVERHEAD || frame[..4] != MAGIC {
         return Err(Refused::Malformed);
     }
-    let (body, tag) = frame.split_at(frame.len() - TAG_LEN);
-    key.open_parts(&[DOMAIN, &key_len(key_expr), key_expr.as_bytes(), body], tag).map_err(|_| Refused::Forged)?;
-    let sender: SenderId = body[4..20].try_into().expect("16 bytes");
-    let counter = u64::from_le_bytes(body[20..28].try_into().expect("8 bytes"));
-    Ok(Opened { sender, counter, payload: &body[HEADER_LEN..] })
+    let sender: SenderId = frame[4..20].try_into().expect("16 bytes");
+    let counter = u64::from_le_bytes(frame[20..28].try_into().expect("8 bytes"));
+    let tag_at = frame.len() - AEAD_TAG_LEN;
+    let (body, tag) = frame.split_at_mut(tag_at);
+    let (header, payload) = body.split_at_mut(HEADER_LEN);
+    let aad = associated(key_expr, header);
+    let opened = match keys.known.get(&sender) {
+        Some(k) => k.open(counter, &aad, payload, tag).is_ok(),
+        None => {
+            let k = key.for_sender(&sender);
+            let ok = k.open(counter, &aad, payload, tag).is_ok();
+            if ok {
+                // Only senders holding the secret are remembered.
+                keys.remember(sender, k);
+            }
+            ok
+        }
+    };
+    if !opened {
+        return Err(Refused::Forged);
+    }
+    frame.truncate(tag_at);
+    Ok(Opened { sender, counter })
+}
+
+/// The keys of senders seen by one receiver (deriving one costs two HMACs
+/// and an AES key schedule: a frame of a known sender skips that).
+#[derive(Debug, Default)]
+pub(crate) struct SenderKeys {
+    known: HashMap<SenderId, SenderKey>,
+}
+
+impl SenderKeys {
+    fn remember(&mut self, sender: SenderId, key: SenderKey) {
+        if self.known.len() >= MAX_SENDERS {
+            // Rarely reached (only senders holding the secret get here):
+            // start over rather than track recency.
+            self.known.clear();
+        }
+        self.known.insert(sender, key);
+    }
 }
 
 fn key_len(key_expr: &str) -> [u8; 4] {
@@ -149,41 +208,66 @@ mod tests {
     const A: SenderId = [1; 16];
     const B: SenderId = [2; 16];
 
+    fn sealed(secret: &[u8], key_expr: &str, sender: &SenderId, counter: u64, parts: &[&[u8]]) -> Vec<u8> {
+        seal(&Key::derive(secret).for_sender(sender), key_expr, sender, counter, parts)
+    }
+
+    fn opened(secret: &[u8], key_expr: &str, frame: &[u8]) -> Result<(Opened, Vec<u8>), Refused> {
+        let mut frame = frame.to_vec();
+        let o = open(&Key::derive(secret), &mut SenderKeys::default(), key_expr, &mut frame)?;
+        Ok((o, frame[PAYLOAD..].to_vec()))
+    }
+
     #[test]
     fn a_sealed_frame_opens_on_its_key_only() {
-        let key = Key::derive(b"secret");
-        let frame = seal(&key, "a/b", &A, 7, &[b"hello"]);
+        let frame = sealed(b"secret", "a/b", &A, 7, &[b"hello"]);
         assert_eq!(frame.len(), OVERHEAD + 5);
-        assert_eq!(seal(&key, "a/b", &A, 7, &[b"he", b"", b"llo"]), frame, "parts seal as their concatenation");
-        let opened = open(&key, "a/b", &frame).unwrap();
-        assert_eq!((opened.sender, opened.counter, opened.payload), (A, 7, &b"hello"[..]));
-        assert_eq!(open(&key, "a/c", &frame).unwrap_err(), Refused::Forged);
-        assert_eq!(open(&Key::derive(b"other"), "a/b", &frame).unwrap_err(), Refused::Forged);
+        assert!(!frame.windows(5).any(|w| w == b"hello"), "the payload travels encrypted");
+        assert_eq!(sealed(b"secret", "a/b", &A, 7, &[b"he", b"", b"llo"]), frame, "parts seal as their concatenation");
+        let (o, payload) = opened(b"secret", "a/b", &frame).unwrap();
+        assert_eq!((o.sender, o.counter, &payload[..]), (A, 7, &b"hello"[..]));
+        assert_eq!(opened(b"secret", "a/c", &frame).unwrap_err(), Refused::Forged);
+        assert_eq!(opened(b"other", "a/b", &frame).unwrap_err(), Refused::Forged);
+    }
+
+    #[test]
+    fn a_known_senders_key_is_remembered_and_still_checks() {
+        let key = Key::derive(b"secret");
+        let mut keys = SenderKeys::default();
+        for counter in 1..4 {
+            let mut frame = sealed(b"secret", "k", &A, counter, &[b"x"]);
+            assert!(open(&key, &mut keys, "k", &mut frame).is_ok());
+        }
+        assert_eq!(keys.known.len(), 1);
+        let mut bad = sealed(b"secret", "k", &A, 9, &[b"x"]);
+        bad[PAYLOAD] ^= 1;
+        assert_eq!(open(&key, &mut keys, "k", &mut bad).unwrap_err(), Refused::Forged);
+        let mut forged = sealed(b"another", "k", &B, 1, &[b"x"]);
+        assert_eq!(open(&key, &mut keys, "k", &mut forged).unwrap_err(), Refused::Forged);
+        assert_eq!(keys.known.len(), 1, "a sender whose frame did not verify is not remembered");
     }
 
     #[test]
     fn every_flipped_byte_is_refused() {
-        let key = Key::derive(b"secret");
-        let frame = seal(&key, "k", &A, 1, &[&[0xAB; 40]]);
+        let frame = sealed(b"secret", "k", &A, 1, &[&[0xAB; 40]]);
         for i in 0..frame.len() {
             let mut bad = frame.clone();
             bad[i] ^= 0x10;
-            let err = open(&key, "k", &bad).unwrap_err();
+            let err = opened(b"secret", "k", &bad).unwrap_err();
             assert!(matches!(err, Refused::Forged | Refused::Malformed), "byte {i}: {err:?}");
         }
     }
 
     #[test]
     fn short_and_foreign_frames_are_malformed() {
-        let key = Key::derive(b"secret");
         for len in 0..OVERHEAD {
-            assert_eq!(open(&key, "k", &vec![0u8; len]).unwrap_err(), Refused::Malformed);
+            assert_eq!(opened(b"secret", "k", &vec![0u8; len]).unwrap_err(), Refused::Malformed);
         }
-        let mut frame = seal(&key, "k", &A, 1, &[]);
+        let mut frame = sealed(b"secret", "k", &A, 1, &[]);
         assert_eq!(frame.len(), OVERHEAD);
-        assert!(open(&key, "k", &frame).is_ok());
+        assert!(opened(b"secret", "k", &frame).is_ok());
         frame[0] = b'X';
-        assert_eq!(open(&key, "k", &frame).unwrap_err(), Refused::Malformed);
+        assert_eq!(opened(b"secret", "k", &frame).unwrap_err(), Refused::Malformed);
     }
 
     #[test]

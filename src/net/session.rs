@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use zenoh::Wait;
 
-use super::auth::Key;
+use super::auth::{Key, SenderKey};
 use super::envelope::{self, SenderId};
 use super::presence::{Token, Watch, WatchHandle};
 use super::subscription::{CallbackSubscription, Frame, SubStats, Subscription};
@@ -102,7 +102,8 @@ impl SessionBuilder {
         let config = self.config()?;
         let zenoh = zenoh::open(config).wait().map_err(|e| self.open_error(&e.to_string()))?;
         let sender: SenderId = zenoh.zid().to_le_bytes();
-        let sealer = Arc::new(Sealer { key, sender, counter: AtomicU64::new(0), order: Mutex::new(()) });
+        let own = key.for_sender(&sender);
+        let sealer = Arc::new(Sealer { key, own, sender, counter: AtomicU64::new(0), order: Mutex::new(()) });
         Ok(Session { zenoh, sealer, dropped: Arc::new(SubStats::default()) })
     }
 
@@ -180,12 +181,12 @@ fn tidy(message: &str) -> String {
 
 /// Checks an endpoint beyond zenoh's parse (which takes `tcp/host` with no
 /// port, or port 99999, and fails only when it binds): the protocol is one
-/// built in (TCP) and the address is `host:port` with a port number.
+/// built in (TCP, TLS) and the address is `host:port` with a port number.
 fn check_endpoint(endpoint: &str) -> Result<(), String> {
     let parsed = endpoint.parse::<zenoh::config::EndPoint>().map_err(|e| tidy(&e.to_string()))?;
     let protocol = parsed.protocol();
-    if protocol.as_str() != "tcp" {
-        return Err(format!("protocol {:?} is not built in (only tcp)", protocol.as_str()));
+    if !matches!(protocol.as_str(), "tcp" | "tls") {
+        return Err(format!("protocol {:?} is not built in (only tcp and tls)", protocol.as_str()));
     }
     let address = parsed.address();
     let (host, port) = address.as_str().rsplit_once(':').ok_or("no port (tcp/<host>:<port>)")?;
@@ -221,6 +222,8 @@ fn endpoint_list(endpoints: &[String]) -> Result<String, NetError> {
 #[derive(Debug)]
 pub(crate) struct Sealer {
     pub(crate) key: Key,
+    /// This session's own frame key (`key.for_sender(sender)`).
+    own: SenderKey,
     sender: SenderId,
     counter: AtomicU64,
     /// Held from taking a counter to handing the frame to zenoh: frames
@@ -241,7 +244,7 @@ impl Sealer {
     ) -> Result<(), NetError> {
         let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         let counter = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
-        put(envelope::seal(&self.key, key_expr, &self.sender, counter, parts))
+        put(envelope::seal(&self.own, key_expr, &self.sender, counter, parts))
     }
 }
 

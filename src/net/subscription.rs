@@ -9,7 +9,7 @@ use std::time::Duration;
 use zenoh::sample::Locality;
 use zenoh::Wait;
 
-use super::envelope::{self, Refused, ReplayGuard, SenderId};
+use super::envelope::{self, Refused, ReplayGuard, SenderId, SenderKeys};
 use super::session::{key_expr, zenoh_err, Session};
 use super::NetError;
 
@@ -20,7 +20,9 @@ pub struct Frame {
     key: String,
     sender: SenderId,
     counter: u64,
-    payload: Vec<u8>,
+    /// The frame as received, decrypted: the payload is `bytes[start..]`.
+    bytes: Vec<u8>,
+    start: usize,
 }
 
 impl Frame {
@@ -32,12 +34,13 @@ impl Frame {
     /// The payload, as published. Its address has no particular alignment:
     /// copy it into an aligned buffer before reading an archive in place.
     pub fn payload(&self) -> &[u8] {
-        &self.payload
+        &self.bytes[self.start..]
     }
 
     /// The payload, owned.
-    pub fn into_payload(self) -> Vec<u8> {
-        self.payload
+    pub fn into_payload(mut self) -> Vec<u8> {
+        self.bytes.drain(..self.start);
+        self.bytes
     }
 
     /// The publishing session's id (raw, 16 bytes): frames from one session
@@ -137,7 +140,7 @@ impl CallbackSubscription {
         let stats = Arc::new(SubStats::default());
         let session_stats = Arc::clone(session.session_stats());
         let sealer = Arc::clone(session.sealer());
-        let guard = Mutex::new(ReplayGuard::default());
+        let guard = Mutex::new((SenderKeys::default(), ReplayGuard::default()));
         let sub_stats = Arc::clone(&stats);
         let inner = session
             .zenoh()
@@ -145,16 +148,20 @@ impl CallbackSubscription {
             .allowed_origin(origin)
             .callback(move |sample: zenoh::sample::Sample| {
                 let key = sample.key_expr().as_str();
-                let bytes = sample.payload().to_bytes();
-                let verdict = envelope::open(&sealer.key, key, &bytes).and_then(|opened| {
-                    // A poisoned guard still holds a valid window: keep it.
-                    let mut guard = guard.lock().unwrap_or_else(|p| p.into_inner());
-                    if guard.accept(&opened.sender, opened.counter) {
-                        Ok(opened)
-                    } else {
-                        Err(Refused::Replayed)
-                    }
-                });
+                // One copy out of zenoh's buffers; decrypted in place.
+                let mut bytes = sample.payload().to_bytes().into_owned();
+                let verdict = {
+                    // A poisoned guard still holds valid keys and windows: keep it.
+                    let mut g = guard.lock().unwrap_or_else(|p| p.into_inner());
+                    let (keys, replays) = &mut *g;
+                    envelope::open(&sealer.key, keys, key, &mut bytes).and_then(|opened| {
+                        if replays.accept(&opened.sender, opened.counter) {
+                            Ok(opened)
+                        } else {
+                            Err(Refused::Replayed)
+                        }
+                    })
+                };
                 match verdict {
                     Ok(opened) => {
                         sub_stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -162,7 +169,8 @@ impl CallbackSubscription {
                             key: key.to_owned(),
                             sender: opened.sender,
                             counter: opened.counter,
-                            payload: opened.payload.to_vec(),
+                            bytes,
+                            start: envelope::PAYLOAD,
                         });
                     }
                     Err(refused) => {
