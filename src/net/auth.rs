@@ -3,7 +3,7 @@
 //! that seals its frames: AES-256-GCM, which encrypts the payload and
 //! authenticates it with the frame's header (ring's, on the CPU's AES and
 //! carry-less multiply instructions: ~0.1 ms a MiB, where the
-//! HMAC-SHA3-256 of the first protocol took ~2 ms each way).
+//! HMAC-SHA3-256 of the first frame format took ~2 ms each way).
 //!
 //! This is not the local seal (`runtime::code`), which only guards against
 //! accidents between processes of one build on one host: a network peer is

@@ -6,9 +6,10 @@
 //!   [`SessionBuilder::listen`], connects only to those given to
 //!   [`SessionBuilder::connect`], and neither scouts nor gossips (no
 //!   multicast discovery, no connection to an address another peer names).
-//! - Frames: [`Publisher::publish`] seals a payload with HMAC-SHA3-256 under
-//!   a key derived from the secret ([`auth`]), binding the key expression and
-//!   a per-sender counter; a [`Subscription`] delivers only frames that
+//! - Frames: [`Publisher::publish`] seals a payload with AES-256-GCM under
+//!   a key derived from the secret and the sender's id ([`auth`]): the
+//!   payload is encrypted, and the tag binds it to the key expression and a
+//!   per-sender counter; a [`Subscription`] delivers only frames that
 //!   verify and were not seen before, and counts the others
 //!   ([`DropCounts`]).
 //! - Presence: [`Token`] and [`Watch`], zenoh liveliness. A member that dies
@@ -20,9 +21,11 @@
 //!   members <endpoint>`).
 //!
 //! What an open port exposes: anyone who can reach a `tcp/` endpoint can
-//! connect, see key expressions and payloads (TCP is not encrypted), and
-//! declare presence tokens; without the secret they cannot produce a frame
-//! any subscription delivers.
+//! connect, see key expressions, frame sizes and sender ids (payloads are
+//! encrypted under the secret), and declare presence tokens (liveliness is
+//! not authenticated: they can make a member look present, never make one
+//! look gone); without the secret they cannot produce a frame any
+//! subscription delivers.
 //!
 //! Across untrusted networks, use `tls/` endpoints with [`Tls`] files
 //! ([`SessionBuilder::tls`]): zenoh's TLS transport (rustls) encrypts each

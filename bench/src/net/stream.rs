@@ -664,7 +664,7 @@ pub(super) fn section(streams: &Streams) -> Section {
     }
     for note in [
         "Topic: Topic<Bytes> (depth 16); the publisher loans each sample and writes its first and last 8 bytes in",
-        "  place; the bridge (shmpool::net::bridge) copies it out, seals it (HMAC-SHA3-256) and puts it on zenoh; the",
+        "  place; the bridge (shmpool::net::bridge) copies it out, seals it (AES-256-GCM) and puts it on zenoh; the",
         "  child's session checks the seal and its bridge publishes the payload into the child's own topic (another",
         "  namespace: another host), read by a subscriber there. The bridge drops its oldest sample rather than hold",
         "  back a local publisher, so the publisher keeps at most 8 samples ahead of the bridge's count of samples",
