@@ -151,3 +151,42 @@ fn open_refuses_missing_files_and_tls_endpoints_without_tls() {
     let err = Session::builder().listen(&endpoint).tls(Tls::new(file("ca.pem"))).secret(SECRET).open().unwrap_err();
     assert!(matches!(err, NetError::Config(_)), "listening without a certificate: {err:?}");
 }
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// A pool that listens on a `tls/` endpoint and a member that joins it over
+/// TLS (`PoolBuilder::tls`, `net::join_via`): every task of a map runs on the
+/// member (the pool has no local worker) and comes back in order.
+#[test]
+fn a_pool_and_its_member_work_over_tls() {
+    let mut last = None;
+    let (pool, endpoint) = (0..5)
+        .find_map(|_| {
+            let port = TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
+            let endpoint = format!("tls/127.0.0.1:{port}");
+            match shmpool::Pool::builder().workers(0).listen(&endpoint).tls(server_tls()).secret(SECRET).build() {
+                Ok(pool) => Some((pool, endpoint)),
+                Err(e) => {
+                    last = Some(e);
+                    None
+                }
+            }
+        })
+        .unwrap_or_else(|| panic!("no free port to listen on: {last:?}"));
+    let member = {
+        let endpoint = endpoint.clone();
+        std::thread::spawn(move || {
+            let session = Session::builder().connect(&endpoint).tls(Tls::new(file("ca.pem"))).secret(SECRET);
+            shmpool::net::join_via(session, 1)
+        })
+    };
+    let squares: Vec<u64> = pool.map(square, 0..1000u64).unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(squares, (0..1000u64).map(square).collect::<Vec<_>>());
+    drop(pool);
+    let report = member.join().unwrap().expect("the member ran until the pool closed");
+    // The pool has no local worker: every result came from the member (a
+    // map sends its items in batches: a task may carry several).
+    assert!(report.tasks > 0 && report.tasks <= 1000, "the member ran {} tasks", report.tasks);
+}

@@ -162,8 +162,12 @@ impl Relay {
     /// The session a relay listens on for members: opened before the pool's
     /// workers start, so that a port in use or a malformed endpoint fails
     /// the build before any process is spawned.
-    pub(crate) fn listen(endpoint: &str, secret: &[u8]) -> Result<Session, NetError> {
-        Session::builder().listen(endpoint).secret(secret).open()
+    pub(crate) fn listen(endpoint: &str, secret: &[u8], tls: Option<super::Tls>) -> Result<Session, NetError> {
+        let builder = Session::builder().listen(endpoint).secret(secret);
+        match tls {
+            Some(tls) => builder.tls(tls).open(),
+            None => builder.open(),
+        }
     }
 
     /// Relays tasks of `workers`'s pool to members that join through
@@ -435,7 +439,14 @@ pub struct JoinReport {
 /// within 10 s (no pool there, or another secret: its frames do not verify
 /// and are dropped, unanswered) is [`NetError::TimedOut`].
 pub fn join(endpoint: &str, workers: usize, secret: impl AsRef<[u8]>) -> Result<JoinReport, NetError> {
-    let session = Session::builder().connect(endpoint).secret(secret).open()?;
+    join_via(Session::builder().connect(endpoint).secret(secret), workers)
+}
+
+/// [`join`] through a session of your own making: one that connects to the
+/// pool's endpoint with the pool's secret, and whatever else it needs (TLS
+/// files for a `tls/` endpoint: [`SessionBuilder::tls`](super::SessionBuilder::tls)).
+pub fn join_via(session: super::SessionBuilder, workers: usize) -> Result<JoinReport, NetError> {
+    let session = session.open()?;
     let member: u64 = {
         let mut b = [0u8; 8];
         crate::sys::shm::random_bytes(&mut b).map_err(|e| NetError::Open(format!("drawing a member id: {e}")))?;

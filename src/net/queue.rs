@@ -470,6 +470,28 @@ impl QueueProxy {
     }
 }
 
+/// Polls a remote operation whose call is kept in `slot` between polls,
+/// started by `start` at the first poll.
+pub(crate) fn poll_call<R>(
+    slot: &mut Option<Call>,
+    cx: &mut Context<'_>,
+    start: impl FnOnce() -> Result<Call, TopicError>,
+    poll: impl FnOnce(&mut Call, &mut Context<'_>) -> Poll<Result<R, TopicError>>,
+) -> Poll<Result<R, TopicError>> {
+    let mut call = match slot.take() {
+        Some(call) => call,
+        None => match start() {
+            Ok(call) => call,
+            Err(e) => return Poll::Ready(Err(e)),
+        },
+    };
+    let polled = poll(&mut call, cx);
+    if polled.is_pending() {
+        *slot = Some(call);
+    }
+    polled
+}
+
 fn leased(reply: Reply, home: String) -> Result<Leased, TopicError> {
     match reply {
         Reply::Item { lease, seq, value, .. } => {

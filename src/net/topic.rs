@@ -7,9 +7,9 @@
 //! network falls behind, so local publishers never wait on it) and
 //! publishes each sample that was published on this host to the key
 //! `shmpool/topic/<name>`; samples from other hosts arrive there, are
-//! checked (the type's fingerprint, then the archive, after a copy into
-//! an aligned buffer) and published into the local topic marked as from
-//! the network, so that no bridge sends them out again. Local subscribers
+//! checked (the type's fingerprint, then the archive, once copied into a
+//! new sample of the local topic: 16-aligned) and published there marked
+//! as from the network, so that no bridge sends them out again. Local subscribers
 //! stay zero-copy; every frame is authenticated by the session.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,15 +101,15 @@ pub fn bridge<T: Payload>(topic: &Topic<T>, session: &Session) -> Result<TopicBr
             inbound_stats.refused.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        // Network payloads arrive unaligned: copied before they are checked.
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(value.len());
-        aligned.extend_from_slice(value);
-        if u64::from_le_bytes(*fp) != fingerprint || T::check(&aligned).is_err() {
+        if u64::from_le_bytes(*fp) != fingerprint {
             inbound_stats.refused.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match publisher.send_from_network(&aligned, LOCAL_WAIT) {
+        // Network payloads arrive unaligned: copied into the sample (one
+        // copy), validated there, published only if valid.
+        match publisher.send_from_network(value, LOCAL_WAIT) {
             Ok(_) => inbound_stats.received.fetch_add(1, Ordering::Relaxed),
+            Err(TopicError::Invalid(_)) => inbound_stats.refused.fetch_add(1, Ordering::Relaxed),
             Err(_) => inbound_stats.lost.fetch_add(1, Ordering::Relaxed),
         };
     })?;

@@ -51,6 +51,9 @@ pub struct PoolBuilder {
     /// Where it listens for members on other hosts, and their secret.
     #[cfg(feature = "net")]
     listen: Option<(String, Secret)>,
+    /// TLS files for a `tls/` listen endpoint.
+    #[cfg(feature = "net")]
+    tls: Option<crate::net::Tls>,
 }
 
 /// A shared secret, kept out of `Debug` output.
@@ -189,7 +192,9 @@ impl PoolBuilder {
         // The port first: a listen that fails spawns no worker.
         #[cfg(feature = "net")]
         let session = match &self.listen {
-            Some((endpoint, secret)) => Some(crate::net::Relay::listen(endpoint, &secret.0).map_err(Error::Net)?),
+            Some((endpoint, secret)) => {
+                Some(crate::net::Relay::listen(endpoint, &secret.0, self.tls.clone()).map_err(Error::Net)?)
+            }
             None => None,
         };
         let inner = Workers::start::<()>(config, None)?;
@@ -222,6 +227,16 @@ impl PoolBuilder {
     pub fn listen(mut self, endpoint: &str) -> Self {
         let secret = self.listen.take().map(|(_, s)| s).unwrap_or_default();
         self.listen = Some((endpoint.to_owned(), secret));
+        self
+    }
+
+    /// Listens on a `tls/` endpoint with these files (see
+    /// [`SessionBuilder::tls`](crate::net::SessionBuilder::tls)): members
+    /// then join with [`net::join_via`](crate::net::join_via) and a session
+    /// that trusts the same CA.
+    #[cfg(feature = "net")]
+    pub fn tls(mut self, tls: crate::net::Tls) -> Self {
+        self.tls = Some(tls);
         self
     }
 

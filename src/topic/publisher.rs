@@ -149,15 +149,21 @@ impl<T: Payload> Publisher<T> {
         self.publish(loan, deadline)
     }
 
-    /// Sends value bytes made elsewhere (a bridge: a sample from another
-    /// host, already validated), marked as from the network so that no
-    /// bridge sends it out again.
+    /// Sends value bytes from another host (a bridge), marked as from the
+    /// network so that no bridge sends them out again. They may arrive at
+    /// any alignment: copied into the sample (16-aligned) first, then
+    /// validated there ([`TopicError::Invalid`], nothing sent, if not valid).
     #[cfg(feature = "net")]
     pub(crate) fn send_from_network(&self, bytes: &[u8], timeout: Duration) -> Result<usize, TopicError> {
         let loan = self.loan_raw(bytes.len())?;
-        // SAFETY: the loan's block is ours alone until it is sent.
+        if loan.len != bytes.len() {
+            return Err(TopicError::Corrupt("a new sample has another length than asked".into()));
+        }
+        // SAFETY: the loan's block is ours alone until it is sent, and in
+        // bounds (`loan_raw` checked it against the segment).
         let dst = unsafe { std::slice::from_raw_parts_mut(loan.ptr, loan.len) };
         dst.copy_from_slice(bytes);
+        T::check(dst).map_err(TopicError::Invalid)?;
         if let Some(h) = layout::sample(&self.shared.seg, loan.off) {
             h.flags.store(layout::FROM_NETWORK, Ordering::Relaxed);
         }

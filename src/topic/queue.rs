@@ -532,21 +532,8 @@ impl<T: Payload> Queue<T> {
                 End::Local(l) => l,
                 #[cfg(feature = "net")]
                 End::Remote(p) => {
-                    let call = match remote.take() {
-                        Some(call) => call,
-                        None => match encode_aligned(&value).and_then(|bytes| p.start_push(&bytes, Deadline::NEVER)) {
-                            Ok(call) => call,
-                            Err(e) => return Poll::Ready(Err(e)),
-                        },
-                    };
-                    let mut call = call;
-                    return match p.poll_push(&mut call, cx) {
-                        Poll::Pending => {
-                            remote = Some(call);
-                            Poll::Pending
-                        }
-                        done => done,
-                    };
+                    let start = || encode_aligned(&value).and_then(|bytes| p.start_push(&bytes, Deadline::NEVER));
+                    return crate::net::poll_call(&mut remote, cx, start, |call, cx| p.poll_push(call, cx));
                 }
             };
             let attempt = || match l.push_until(&value, Deadline::now(), self.spin) {
@@ -604,21 +591,9 @@ impl<T: Payload> Queue<T> {
                 End::Local(l) => l,
                 #[cfg(feature = "net")]
                 End::Remote(p) => {
-                    let call = match remote.take() {
-                        Some(call) => call,
-                        None => match p.start_pop(Deadline::NEVER) {
-                            Ok(call) => call,
-                            Err(e) => return Poll::Ready(Err(e)),
-                        },
-                    };
-                    let mut call = call;
-                    return match p.poll_pop(&mut call, cx) {
-                        Poll::Pending => {
-                            remote = Some(call);
-                            Poll::Pending
-                        }
-                        Poll::Ready(got) => Poll::Ready(got.and_then(|leased| Item::remote(leased, p))),
-                    };
+                    let start = || p.start_pop(Deadline::NEVER);
+                    return crate::net::poll_call(&mut remote, cx, start, |call, cx| p.poll_pop(call, cx))
+                        .map(|got| got.and_then(|leased| Item::remote(leased, p)));
                 }
             };
             // Dead consumers' items come back while we wait, as in the
