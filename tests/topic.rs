@@ -395,7 +395,11 @@ fn drop_oldest_counts_exactly_what_was_lost_while_reading() {
         }
         let publisher = topic.publisher().unwrap();
         for i in 0..N {
-            assert_eq!(publisher.try_send(&i).unwrap(), 3);
+            // Normally all three; a subscriber preempted mid-pop for longer
+            // than the publisher's drop tries loses this sample (counted in
+            // its `missed`, checked below), as documented.
+            let reached = publisher.try_send(&i).unwrap();
+            assert!((1..=3).contains(&reached), "sample {i} reached {reached} of 3");
         }
         for sub in &mut subs {
             let done = sub.expect("DONE", WAIT);
