@@ -231,18 +231,26 @@ pub(crate) fn encode_body<T: Message>(
         Err(e) => return Err(TaskError::Encode(e.to_string())),
     }
     let len = codec::encoded_len(value).map_err(|e| TaskError::Encode(e.to_string()))?;
-    let block = seg.alloc(len as u64).map_err(|e| TaskError::Encode(e.to_string()))?;
-    let dst = match seg.ptr(block.offset, len as u64) {
-        // SAFETY: the block was just allocated by this process, so nobody else
-        // reads or writes it; the range was bounds-checked by ptr().
-        Ok(p) => unsafe { std::slice::from_raw_parts_mut(p, len) },
-        Err(e) => {
-            let _ = seg.release(block.offset);
-            return Err(TaskError::Encode(e.to_string()));
-        }
-    };
+    let (offset, p) = new_block(seg, len)?;
+    // SAFETY: the block was just allocated by this process, so nobody else
+    // reads or writes it; the range was bounds-checked by `new_block`.
+    let dst = unsafe { std::slice::from_raw_parts_mut(p, len) };
     match codec::encode_into(value, dst) {
-        Ok(n) => Ok(Body::Block { offset: block.offset, len: n as u64 }),
+        Ok(n) => Ok(Body::Block { offset, len: n as u64 }),
+        Err(e) => {
+            let _ = seg.release(offset);
+            Err(TaskError::Encode(e.to_string()))
+        }
+    }
+}
+
+/// A new arena block of `len` bytes for this process to fill: its offset
+/// and its address (the block is freed again if the segment cannot give
+/// its address: nothing leaks on a corrupt segment).
+fn new_block(seg: &Segment, len: usize) -> Result<(u64, *mut u8), TaskError> {
+    let block = seg.alloc(len as u64).map_err(|e| TaskError::Encode(e.to_string()))?;
+    match seg.ptr(block.offset, len as u64) {
+        Ok(p) => Ok((block.offset, p)),
         Err(e) => {
             let _ = seg.release(block.offset);
             Err(TaskError::Encode(e.to_string()))
@@ -266,11 +274,10 @@ pub(crate) fn encode_raw<'s>(
         scratch.0[..bytes.len()].copy_from_slice(bytes);
         Body::Inline(bytes.len())
     } else {
-        let block = seg.alloc(bytes.len() as u64).map_err(|e| TaskError::Encode(e.to_string()))?;
-        let dst = seg.ptr(block.offset, bytes.len() as u64).map_err(|e| TaskError::Encode(e.to_string()))?;
+        let (offset, dst) = new_block(seg, bytes.len())?;
         // SAFETY: a block this process just allocated, in bounds (checked).
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
-        Body::Block { offset: block.offset, len: bytes.len() as u64 }
+        Body::Block { offset, len: bytes.len() as u64 }
     };
     body.describe(&mut hdr);
     Ok(Frame { hdr, body, scratch })
@@ -281,11 +288,10 @@ pub(crate) fn encode_raw<'s>(
 pub(crate) fn encode_block<T: Message>(seg: &Segment, value: &T) -> Result<Body, TaskError> {
     with_scratch(|scratch| match encode_body(seg, value, scratch, codec::SCRATCH)? {
         Body::Inline(n) => {
-            let block = seg.alloc(n.max(1) as u64).map_err(|e| TaskError::Encode(e.to_string()))?;
-            let dst = seg.ptr(block.offset, n as u64).map_err(|e| TaskError::Encode(e.to_string()))?;
+            let (offset, dst) = new_block(seg, n.max(1))?;
             // SAFETY: a block this process just allocated, in bounds (checked).
             unsafe { std::ptr::copy_nonoverlapping(scratch.0.as_ptr(), dst, n) };
-            Ok(Body::Block { offset: block.offset, len: n as u64 })
+            Ok(Body::Block { offset, len: n as u64 })
         }
         other => Ok(other),
     })

@@ -225,7 +225,13 @@ impl Relay {
         subs.push(Box::new(shared.session.watch_with(&format!("{PREFIX}/alive/*"), move |p| {
             if let Presence::Gone(key) = p {
                 if let Some(id) = key.rsplit('/').next().and_then(|id| u64::from_str_radix(id, 16).ok()) {
-                    s.left(id);
+                    // Confirmed off zenoh's thread (the query waits on it).
+                    let s = Arc::clone(&s);
+                    let _ = std::thread::Builder::new().name("shmpool-relay-gone".into()).spawn(move || {
+                        if really_gone(&s.session, &key) {
+                            s.left(id);
+                        }
+                    });
                 }
             }
         })?));
@@ -423,6 +429,19 @@ impl Shared {
     }
 }
 
+/// How often a member repeats its join frame.
+const REJOIN: Duration = Duration::from_secs(1);
+
+/// How long a departure is checked by asking for the token again.
+const CONFIRM: Duration = Duration::from_secs(2);
+
+/// Whether the token on `key`, reported gone, is really gone: a liveliness
+/// departure can be reported while the token is still declared (seen over
+/// TLS links: a member left its pool mid-map), so the network is asked.
+fn really_gone(session: &Session, key: &str) -> bool {
+    session.alive(key, CONFIRM).map_or(true, |alive| alive.is_empty())
+}
+
 /// What a member did before its pool closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JoinReport {
@@ -492,15 +511,26 @@ pub fn join_via(session: super::SessionBuilder, workers: usize) -> Result<JoinRe
     };
     let mut ran = 0u64;
     let mut next = 0u64;
+    let mut announced = Instant::now();
     loop {
+        // The join again now and then (admission is idempotent): an owner
+        // that took this member for gone (a departure reported while its
+        // link was being re-made, seen over TLS) admits it again, rather
+        // than leave it idle while its pool waits for members.
+        if announced.elapsed() >= REJOIN {
+            let _ = joins.publish(&hello);
+            announced = Instant::now();
+        }
         if let Ok(Some(f)) = ctl.try_recv() {
             if decode::<Ctl>(f.payload()) == Some(Ctl::Closed) {
                 break;
             }
         }
-        if let Ok(Some(Presence::Gone(_))) = owner.try_recv() {
-            // The owner died (or its link did): nobody will take results.
-            break;
+        if let Ok(Some(Presence::Gone(key))) = owner.try_recv() {
+            if really_gone(&session, &key) {
+                // The owner died (or its link did): nobody will take results.
+                break;
+            }
         }
         let frame = match tasks.recv_timeout(SLICE) {
             Ok(f) => f,

@@ -398,6 +398,9 @@ impl Session {
     /// The keys of the tokens alive on `key` now, as far as the network
     /// answers within `timeout`.
     pub fn alive(&self, key: &str, timeout: Duration) -> Result<Vec<String>, NetError> {
+        // A timeout too long to add (`Duration::MAX`) is a day: zenoh ends
+        // the stream once every peer answered anyway.
+        let timeout = timeout.min(Duration::from_secs(24 * 3600));
         let replies = self.zenoh.liveliness().get(key_expr(key)?).timeout(timeout).wait().map_err(zenoh_err)?;
         let deadline = Instant::now() + timeout;
         let mut keys = Vec::new();
